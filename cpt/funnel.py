@@ -1,0 +1,132 @@
+"""The funnel: for each step, documents in, kept, and removed by reason, built from datatrove's stats.
+
+Every datatrove task saves its steps' stats in `<logging_dir>/stats/<rank>.json`; summing those files
+(rather than reading the `stats.json` of the last launch) gives the whole run even after a resume,
+when only the remaining tasks ran. Readers chained at the head of a pipeline are merged into one
+`read` row. For every row, `in == kept + sum(removed)`; `check()` raises if that ever fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# stats keys that count documents removed without a `dropped_<reason>` twin
+_REASONLESS_DROP = "filtered"
+
+
+@dataclass
+class FunnelRow:
+    step: str
+    docs_in: int
+    kept: int
+    removed: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # extra counts (redactions, output files)
+
+    @property
+    def removed_total(self) -> int:
+        return sum(self.removed.values())
+
+
+@dataclass
+class Funnel:
+    rows: list[FunnelRow]
+    tasks_done: int
+    tasks_total: int
+    outputs: dict[str, int] = field(default_factory=dict)  # language -> documents written
+
+    def check(self) -> None:
+        """Raise if any step's documents in differ from kept + removed, or a step loses documents."""
+        for row in self.rows:
+            if row.docs_in != row.kept + row.removed_total:
+                raise AssertionError(
+                    f"funnel not conserved at {row.step}: in {row.docs_in} != kept {row.kept} + removed {row.removed_total}"
+                )
+        for prev, row in zip(self.rows, self.rows[1:]):
+            if row.docs_in != prev.kept:
+                raise AssertionError(f"{row.step} received {row.docs_in} documents but {prev.step} kept {prev.kept}")
+
+    def to_json(self) -> str:
+        data = {
+            "tasks_done": self.tasks_done,
+            "tasks_total": self.tasks_total,
+            "steps": [{**asdict(r), "removed_total": r.removed_total} for r in self.rows],
+            "outputs": self.outputs,
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    def table(self) -> str:
+        """A plain-text table: one line per step, then its removal reasons, largest first."""
+        width = max([len(r.step) for r in self.rows] + [len(k) + 4 for r in self.rows for k in r.removed] + [8])
+        lines = [f"{'step':<{width}}  {'in':>9}  {'kept':>9}  {'removed':>9}  {'kept %':>7}"]
+        lines.append("-" * len(lines[0]))
+        for r in self.rows:
+            pct = f"{100 * r.kept / r.docs_in:.1f}" if r.docs_in else "-"
+            lines.append(f"{r.step:<{width}}  {r.docs_in:>9,}  {r.kept:>9,}  {r.removed_total:>9,}  {pct:>7}")
+            for reason, n in sorted(r.removed.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"{'  - ' + reason:<{width}}  {'':>9}  {'':>9}  {n:>9,}")
+        if self.outputs:
+            written = ", ".join(f"{lang}: {n:,}" for lang, n in sorted(self.outputs.items()))
+            lines.append(f"written by language: {written}")
+        if self.tasks_done < self.tasks_total:
+            lines.append(f"(partial: {self.tasks_done}/{self.tasks_total} tasks finished)")
+        return "\n".join(lines)
+
+
+def row_from_stats(step: str, stats: dict) -> FunnelRow:
+    """One funnel row from a datatrove step's stats dict ({key: {"total": n, ...} or n})."""
+    counts = {k: int(v["total"] if isinstance(v, dict) else v) for k, v in stats.items()}
+    docs_in = counts.get("total", 0)
+    kept = counts.get("forwarded", docs_in if "dropped" not in counts else docs_in - counts["dropped"])
+    removed = {k.removeprefix("dropped_"): n for k, n in counts.items() if k.startswith("dropped_") and n}
+    untold = counts.get("dropped", 0) - sum(removed.values())
+    if untold > 0:
+        removed[_REASONLESS_DROP] = untold
+    counters = {k: n for k, n in counts.items() if k.startswith("redacted_")}
+    return FunnelRow(step, docs_in, kept, removed, counters)
+
+
+def merge_rows(step: str, rows: list[FunnelRow]) -> FunnelRow:
+    merged = FunnelRow(step, 0, 0)
+    for r in rows:
+        merged.docs_in += r.docs_in
+        merged.kept += r.kept
+        for key, n in r.removed.items():
+            merged.removed[key] = merged.removed.get(key, 0) + n
+        for key, n in r.counters.items():
+            merged.counters[key] = merged.counters.get(key, 0) + n
+    return merged
+
+
+def build_funnel(logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1) -> Funnel:
+    """Sum every task's saved stats; `step_names` names the pipeline's steps in order."""
+    stats_dir = Path(logging_dir) / "stats"
+    files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
+    totals: list[dict[str, int]] = [{} for _ in step_names]
+    outputs: dict[str, int] = {}
+    for f in files:
+        steps = json.loads(f.read_text(encoding="utf-8"))
+        if len(steps) != len(step_names):
+            raise ValueError(f"{f}: {len(steps)} steps, expected {len(step_names)} (was the pipeline changed?)")
+        for i, step in enumerate(steps):
+            for key, value in step["stats"].items():
+                n = int(value["total"] if isinstance(value, dict) else value)
+                totals[i][key] = totals[i].get(key, 0) + n
+                if key.endswith(".parquet.tmp") and "/" in key:  # writer's per-file-template counts
+                    lang = key.split("/", 1)[0]
+                    outputs[lang] = outputs.get(lang, 0) + n
+    rows = [row_from_stats(name, t) for name, t in zip(step_names, totals)]
+    if n_readers > 1:
+        rows = [merge_rows("read", rows[:n_readers]), *rows[n_readers:]]
+    elif rows:
+        rows[0].step = "read"
+    return Funnel(rows=rows, tasks_done=len(files), tasks_total=tasks_total, outputs=outputs)

@@ -1,0 +1,45 @@
+"""The clean/dedup shard format: Parquet, zstd, one row per document, readable without cpt.
+
+Columns: `id`, `text`, `url`, `lang`, `lang_score`, `source`, and a `metadata` struct of scores and
+flags. The schema is fixed (not inferred from the first document) so every shard of a run, and every
+run, can be concatenated by pandas, polars or pyarrow without schema merging.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+METADATA_FIELDS = [
+    pa.field("date", pa.string()),  # WARC-Date or the input's own date
+    pa.field("file_path", pa.string()),  # the input file the document came from
+    pa.field("dirty_word_share", pa.float32()),  # share of characters inside block-listed words
+    pa.field("pii_redactions", pa.int32()),  # e-mails, IPs and phone numbers replaced
+]
+
+CLEAN_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("lang", pa.string()),
+        pa.field("lang_score", pa.float32()),
+        pa.field("source", pa.string()),
+        pa.field("metadata", pa.struct(METADATA_FIELDS)),
+    ]
+)
+
+UNKNOWN_LANG = "und"  # ISO 639-2 "undetermined": documents written before language ID ran
+
+
+def document_row(doc, source: str) -> dict:
+    """Map a datatrove Document onto a CLEAN_SCHEMA row."""
+    meta = doc.metadata
+    return {
+        "id": doc.id,
+        "text": doc.text,
+        "url": meta.get("url"),
+        "lang": meta.get("lang", UNKNOWN_LANG),
+        "lang_score": meta.get("lang_score"),
+        "source": meta.get("source", source),
+        "metadata": {f.name: meta.get(f.name) for f in METADATA_FIELDS},
+    }

@@ -1,0 +1,287 @@
+"""Readers for web crawls and text dumps that count every record and never stop on broken input.
+
+datatrove's WarcReader drops non-HTML and undecodable records silently and stops the task on the
+first truncated gzip member or broken header. These readers keep datatrove's file sharding, limits
+and progress bars, but account for every record in the funnel (in = kept + removed, by reason) and
+resynchronise at the next record after a broken one.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
+from datatrove.utils.typeshelper import StatHints
+
+# Plain-text inputs (WET conversions, jsonl, parquet) are marked so the extractor lets them through.
+FORMAT_KEY = "format"
+HTML, TEXT = "html", "text"
+
+INPUT_KINDS = {
+    "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
+    "wet": (".wet", ".wet.gz", ".warc.wet", ".warc.wet.gz"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".jsonl.zstd"),
+    "parquet": (".parquet",),
+}
+
+HTML_TYPES = {"text/html", "application/xhtml+xml"}
+_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
+_HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body", b"<title", b"<div", b"<p>")
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_WARC_MAGIC = b"WARC/"
+
+
+def input_kind(name: str) -> str | None:
+    """Which reader handles a file, judged by its name; None for files cpt does not read."""
+    lower = name.lower()
+    # WET before WARC: "x.warc.wet.gz" ends with a WET suffix
+    for kind in ("wet", "warc", "jsonl", "parquet"):
+        if lower.endswith(INPUT_KINDS[kind]):
+            return kind
+    return None
+
+
+class _CountingReader:
+    """Mixin: count `total` and `forwarded` for each document a reader hands on.
+
+    Counting happens in `run`, after datatrove's `limit`/`skip`, so a document read but cut by the
+    limit is counted nowhere and the funnel stays conserved. Records a reader drops are counted as
+    `total` plus `dropped_<reason>` where they are dropped.
+    """
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        for doc in super().run(None, rank, world_size):
+            self.stat_update(StatHints.total, StatHints.forwarded)
+            yield doc
+
+    def drop(self, reason: str) -> None:
+        self.stat_update(StatHints.total, StatHints.dropped, f"dropped_{reason}")
+
+
+class RobustWarcReader(_CountingReader, WarcReader):
+    """WARC/WET reader: HTML responses (and WET conversions) become documents; the rest is counted."""
+
+    name = "🕷 Warc (cpt)"
+
+    def __init__(self, data_folder, **kwargs):
+        # compression=None: warcio reads gzip member by member, which lets us resynchronise
+        super().__init__(data_folder, compression=None, **kwargs)
+
+    def read_file(self, filepath: str):
+        from warcio.archiveiterator import ArchiveIterator
+
+        with self.data_folder.open(filepath, "rb") as f:
+            offset, ri = 0, 0
+            while offset is not None:
+                f.seek(offset)
+                records = ArchiveIterator(f, check_digests=False)
+                try:
+                    for record in records:
+                        with self.track_time():
+                            data, reason = parse_record(record)
+                        if reason:
+                            self.drop(reason)
+                        else:
+                            document = self.get_document_from_dict(data, filepath, ri)
+                            if document is None:
+                                self.drop("empty")
+                            else:
+                                yield document
+                        ri += 1
+                    offset = None
+                except Exception as e:  # noqa: BLE001 - any parse failure of a crawl file is data, not a bug
+                    failed_at = records.offset  # absolute: start of the record that failed
+                    self.drop("truncated_gzip" if _is_compression_error(e) else "broken_record")
+                    offset = _next_record_start(f, failed_at + 1)
+                    ri += 1
+
+
+def _is_compression_error(e: Exception) -> bool:
+    return isinstance(e, (EOFError, zlib.error)) or "gzip" in str(e).lower() or "decompress" in str(e).lower()
+
+
+def _next_record_start(f, start: int, chunk: int = 1 << 20) -> int | None:
+    """Offset of the next gzip member (or plain `WARC/` header) at or after `start`, None if none."""
+    f.seek(0)
+    magic = _GZIP_MAGIC if f.read(3) == _GZIP_MAGIC else _WARC_MAGIC
+    pos = start
+    while True:
+        f.seek(pos)
+        block = f.read(chunk + len(magic))
+        if not block:
+            return None
+        hit = block.find(magic)
+        if hit >= 0:
+            return pos + hit
+        if len(block) < chunk:
+            return None
+        pos += chunk
+
+
+def parse_record(record) -> tuple[dict | None, str | None]:
+    """(document dict, None) for an HTML response or a WET conversion, else (None, removal reason)."""
+    rec_type = record.rec_type
+    if rec_type not in ("response", "conversion", "resource"):
+        return None, f"warc_{rec_type}"
+    http = record.http_headers
+    if rec_type == "response" and http is not None:
+        status = http.get_statuscode()
+        if status and not status.startswith("2"):
+            return None, "http_not_ok"
+    content_type = (http.get_header("Content-Type") if http else None) or record.rec_headers.get_header(
+        "Content-Type", ""
+    )
+    mime = record.rec_headers.get_header("WARC-Identified-Payload-Type") or content_type.split(";")[0]
+    mime = mime.strip().lower()
+    payload = record.content_stream().read()
+    if not payload.strip():
+        return None, "empty"
+    is_text = rec_type == "conversion"
+    if is_text:
+        pass
+    elif mime in HTML_TYPES or (not mime and payload[:1024].lstrip().lower().startswith(_HTML_SNIFF)):
+        pass
+    else:
+        return None, "not_html"
+    text = decode_payload(payload, content_type)
+    if text is None:
+        return None, "undecodable"
+    headers = record.rec_headers
+    url = headers.get_header("WARC-Target-URI") or headers.get_header("uri")
+    return {
+        "text": text,
+        "id": headers.get_header("WARC-Record-ID") or f"{url}#{headers.get_header('WARC-Date')}",
+        "url": url,
+        "date": headers.get_header("WARC-Date") or headers.get_header("archive-date"),
+        FORMAT_KEY: TEXT if is_text else HTML,
+    }, None
+
+
+def decode_payload(payload: bytes, content_type: str = "", min_confidence: float = 0.5) -> str | None:
+    """Decode as UTF-8, then the declared charset, then a confident detection; None if all fail.
+
+    UTF-8 goes first: strict UTF-8 almost never accepts bytes in another encoding, while pages that
+    declare a legacy charset but are really UTF-8 are common (a GBK decode of them "succeeds" as mojibake).
+    """
+    declared = []
+    m = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", content_type or "", re.IGNORECASE)
+    if m:
+        declared.append(m.group(1))
+    m = _CHARSET_RE.search(payload[:4096])
+    if m:
+        declared.append(m.group(1).decode("ascii", "ignore"))
+    for charset in ["utf-8", *declared]:
+        charset = {"gb2312": "gb18030", "gbk": "gb18030"}.get(charset.lower(), charset)  # superset, same bytes
+        try:
+            return payload.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    import cchardet
+
+    guess = cchardet.detect(payload)
+    if guess.get("encoding") and (guess.get("confidence") or 0) >= min_confidence:
+        try:
+            return payload.decode(guess["encoding"])
+        except (UnicodeDecodeError, LookupError):
+            return None
+    return None
+
+
+class CountingJsonlReader(_CountingReader, JsonlReader):
+    """JsonlReader that counts broken lines (`broken_json`) instead of only logging them."""
+
+    name = "🐿 Jsonl (cpt)"
+
+    def read_file(self, filepath: str):
+        import orjson
+
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            li = 0
+            while True:
+                try:
+                    line = f.readline()
+                except (EOFError, zlib.error, OSError):
+                    self.drop("truncated_file")
+                    return
+                if not line:
+                    return
+                try:
+                    data = orjson.loads(line)
+                    if not isinstance(data, dict):
+                        raise ValueError("not an object")
+                except (orjson.JSONDecodeError, ValueError):
+                    self.drop("broken_json")
+                    li += 1
+                    continue
+                data.setdefault(FORMAT_KEY, TEXT)
+                document = self.get_document_from_dict(data, filepath, li)
+                if document is None:
+                    self.drop("empty")
+                else:
+                    yield document
+                li += 1
+
+
+class CountingParquetReader(_CountingReader, ParquetReader):
+    """ParquetReader whose documents are marked as plain text and counted in the funnel."""
+
+    name = "📒 Parquet (cpt)"
+
+    def read_file(self, filepath: str):
+        try:
+            for document in super().read_file(filepath):
+                document.metadata.setdefault(FORMAT_KEY, TEXT)
+                yield document
+        except OSError:
+            self.drop("broken_parquet")
+
+
+def make_readers(input_path: str, lists_dir: str | Path, limit: int = -1, progress: bool = True) -> list:
+    """One reader per kind of input found under a folder or glob (kinds detected by file name).
+
+    The files of each kind are listed, sorted, in `lists_dir/<kind>.txt`: tasks shard that list, and
+    the run keeps a record of exactly what it read.
+    """
+    from datatrove.io import get_datafolder
+
+    folder, pattern = split_glob(input_path)
+    df = get_datafolder(folder)
+    if not df.exists(""):
+        raise FileNotFoundError(f"{input_path}: no such file or folder")
+    if df.isfile(""):
+        raise FileNotFoundError(f"{input_path}: expected a folder or a glob, not a single file")
+    files = sorted(df.list_files(recursive=True, glob_pattern=pattern))
+    by_kind: dict[str, list[str]] = {}
+    for f in files:
+        if kind := input_kind(f):
+            by_kind.setdefault(kind, []).append(f)
+    if not by_kind:
+        raise FileNotFoundError(
+            f"{input_path}: no input files found (looked for .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet)"
+        )
+    lists_dir = Path(lists_dir)
+    lists_dir.mkdir(parents=True, exist_ok=True)
+    readers = []
+    common = dict(limit=limit, file_progress=progress, doc_progress=progress)
+    classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
+    for kind, kind_files in sorted(by_kind.items()):
+        paths_file = lists_dir / f"{kind}.txt"
+        tmp = paths_file.with_suffix(".tmp")
+        tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
+        tmp.replace(paths_file)
+        cls = classes.get(kind, CountingParquetReader)
+        readers.append(cls(folder, paths_file=str(paths_file), **common))
+    return readers
+
+
+def split_glob(input_path: str) -> tuple[str, str | None]:
+    """'dir/**/*.warc.gz' -> ('dir', '**/*.warc.gz'); a plain folder -> (folder, None)."""
+    parts = Path(input_path).parts
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            return str(Path(*parts[:i])) if i else ".", str(Path(*parts[i:]))
+    return input_path, None

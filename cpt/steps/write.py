@@ -1,0 +1,60 @@
+"""Write clean shards: Parquet (zstd, fixed schema), one folder per language, bounded file size.
+
+Files are written under a `.tmp` name and renamed when the task finishes, so a reader never sees a
+half-written shard and an interrupted task leaves only `.tmp` files, which its rerun overwrites.
+"""
+
+from __future__ import annotations
+
+from datatrove.pipeline.writers import ParquetWriter
+
+from cpt.shards import CLEAN_SCHEMA, UNKNOWN_LANG, document_row
+
+TMP_SUFFIX = ".tmp"
+
+
+def _row_adapter(writer: ShardWriter, doc) -> dict:
+    return document_row(doc, writer.source)
+
+
+class ShardWriter(ParquetWriter):
+    """ParquetWriter with cpt's schema, `${lang}/` routing and write-then-rename."""
+
+    name = "📒 Parquet shards (cpt)"
+
+    def __init__(
+        self,
+        output_folder: str,
+        source: str,
+        max_file_size: int = 512 * 2**20,
+        rows_per_group: int = 1000,
+        compression: str = "zstd",
+    ):
+        super().__init__(
+            output_folder,
+            output_filename="${lang}/${rank}.parquet" + TMP_SUFFIX,
+            compression=compression,
+            adapter=_row_adapter,
+            batch_size=rows_per_group,
+            max_file_size=max_file_size,
+            schema=CLEAN_SCHEMA,
+        )
+        self.source = source
+        self._written: set[str] = set()
+
+    def _get_output_filename(self, document, rank: int | str = 0, **kwargs) -> str:
+        # documents written before language ID ran go to `und/`
+        tags = {"rank": str(rank).zfill(5), "id": document.id, "lang": UNKNOWN_LANG, **document.metadata}
+        return self.output_filename.substitute({**tags, **kwargs})
+
+    def _write(self, document: dict, file_handler, filename: str):
+        name = self._get_filename_with_file_id(filename) if self.max_file_size > 0 else filename
+        self._written.add(name)
+        super()._write(document, file_handler, filename)
+
+    def close(self):
+        super().close()
+        for name in sorted(self._written):
+            final = name[: -len(TMP_SUFFIX)]
+            self.output_folder.mv(name, final)
+        self._written.clear()

@@ -1,0 +1,336 @@
+"""The `clean` pipeline: WARC / WET / jsonl / parquet -> language-routed, filtered Parquet shards.
+
+    read -> url_filter -> extract -> langid -> heuristics (Gopher repetition, Gopher quality, C4,
+    FineWeb) -> dirty_words -> pii -> write OUTPUT/<lang>/*.parquet
+
+Each step is a datatrove step; this module only configures them and hands them to an executor.
+Run state lives in OUTPUT/report/: the resolved settings, the input lists, datatrove's logs,
+completions and stats, and the funnel. Re-running the same command resumes: finished tasks are
+skipped, unfinished ones start over and overwrite their own `.tmp` shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cpt.config import ConfigError, apply_overrides, build, read_yaml
+from cpt.funnel import Funnel, build_funnel
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
+STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii")
+
+
+@dataclass
+class UrlFilterConfig:
+    block_list: str | None = None
+    soft_word_threshold: int = 2
+
+
+@dataclass
+class ExtractConfig:
+    backend: Literal["trafilatura", "resiliparse"] = "trafilatura"
+    timeout: float = 1.0
+    favour_precision: bool = True
+
+
+@dataclass
+class LangIdConfig:
+    min_score: float = 0.65
+
+
+@dataclass
+class DirtyWordsConfig:
+    max_share: float = 0.01
+    lists: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PiiConfig:
+    emails: bool = True
+    ips: bool = True
+    public_ips_only: bool = True
+    phones: bool = True
+
+
+@dataclass
+class WriteConfig:
+    max_file_size_mb: int = 512
+    rows_per_group: int = 1000
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4"] = "zstd"
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = "debug"
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    qos: str = "normal"
+    job_name: str = "cpt-clean"
+    sbatch_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CleanConfig:
+    source: str | None = None
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    heuristics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dirty_words: DirtyWordsConfig = field(default_factory=DirtyWordsConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def validate(self) -> list[str]:
+        from cpt.steps.heuristics import HEURISTIC_FILTERS, filter_params
+
+        problems = [
+            f"steps: unknown step {s!r} (allowed: {', '.join(STEPS)})" for s in self.steps if s not in STEPS
+        ]
+        if not self.languages:
+            problems.append("languages: keep at least one language")
+        for name, spec in self.heuristics.items():
+            if name not in HEURISTIC_FILTERS:
+                problems.append(f"heuristics.{name}: unknown filter (allowed: {', '.join(HEURISTIC_FILTERS)})")
+                continue
+            if not isinstance(spec, dict):
+                problems.append(f"heuristics.{name}: expected a mapping, got {spec!r}")
+                continue
+            allowed = filter_params(HEURISTIC_FILTERS[name])
+            for key, params in spec.items():
+                if key == "enabled":
+                    if not isinstance(params, bool):
+                        problems.append(f"heuristics.{name}.enabled: expected true or false, got {params!r}")
+                    continue
+                if not isinstance(params, dict):
+                    problems.append(f"heuristics.{name}.{key}: expected a mapping of filter settings")
+                    continue
+                for param in sorted(set(params) - allowed):
+                    problems.append(
+                        f"heuristics.{name}.{key}.{param}: not a setting of {HEURISTIC_FILTERS[name].__name__} "
+                        f"(allowed: {', '.join(sorted(allowed))})"
+                    )
+        for key, value, low, high in [
+            ("langid.min_score", self.langid.min_score, 0, 1),
+            ("dirty_words.max_share", self.dirty_words.max_share, 0, 1),
+            ("write.max_file_size_mb", self.write.max_file_size_mb, 1, None),
+            ("write.rows_per_group", self.write.rows_per_group, 1, None),
+        ]:
+            if not isinstance(value, (int, float)):
+                continue  # a value of the wrong type is reported by the loader
+            if value < low or (high is not None and value > high):
+                bounds = f"within [{low}, {high}]" if high is not None else f">= {low}"
+                problems.append(f"{key}: must be {bounds} (got {value})")
+        return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CleanConfig:
+    """Read the YAML config (default: pipelines/configs/clean.yaml), apply overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = apply_overrides(read_yaml(path), overrides or [])
+    cfg = build(CleanConfig, data, str(path))
+    base = path.resolve().parent  # relative paths in a config are relative to the config file
+    if cfg.url_filter.block_list:
+        cfg.url_filter.block_list = str((base / cfg.url_filter.block_list).resolve())
+    cfg.dirty_words.lists = {k: str((base / v).resolve()) for k, v in cfg.dirty_words.lists.items()}
+    missing = [
+        f"{key}: {p} does not exist"
+        for key, p in [("url_filter.block_list", cfg.url_filter.block_list)]
+        + [(f"dirty_words.lists.{k}", v) for k, v in cfg.dirty_words.lists.items()]
+        if p and not Path(p).is_file()
+    ]
+    if missing:
+        raise ConfigError(str(path), missing)
+    return cfg
+
+
+def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
+    """The processing steps after the readers, and a funnel label for each."""
+    from cpt.steps.dirty_words import DirtyWordsFilter, default_lists
+    from cpt.steps.extract import make_extractor
+    from cpt.steps.heuristics import HEURISTIC_FILTERS, PerLanguageFilter
+    from cpt.steps.langid import LanguageID
+    from cpt.steps.pii import PIIRedactor
+    from cpt.steps.url_filter import OfflineURLFilter
+    from cpt.steps.write import ShardWriter
+
+    steps, labels = [], []
+    for name in cfg.steps:
+        if name == "url_filter":
+            steps.append(OfflineURLFilter(cfg.url_filter.block_list, cfg.url_filter.soft_word_threshold))
+        elif name == "extract":
+            steps.append(make_extractor(cfg.extract.backend, cfg.extract.timeout, cfg.extract.favour_precision))
+        elif name == "langid":
+            steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
+        elif name == "heuristics":
+            for kind in HEURISTIC_FILTERS:
+                spec = dict(cfg.heuristics.get(kind, {}))
+                if not spec.pop("enabled", True):
+                    continue
+                steps.append(PerLanguageFilter(f"{kind} (per language)", kind, spec, cfg.languages))
+                labels.append(f"heuristics.{kind}")
+            continue
+        elif name == "dirty_words":
+            steps.append(DirtyWordsFilter({**default_lists(), **cfg.dirty_words.lists}, cfg.dirty_words.max_share))
+        elif name == "pii":
+            p = cfg.pii
+            steps.append(PIIRedactor(p.emails, p.ips, p.public_ips_only, p.phones))
+        labels.append(name)
+    steps.append(
+        ShardWriter(
+            str(output),
+            source=cfg.source or "clean",
+            max_file_size=cfg.write.max_file_size_mb * 2**20,
+            rows_per_group=cfg.write.rows_per_group,
+            compression=cfg.write.compression,
+        )
+    )
+    labels.append("write")
+    return steps, labels
+
+
+@dataclass
+class CleanRun:
+    """Everything a launch needs: resolved settings, the datatrove pipeline and where its state lives."""
+
+    cfg: CleanConfig
+    input: str
+    output: Path
+    pipeline: list
+    labels: list[str]
+    n_readers: int
+    tasks: int
+
+    @property
+    def report_dir(self) -> Path:
+        return self.output / "report"
+
+    @property
+    def logging_dir(self) -> Path:
+        return self.report_dir / "logs"
+
+
+def prepare(
+    input_path: str,
+    output: str | Path,
+    cfg: CleanConfig,
+    steps: list[str] | None = None,
+    tasks: int | None = None,
+    limit: int = -1,
+    progress: bool = True,
+) -> CleanRun:
+    """Resolve settings, list the inputs and assemble the pipeline; refuse to mix two runs' outputs."""
+    from cpt.steps.read import make_readers
+
+    output = Path(output)
+    if steps:
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            raise ConfigError("--steps", [f"unknown step {s!r} (allowed: {', '.join(STEPS)})" for s in unknown])
+        cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
+    if cfg.source is None:
+        cfg = dataclasses.replace(cfg, source=Path(input_path.split("*")[0].rstrip("/") or ".").resolve().name)
+    report = output / "report"
+    readers = make_readers(input_path, report / "inputs", limit=limit, progress=progress)
+    n_files = sum(len(Path(r.paths_file).read_text().splitlines()) for r in readers)
+    tasks = tasks or max(1, n_files)
+    processing, labels = build_steps(cfg, output)
+    run = CleanRun(
+        cfg=cfg,
+        input=input_path,
+        output=output,
+        pipeline=[*readers, *processing],
+        labels=[f"read.{i}" for i in range(len(readers))] + labels,
+        n_readers=len(readers),
+        tasks=tasks,
+    )
+    _check_settings(run, limit)
+    return run
+
+
+def _check_settings(run: CleanRun, limit: int) -> None:
+    """Record the run's settings; a rerun into the same output must use the same ones (resume)."""
+    settings = {
+        "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
+        "config": dataclasses.asdict(run.cfg),
+        "tasks": run.tasks,
+        "limit": limit,
+        "steps": run.labels,
+    }
+    path = run.report_dir / "settings.json"
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in settings if previous.get(k) != json.loads(json.dumps(settings[k])))
+            raise ConfigError(
+                str(path),
+                [
+                    f"{run.output} holds a run made with other settings ({', '.join(changed)} differ): "
+                    "resume with the same command, or write to a new --output"
+                ],
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    (run.report_dir / "steps.json").write_text(
+        json.dumps({"labels": run.labels, "n_readers": run.n_readers, "tasks": run.tasks}, indent=2) + "\n"
+    )
+
+
+def local_executor(run: CleanRun, workers: int | None = None):
+    from datatrove.executor import LocalPipelineExecutor
+
+    workers = workers or min(run.tasks, os.cpu_count() or 1)
+    return LocalPipelineExecutor(
+        run.pipeline, tasks=run.tasks, workers=workers, logging_dir=str(run.logging_dir), skip_completed=True
+    )
+
+
+def slurm_executor(run: CleanRun, workers: int | None = None):
+    from datatrove.executor import SlurmPipelineExecutor
+
+    s = run.cfg.slurm
+    in_venv = sys.prefix != sys.base_prefix
+    return SlurmPipelineExecutor(
+        run.pipeline,
+        tasks=run.tasks,
+        workers=workers or -1,
+        time=s.time,
+        partition=s.partition,
+        cpus_per_task=s.cpus_per_task,
+        mem_per_cpu_gb=s.mem_per_cpu_gb,
+        qos=s.qos,
+        job_name=s.job_name,
+        sbatch_args=dict(s.sbatch_args),
+        venv_path=os.path.join(sys.prefix, "bin", "activate") if in_venv else None,
+        logging_dir=str(run.logging_dir.resolve()),
+        slurm_logs_folder=str((run.report_dir / "slurm").resolve()),
+        skip_completed=True,
+    )
+
+
+def sbatch_script(executor) -> str:
+    """The array-job script `executor.run()` would submit, without submitting it."""
+    pickled = executor.logging_dir.resolve_paths("executor.pik")
+    return executor.get_launch_file_contents(executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}")
+
+
+def funnel_of(output: str | Path) -> Funnel:
+    """The funnel of a (possibly still running or interrupted) clean run, from its saved stats."""
+    report = Path(output) / "report"
+    meta_path = report / "steps.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found; is {output} the --output of a clean run?")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return build_funnel(report / "logs", meta["labels"], meta["tasks"], meta["n_readers"])

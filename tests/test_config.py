@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from cpt.config import ConfigError
+from pipelines.clean import DEFAULT_CONFIG, load_config
+
+
+def test_shipped_clean_config_loads_and_validates():
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.languages == ["en", "zh"]
+    assert cfg.steps[0] == "url_filter" and "pii" in cfg.steps
+    assert cfg.heuristics["gopher_quality"]["zh"]["min_avg_word_length"] == 1
+    assert cfg.url_filter.block_list.endswith("url_blocklist.txt")
+
+
+def test_unknown_keys_and_bad_values_are_all_reported_with_their_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "langid: {min_scor: 0.5}\n"
+        "extract: {backend: lynx}\n"
+        "write: {rows_per_group: many}\n"
+        "heuristics: {gopher_quality: {zh: {min_words: 3}}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    text = str(err.value)
+    assert str(bad) in text
+    assert "langid.min_scor: unknown key" in text
+    assert "extract.backend: 'lynx' is not one of" in text
+    assert "write.rows_per_group: expected int" in text
+    assert "heuristics.gopher_quality.zh.min_words: not a setting of GopherQualityFilter" in text
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("languages: [en, zh\nsteps: []\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml.*line \d+"):
+        load_config(bad)
+
+
+def test_command_line_overrides_are_typed_and_validated():
+    cfg = load_config(DEFAULT_CONFIG, ["langid.min_score=0.3", "languages=[en]"])
+    assert cfg.langid.min_score == 0.3 and cfg.languages == ["en"]
+    with pytest.raises(ConfigError, match="must be within"):
+        load_config(DEFAULT_CONFIG, ["langid.min_score=3"])
+    with pytest.raises(ConfigError, match="unknown step"):
+        load_config(DEFAULT_CONFIG, ["steps=[extract, dedup]"])

@@ -1,0 +1,137 @@
+"""Unit tests of the datatrove steps cpt adds or configures, on small inline and real text."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+from datatrove.data import Document
+from datatrove.utils.text import split_into_words
+
+from conftest import shared_data
+from cpt.shards import CLEAN_SCHEMA
+from cpt.steps.dirty_words import DirtyWordsFilter, default_lists
+from cpt.steps.heuristics import PerLanguageFilter
+from cpt.steps.langid import LanguageID
+from cpt.steps.pii import PIIRedactor
+from cpt.steps.write import ShardWriter
+from pipelines.clean import DEFAULT_CONFIG, load_config
+
+ZH_ARTICLE = "\n".join(
+    [
+        "春天来到江南的小镇，河边的柳树长出了嫩绿的新芽，老人们坐在石桥上聊天。",
+        "镇上的图书馆今年重新装修，增加了儿童阅览室和一个安静的自习区域。",
+        "馆长介绍说，每到周末都有很多家长带着孩子来这里读书，气氛非常热闹。",
+        "附近的农民开始在田里播种水稻，他们说今年的雨水比往年更加充足。",
+        "一位年轻的厨师在老街上开了一家面馆，用本地的小麦和新鲜的蔬菜做汤面。",
+        "游客们喜欢沿着河岸散步，拍下古老的白墙黑瓦和远处起伏的青山。",
+        "学校组织学生参观了当地的丝绸工厂，了解蚕丝是怎样变成漂亮的布料的。",
+        "晚上，广场上有人跳舞，也有人下棋，孩子们在灯光下追逐打闹，直到很晚才回家。",
+        "这个小镇虽然不大，但是它的历史已经有一千多年，很多传统的手艺一直流传到今天。",
+        "当地政府计划修建一条新的自行车道，让居民和游客可以更方便地欣赏田园风光。",
+    ]
+)
+EN_ARTICLE = "\n".join(
+    [
+        "The village library reopened this spring after a long renovation that added a reading room for children.",
+        "Parents say that on weekends the building is full of families who come to borrow books and attend talks.",
+        "Farmers near the river have started planting their fields, and they expect a good harvest if the rain holds.",
+        "A young chef opened a small restaurant on the old street, cooking soups with vegetables from local gardens.",
+        "Visitors like to walk along the water in the evening and take photographs of the white houses and the hills.",
+        "The school took its pupils to the silk workshop, where they learned how thread is spun and dyed by hand.",
+        "In the square there is music on Saturday nights, and children play until their parents call them home.",
+        "The town council plans to build a cycle path so that residents can reach the countryside without a car.",
+    ]
+)
+
+
+def doc(text: str, lang: str | None = None, **meta) -> Document:
+    metadata = {"lang": lang, **meta} if lang else dict(meta)
+    return Document(text=text, id="t", metadata=metadata)
+
+
+def test_langid_predicts_offline_with_numpy2_fasttext():
+    lid = LanguageID(["en", "zh"], min_score=0.65)
+    zh, en = doc(ZH_ARTICLE), doc(EN_ARTICLE)
+    assert lid.filter(zh) is True and zh.metadata["lang"] == "zh" and zh.metadata["lang_score"] > 0.9
+    assert lid.filter(en) is True and en.metadata["lang"] == "en"
+    de = doc("Der Bahnhof der kleinen Stadt wurde im letzten Jahr renoviert und ist jetzt barrierefrei.")
+    assert lid.filter(de) == (False, "lang_not_kept") and de.metadata["lang"] == "de"
+
+
+def test_chinese_is_split_into_words_not_judged_as_one_giant_word():
+    words = split_into_words(ZH_ARTICLE, "cmn")
+    assert len(words) > 150  # jieba segmentation; a whitespace split gives 10 "words"
+    assert max(len(w) for w in words) <= 6
+
+
+def test_chinese_article_passes_zh_heuristics_but_english_defaults_would_drop_it():
+    cfg = load_config(DEFAULT_CONFIG)
+    for kind in ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"):
+        spec = {k: v for k, v in cfg.heuristics[kind].items() if k != "enabled"}
+        f = PerLanguageFilter(kind, kind, spec, ["en", "zh"])
+        assert f.filter(doc(ZH_ARTICLE, "zh")) is True, kind
+        assert f.filter(doc(EN_ARTICLE, "en")) is True, kind
+    # the same Chinese page judged as English: Gopher's stop-word and word-length rules drop it
+    english_rules = PerLanguageFilter("gq", "gopher_quality", {}, ["en"])
+    assert english_rules.filter(doc(ZH_ARTICLE, "en"))[0] is False
+
+
+def test_repetitive_chinese_spam_is_dropped_by_gopher_repetition():
+    spam = "\n".join(["免费领取优惠券，点击这里马上注册，名额有限先到先得。"] * 30)
+    f = PerLanguageFilter("gr", "gopher_repetition", {}, ["zh"])
+    result = f.filter(doc(spam, "zh"))
+    assert result[0] is False and result[1] in {"dup_line_frac", "dup_para_frac", "dup_line_char_frac"}
+
+
+def test_real_chinese_text_keeps_most_lines_through_zh_heuristics():
+    lines = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    pages = ["\n".join(lines[i : i + 20]) for i in range(0, 400, 20)]
+    cfg = load_config(DEFAULT_CONFIG)
+    spec = {k: v for k, v in cfg.heuristics["gopher_quality"].items() if k != "enabled"}
+    f = PerLanguageFilter("gq", "gopher_quality", spec, ["zh"])
+    kept = sum(f.filter(doc(p, "zh")) is True for p in pages)
+    assert kept >= 18, f"only {kept}/20 People's Daily pages kept"
+
+
+def test_dirty_words_share_threshold_en_and_zh():
+    f = DirtyWordsFilter(default_lists(), max_share=0.01)
+    clean = doc(EN_ARTICLE, "en")
+    assert f.filter(clean) is True and clean.metadata["dirty_word_share"] == 0
+    en_words = default_lists()["en"]
+    word = next(w for w in open(en_words, encoding="utf-8").read().split("\n") if w.isalpha() and len(w) > 4)
+    dirty = doc(" ".join([word] * 20 + ["and", "then", "some", "ordinary", "words"]), "en")
+    assert f.filter(dirty) == (False, "dirty_words")
+    zh_word = next(w for w in open(default_lists()["zh"], encoding="utf-8").read().split("\n") if len(w) >= 2)
+    zh_dirty = doc(ZH_ARTICLE + zh_word * 40, "zh")
+    assert f.filter(zh_dirty) == (False, "dirty_words")
+    # a word inside a longer English word is not a match
+    assert f.filter(doc("Scunthorpe " * 10, "en")) is True
+
+
+def test_pii_redacts_emails_public_ips_and_phone_numbers():
+    text = (
+        "Write to john.smith@example.org or call (415) 555-0134, +1 415-555-0199, +44 20 7946 0958. "
+        "服务器 8.8.4.4，手机 13812345678 或 +86 138 1234 5678，座机 010-62345678、021-5888 6666。"
+        "Founded in 1998, room 2020-2021, internal host 192.168.10.25."
+    )
+    step = PIIRedactor()
+    (out,) = list(step.run([doc(text, "en")]))
+    for secret in ["john.smith@example.org", "555-0134", "555-0199", "7946 0958", "8.8.4.4", "13812345678",
+                   "138 1234 5678", "62345678", "5888 6666"]:
+        assert secret not in out.text, secret
+    assert "1998" in out.text and "2020-2021" in out.text  # years and ranges are not phone numbers
+    assert "192.168.10.25" in out.text  # private address kept (FineWeb: public IPs only)
+    assert out.metadata["pii_redactions"] == 9
+    assert step.stats["redacted_phone"].total == 7
+
+
+def test_shard_writer_routes_by_language_and_leaves_no_tmp(tmp_path):
+    writer = ShardWriter(str(tmp_path), source="unit", rows_per_group=2)
+    docs = [doc(EN_ARTICLE, "en", url="https://a.example/1", lang_score=0.9), doc(ZH_ARTICLE, "zh"), doc("x")]
+    list(writer.run(docs))
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["en/000_00000.parquet", "und/000_00000.parquet", "zh/000_00000.parquet"]
+    table = pq.read_table(tmp_path / "en" / "000_00000.parquet")
+    assert table.schema.equals(CLEAN_SCHEMA)
+    row = table.to_pylist()[0]
+    assert row["url"] == "https://a.example/1" and row["source"] == "unit" and row["lang"] == "en"
+    assert pq.ParquetFile(tmp_path / "en" / "000_00000.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
