@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks
+	$(PY) -m ruff format --check cpt pipelines trainer tests benchmarks
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

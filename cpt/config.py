@@ -131,12 +131,18 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
             return {}
-        return {k: _coerce(args[1], v, _join(path, str(k)), problems) for k, v in value.items()} if args else value
+        return (
+            {k: _coerce(args[1], v, _join(path, str(k)), problems) for k, v in value.items()}
+            if args
+            else value
+        )
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
         problems.append(f"{path}: expected {tp.__name__}, got {value!r}")
     return value
 

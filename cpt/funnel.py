@@ -44,9 +44,11 @@ class Funnel:
                 raise AssertionError(
                     f"funnel not conserved at {row.step}: in {row.docs_in} != kept {row.kept} + removed {row.removed_total}"
                 )
-        for prev, row in zip(self.rows, self.rows[1:]):
+        for prev, row in zip(self.rows, self.rows[1:], strict=False):
             if row.docs_in != prev.kept:
-                raise AssertionError(f"{row.step} received {row.docs_in} documents but {prev.step} kept {prev.kept}")
+                raise AssertionError(
+                    f"{row.step} received {row.docs_in} documents but {prev.step} kept {prev.kept}"
+                )
 
     def to_json(self) -> str:
         data = {
@@ -66,7 +68,9 @@ class Funnel:
 
     def table(self) -> str:
         """A plain-text table: one line per step, then its removal reasons, largest first."""
-        width = max([len(r.step) for r in self.rows] + [len(k) + 4 for r in self.rows for k in r.removed] + [8])
+        width = max(
+            [len(r.step) for r in self.rows] + [len(k) + 4 for r in self.rows for k in r.removed] + [8]
+        )
         lines = [f"{'step':<{width}}  {'in':>9}  {'kept':>9}  {'removed':>9}  {'kept %':>7}"]
         lines.append("-" * len(lines[0]))
         for r in self.rows:
@@ -107,7 +111,9 @@ def merge_rows(step: str, rows: list[FunnelRow]) -> FunnelRow:
     return merged
 
 
-def build_funnel(logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1) -> Funnel:
+def build_funnel(
+    logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1
+) -> Funnel:
     """Sum every task's saved stats; `step_names` names the pipeline's steps in order."""
     stats_dir = Path(logging_dir) / "stats"
     files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
@@ -116,7 +122,9 @@ def build_funnel(logging_dir: str | Path, step_names: list[str], tasks_total: in
     for f in files:
         steps = json.loads(f.read_text(encoding="utf-8"))
         if len(steps) != len(step_names):
-            raise ValueError(f"{f}: {len(steps)} steps, expected {len(step_names)} (was the pipeline changed?)")
+            raise ValueError(
+                f"{f}: {len(steps)} steps, expected {len(step_names)} (was the pipeline changed?)"
+            )
         for i, step in enumerate(steps):
             for key, value in step["stats"].items():
                 n = int(value["total"] if isinstance(value, dict) else value)
@@ -124,7 +132,7 @@ def build_funnel(logging_dir: str | Path, step_names: list[str], tasks_total: in
                 if key.endswith(".parquet.tmp") and "/" in key:  # writer's per-file-template counts
                     lang = key.split("/", 1)[0]
                     outputs[lang] = outputs.get(lang, 0) + n
-    rows = [row_from_stats(name, t) for name, t in zip(step_names, totals)]
+    rows = [row_from_stats(name, t) for name, t in zip(step_names, totals, strict=True)]
     if n_readers > 1:
         rows = [merge_rows("read", rows[:n_readers]), *rows[n_readers:]]
     elif rows:

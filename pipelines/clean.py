@@ -100,7 +100,9 @@ class CleanConfig:
             problems.append("languages: keep at least one language")
         for name, spec in self.heuristics.items():
             if name not in HEURISTIC_FILTERS:
-                problems.append(f"heuristics.{name}: unknown filter (allowed: {', '.join(HEURISTIC_FILTERS)})")
+                problems.append(
+                    f"heuristics.{name}: unknown filter (allowed: {', '.join(HEURISTIC_FILTERS)})"
+                )
                 continue
             if not isinstance(spec, dict):
                 problems.append(f"heuristics.{name}: expected a mapping, got {spec!r}")
@@ -168,7 +170,9 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         if name == "url_filter":
             steps.append(OfflineURLFilter(cfg.url_filter.block_list, cfg.url_filter.soft_word_threshold))
         elif name == "extract":
-            steps.append(make_extractor(cfg.extract.backend, cfg.extract.timeout, cfg.extract.favour_precision))
+            steps.append(
+                make_extractor(cfg.extract.backend, cfg.extract.timeout, cfg.extract.favour_precision)
+            )
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
@@ -180,7 +184,9 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
                 labels.append(f"heuristics.{kind}")
             continue
         elif name == "dirty_words":
-            steps.append(DirtyWordsFilter({**default_lists(), **cfg.dirty_words.lists}, cfg.dirty_words.max_share))
+            steps.append(
+                DirtyWordsFilter({**default_lists(), **cfg.dirty_words.lists}, cfg.dirty_words.max_share)
+            )
         elif name == "pii":
             p = cfg.pii
             steps.append(PIIRedactor(p.emails, p.ips, p.public_ips_only, p.phones))
@@ -235,10 +241,14 @@ def prepare(
     if steps:
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
-            raise ConfigError("--steps", [f"unknown step {s!r} (allowed: {', '.join(STEPS)})" for s in unknown])
+            raise ConfigError(
+                "--steps", [f"unknown step {s!r} (allowed: {', '.join(STEPS)})" for s in unknown]
+            )
         cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
     if cfg.source is None:
-        cfg = dataclasses.replace(cfg, source=Path(input_path.split("*")[0].rstrip("/") or ".").resolve().name)
+        cfg = dataclasses.replace(
+            cfg, source=Path(input_path.split("*")[0].rstrip("/") or ".").resolve().name
+        )
     report = output / "report"
     readers = make_readers(input_path, report / "inputs", limit=limit, progress=progress)
     n_files = sum(len(Path(r.paths_file).read_text().splitlines()) for r in readers)
@@ -323,7 +333,9 @@ def slurm_executor(run: CleanRun, workers: int | None = None):
 def sbatch_script(executor) -> str:
     """The array-job script `executor.run()` would submit, without submitting it."""
     pickled = executor.logging_dir.resolve_paths("executor.pik")
-    return executor.get_launch_file_contents(executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}")
+    return executor.get_launch_file_contents(
+        executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}"
+    )
 
 
 def funnel_of(output: str | Path) -> Funnel:

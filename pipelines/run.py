@@ -1,7 +1,7 @@
 """cpt's pipeline command line: one sub-command per pipeline.
 
-    python pipelines/run.py clean --input warc/ --output data/clean
-    python pipelines/run.py funnel data/clean
+python pipelines/run.py clean --input warc/ --output data/clean
+python pipelines/run.py funnel data/clean
 """
 
 from __future__ import annotations
@@ -31,20 +31,45 @@ def _add_clean(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--input", required=True, help="folder (searched recursively) or glob of input files; "
-                   "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="folder (searched recursively) or glob of input files; "
+        "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet",
+    )
     p.add_argument("--output", required=True, help="output folder: <lang>/*.parquet shards and report/")
-    p.add_argument("--config", help=f"YAML settings (default: {DEFAULT_CONFIG.parent.parent.name}/configs/clean.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set langid.min_score=0.5 (repeatable)")
-    p.add_argument("--steps", help=f"comma-separated subset of steps to run, in pipeline order ({','.join(STEPS)}); "
-                   "the writer always runs. `--steps extract` writes the extracted text for inspection")
-    p.add_argument("--executor", choices=["local", "slurm"], default="local",
-                   help="local processes, or a Slurm array job through datatrove's SlurmPipelineExecutor")
-    p.add_argument("--tasks", type=int, help="number of tasks the input files are split into (default: one per file)")
-    p.add_argument("--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)")
+    p.add_argument(
+        "--config", help=f"YAML settings (default: {DEFAULT_CONFIG.parent.parent.name}/configs/clean.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set langid.min_score=0.5 (repeatable)",
+    )
+    p.add_argument(
+        "--steps",
+        help=f"comma-separated subset of steps to run, in pipeline order ({','.join(STEPS)}); "
+        "the writer always runs. `--steps extract` writes the extracted text for inspection",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="local processes, or a Slurm array job through datatrove's SlurmPipelineExecutor",
+    )
+    p.add_argument(
+        "--tasks", type=int, help="number of tasks the input files are split into (default: one per file)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
+    )
     p.add_argument("--limit", type=int, default=-1, help="read at most N documents per task (for trial runs)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -56,10 +81,12 @@ def _clean(args) -> int:
     if args.tasks is not None and args.tasks < 1:
         raise ConfigError("--tasks", [f"must be >= 1 (got {args.tasks})"])
     run = prepare(args.input, args.output, cfg, steps, args.tasks, args.limit, progress=not args.no_progress)
-    executor = slurm_executor(run, args.workers) if args.executor == "slurm" else local_executor(run, args.workers)
+    executor = (
+        slurm_executor(run, args.workers) if args.executor == "slurm" else local_executor(run, args.workers)
+    )
     if args.dry_run:
         print(f"clean: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
-        for label, step in zip(run.labels, run.pipeline):
+        for label, step in zip(run.labels, run.pipeline, strict=True):
             print(f"  {label:<32} {step}")
         if args.executor == "slurm":
             print("\n# sbatch script:\n" + sbatch_script(executor))
@@ -92,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipelines/run.py", description="cpt data pipelines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_clean(sub)
-    f = sub.add_parser("funnel", help="print and save the funnel of a clean run (also while it runs on Slurm)")
+    f = sub.add_parser(
+        "funnel", help="print and save the funnel of a clean run (also while it runs on Slurm)"
+    )
     f.add_argument("output", help="the --output folder of the run")
     args = parser.parse_args(argv)
     try:

@@ -115,8 +115,17 @@ def test_pii_redacts_emails_public_ips_and_phone_numbers():
     )
     step = PIIRedactor()
     (out,) = list(step.run([doc(text, "en")]))
-    for secret in ["john.smith@example.org", "555-0134", "555-0199", "7946 0958", "8.8.4.4", "13812345678",
-                   "138 1234 5678", "62345678", "5888 6666"]:
+    for secret in [
+        "john.smith@example.org",
+        "555-0134",
+        "555-0199",
+        "7946 0958",
+        "8.8.4.4",
+        "13812345678",
+        "138 1234 5678",
+        "62345678",
+        "5888 6666",
+    ]:
         assert secret not in out.text, secret
     assert "1998" in out.text and "2020-2021" in out.text  # years and ranges are not phone numbers
     assert "192.168.10.25" in out.text  # private address kept (FineWeb: public IPs only)
@@ -134,4 +143,7 @@ def test_shard_writer_routes_by_language_and_leaves_no_tmp(tmp_path):
     assert table.schema.equals(CLEAN_SCHEMA)
     row = table.to_pylist()[0]
     assert row["url"] == "https://a.example/1" and row["source"] == "unit" and row["lang"] == "en"
-    assert pq.ParquetFile(tmp_path / "en" / "000_00000.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+    assert (
+        pq.ParquetFile(tmp_path / "en" / "000_00000.parquet").metadata.row_group(0).column(0).compression
+        == "ZSTD"
+    )

@@ -62,7 +62,8 @@ class DirtyWordsFilter(BaseFilter):
     def _pattern(self, lang: str) -> re.Pattern | None:
         if self._patterns is None:
             self._patterns = {
-                lang: compile_pattern(load_words(path), lang in UNSPACED_LANGS) for lang, path in self.lists.items()
+                lang: compile_pattern(load_words(path), lang in UNSPACED_LANGS)
+                for lang, path in self.lists.items()
             }
         return self._patterns.get(lang)
 

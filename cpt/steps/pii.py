@@ -49,7 +49,9 @@ class PIIRedactor(PIIFormatter):
 
     name = "📞 PII (e-mail, IP, phone)"
 
-    def __init__(self, emails: bool = True, ips: bool = True, public_ips_only: bool = True, phones: bool = True):
+    def __init__(
+        self, emails: bool = True, ips: bool = True, public_ips_only: bool = True, phones: bool = True
+    ):
         super().__init__(remove_emails=emails, remove_ips=ips, only_remove_public_ips=public_ips_only)
         self.remove_phones = phones
         self.phone_replacer = PIIReplacer(PHONE_REGEX, PHONE_REPLACEMENT)

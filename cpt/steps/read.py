@@ -76,6 +76,7 @@ class RobustWarcReader(_CountingReader, WarcReader):
 
         with self.data_folder.open(filepath, "rb") as f:
             offset, ri = 0, 0
+            in_broken_region = False  # one garbled stretch of bytes counts once, however warcio trips on it
             while offset is not None:
                 f.seek(offset)
                 records = ArchiveIterator(f, check_digests=False)
@@ -83,6 +84,9 @@ class RobustWarcReader(_CountingReader, WarcReader):
                     for record in records:
                         with self.track_time():
                             data, reason = parse_record(record)
+                        if reason == "broken_record" and in_broken_region:
+                            continue
+                        in_broken_region = reason == "broken_record"
                         if reason:
                             self.drop(reason)
                         else:
@@ -92,10 +96,18 @@ class RobustWarcReader(_CountingReader, WarcReader):
                             else:
                                 yield document
                         ri += 1
+                    # warcio stops silently at a member it cannot inflate (a truncated download): if
+                    # bytes are left after the last complete record, count them and look further on
                     offset = None
+                    f.seek(records.offset)
+                    if f.read(64).strip(b"\r\n\x00 "):
+                        self.drop("truncated_gzip" if _is_gzip(f) else "broken_record")
+                        offset = _next_record_start(f, records.offset + 1)
                 except Exception as e:  # noqa: BLE001 - any parse failure of a crawl file is data, not a bug
                     failed_at = records.offset  # absolute: start of the record that failed
-                    self.drop("truncated_gzip" if _is_compression_error(e) else "broken_record")
+                    if not in_broken_region:
+                        self.drop("truncated_gzip" if _is_compression_error(e) else "broken_record")
+                    in_broken_region = True
                     offset = _next_record_start(f, failed_at + 1)
                     ri += 1
 
@@ -104,10 +116,14 @@ def _is_compression_error(e: Exception) -> bool:
     return isinstance(e, (EOFError, zlib.error)) or "gzip" in str(e).lower() or "decompress" in str(e).lower()
 
 
+def _is_gzip(f) -> bool:
+    f.seek(0)
+    return f.read(3) == _GZIP_MAGIC
+
+
 def _next_record_start(f, start: int, chunk: int = 1 << 20) -> int | None:
     """Offset of the next gzip member (or plain `WARC/` header) at or after `start`, None if none."""
-    f.seek(0)
-    magic = _GZIP_MAGIC if f.read(3) == _GZIP_MAGIC else _WARC_MAGIC
+    magic = _GZIP_MAGIC if _is_gzip(f) else _WARC_MAGIC
     pos = start
     while True:
         f.seek(pos)
@@ -125,6 +141,8 @@ def _next_record_start(f, start: int, chunk: int = 1 << 20) -> int | None:
 def parse_record(record) -> tuple[dict | None, str | None]:
     """(document dict, None) for an HTML response or a WET conversion, else (None, removal reason)."""
     rec_type = record.rec_type
+    if not rec_type:
+        return None, "broken_record"  # no WARC-Type: a garbled header warcio parsed leniently
     if rec_type not in ("response", "conversion", "resource"):
         return None, f"warc_{rec_type}"
     http = record.http_headers
@@ -138,6 +156,8 @@ def parse_record(record) -> tuple[dict | None, str | None]:
     mime = record.rec_headers.get_header("WARC-Identified-Payload-Type") or content_type.split(";")[0]
     mime = mime.strip().lower()
     payload = record.content_stream().read()
+    if getattr(record.raw_stream, "limit", 0) > 0:
+        return None, "truncated_record"  # fewer bytes than its Content-Length: a cut-off download
     if not payload.strip():
         return None, "empty"
     is_text = rec_type == "conversion"
@@ -175,7 +195,9 @@ def decode_payload(payload: bytes, content_type: str = "", min_confidence: float
     if m:
         declared.append(m.group(1).decode("ascii", "ignore"))
     for charset in ["utf-8", *declared]:
-        charset = {"gb2312": "gb18030", "gbk": "gb18030"}.get(charset.lower(), charset)  # superset, same bytes
+        charset = {"gb2312": "gb18030", "gbk": "gb18030"}.get(
+            charset.lower(), charset
+        )  # superset, same bytes
         try:
             return payload.decode(charset)
         except (UnicodeDecodeError, LookupError):

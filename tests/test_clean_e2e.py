@@ -1,0 +1,216 @@
+"""`python pipelines/run.py clean` end to end, as a user runs it, on generated and real WARCs."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import REPO, run_cli, shared_data
+from cpt.sample_warc import write_sample_warc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("warc")
+    manifest = write_sample_warc(folder / "sample.warc.gz", seed=0, n_articles=12, large_page_mb=0.5)
+    return folder, manifest.categories
+
+
+@pytest.fixture(scope="module")
+def cleaned(sample, tmp_path_factory):
+    folder, _ = sample
+    out = tmp_path_factory.mktemp("clean")
+    proc = run_cli("clean", "--input", str(folder), "--output", str(out), "--no-progress")
+    return out, proc
+
+
+def read_shards(out: Path) -> pl.DataFrame:
+    files = sorted(out.glob("*/*.parquet"))
+    return pl.concat([pl.read_parquet(f).with_columns(pl.lit(f.parent.name).alias("folder")) for f in files])
+
+
+def is_non_public_ip(s: str) -> bool:
+    """Private, reserved and documentation addresses are kept by design (FineWeb: public IPs only)."""
+    try:
+        return not ipaddress.ip_address(s).is_global
+    except ValueError:
+        return False
+
+
+def funnel(out: Path) -> dict:
+    return json.loads((out / "report" / "funnel.json").read_text())
+
+
+def test_funnel_is_conserved_at_every_step_and_printed(cleaned):
+    out, proc = cleaned
+    steps = funnel(out)["steps"]
+    assert [s["step"] for s in steps][:4] == ["read", "url_filter", "extract", "langid"]
+    for s in steps:
+        assert s["docs_in"] == s["kept"] + sum(s["removed"].values()), s
+    for prev, s in zip(steps, steps[1:], strict=False):
+        assert s["docs_in"] == prev["kept"]
+    assert "heuristics.gopher_repetition" in proc.stdout and "written by language" in proc.stdout
+
+
+def test_chinese_and_english_pages_are_routed_to_their_folders(cleaned, sample):
+    out, _ = cleaned
+    _, cats = sample
+    df = read_shards(out)
+    assert set(df["folder"]) == {"en", "zh"}
+    assert (df["folder"] == df["lang"]).all()
+    zh_urls, en_urls = set(cats["zh_article"]), set(cats["en_article"])
+    got = dict(zip(df["url"], df["lang"], strict=True))
+    assert sum(got.get(u) == "zh" for u in zh_urls) >= len(zh_urls) - 1
+    assert sum(got.get(u) == "en" for u in en_urls) >= len(en_urls) - 1
+    assert not any(got.get(u) == "en" for u in zh_urls) and not any(got.get(u) == "zh" for u in en_urls)
+    # the GBK-encoded Chinese page was decoded, not mojibake
+    zh_text = "".join(df.filter(pl.col("url").is_in(cats["non_utf8"]) & (pl.col("lang") == "zh"))["text"])
+    assert zh_text and "的" in zh_text
+
+
+def test_pii_is_redacted_in_every_output_document(cleaned, sample):
+    out, _ = cleaned
+    _, cats = sample
+    df = read_shards(out)
+    pii_docs = df.filter(pl.col("url").is_in(cats["pii"]))
+    assert len(pii_docs) >= 3
+    everything = "\n".join(df["text"])
+    redactable = [s for s in cats["pii_strings"] if not is_non_public_ip(s)]
+    assert len(redactable) >= 8
+    for secret in redactable:
+        assert secret not in everything, secret
+    assert (pii_docs["metadata"].struct.field("pii_redactions") > 0).all()
+
+
+def test_spam_blocked_urls_other_languages_and_broken_input_do_not_reach_the_output(cleaned, sample):
+    out, _ = cleaned
+    _, cats = sample
+    urls = set(read_shards(out)["url"])
+    for category in ("spam", "blocked_url", "other_language", "empty", "non_html", "truncated"):
+        assert not urls & set(cats[category]), category
+    read = funnel(out)["steps"][0]["removed"]
+    assert read["broken_record"] == 1 and read["truncated_record"] == 1
+    assert set(cats["after_broken"]) <= urls  # the page after the broken header was recovered
+
+
+def test_steps_extract_alone_writes_the_extracted_text(sample, tmp_path):
+    folder, cats = sample
+    run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--steps", "extract", "--no-progress")
+    df = read_shards(tmp_path)
+    assert set(df["folder"]) == {"und"}
+    assert [s["step"] for s in funnel(tmp_path)["steps"]] == ["read", "extract", "write"]
+    assert not df["text"].str.contains("<html|<div|<p>").any()
+    assert len(df) > len(cats["en_article"]) + len(cats["zh_article"])
+
+
+def _shards_by_id(out: Path) -> list[dict]:
+    return sorted(read_shards(out).drop("folder").to_dicts(), key=lambda r: r["id"])
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    inputs = tmp_path / "in"
+    for seed in (1, 2, 3):
+        write_sample_warc(inputs / f"part{seed}.warc.gz", seed=seed, n_articles=6, large_page_mb=0.1)
+    args = ["clean", "--input", str(inputs), "--tasks", "3", "--workers", "1", "--no-progress"]
+    whole = tmp_path / "whole"
+    run_cli(*args, "--output", str(whole))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "pipelines/run.py", *args, "--output", str(killed)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    completions = killed / "report" / "logs" / "completions"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (completions.is_dir() and any(completions.iterdir())):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(completions.iterdir()))
+    assert 1 <= done < 3, f"kill landed after {done} of 3 tasks"
+    assert not (killed / "report" / "funnel.json").exists()
+
+    rerun = run_cli(*args, "--output", str(killed))
+    assert "written by language" in rerun.stdout
+    assert not list(killed.rglob("*.tmp"))
+    assert _shards_by_id(killed) == _shards_by_id(whole)
+    assert funnel(killed) == funnel(whole)
+
+
+def test_slurm_dry_run_prints_the_array_job_script(sample, tmp_path):
+    folder, _ = sample
+    proc = run_cli(
+        "clean",
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path),
+        "--executor",
+        "slurm",
+        "--tasks",
+        "4",
+        "--dry-run",
+        "--set",
+        "slurm.partition=cpu",
+        "--set",
+        "slurm.time=02:00:00",
+    )
+    assert "#SBATCH --array=0-3" in proc.stdout
+    assert "#SBATCH --partition=cpu" in proc.stdout and "#SBATCH --time=02:00:00" in proc.stdout
+    assert "launch_pickled_pipeline" in proc.stdout
+    assert not list(tmp_path.glob("*/*.parquet"))
+
+
+def test_bad_input_and_bad_config_give_one_line_errors(tmp_path):
+    missing = tmp_path / "nope"
+    proc = run_cli("clean", "--input", str(missing), "--output", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and str(missing) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("langid: [oops\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "hello"}\n')
+    proc = run_cli(
+        "clean",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+        "--config",
+        str(bad),
+        check=False,
+    )
+    assert proc.returncode == 2 and "bad.yaml" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_rerun_with_other_settings_into_the_same_output_is_refused(sample, tmp_path):
+    folder, _ = sample
+    run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--steps", "extract", "--limit", "5")
+    proc = run_cli(
+        "clean", "--input", str(folder), "--output", str(tmp_path), "--steps", "extract", check=False
+    )
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "limit" in proc.stderr
+
+
+def test_real_warcs_from_shared_data(tmp_path):
+    folder = shared_data("warc")
+    run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--no-progress")
+    f = funnel(tmp_path)
+    read = f["steps"][0]
+    assert read["docs_in"] >= 822 + 50  # blackbook alone has 822 records
+    assert f["outputs"].get("en", 0) > 10
+    df = read_shards(tmp_path)
+    assert df["url"].str.starts_with("http").all() and (df["text"].str.len_chars() > 100).all()
