@@ -147,3 +147,38 @@ def test_shard_writer_routes_by_language_and_leaves_no_tmp(tmp_path):
         pq.ParquetFile(tmp_path / "en" / "000_00000.parquet").metadata.row_group(0).column(0).compression
         == "ZSTD"
     )
+
+
+PAGE = """<html><head><title>Library</title></head><body>
+<header><nav><a href="/">Home</a> | <a href="/news">News</a> | <a href="/about">About us</a></nav></header>
+<article><h1>The village library reopened</h1>{}</article>
+<footer>Copyright 2024 Village Times. Privacy policy. This site uses cookies.</footer></body></html>"""
+
+
+def test_extractors_keep_the_article_and_drop_navigation_and_footer():
+    from cpt.steps.extract import ResiliparseExtractor, TrafilaturaExtractor
+
+    html = PAGE.format("".join(f"<p>{line}</p>" for line in EN_ARTICLE.split("\n")))
+    for extractor in (TrafilaturaExtractor(timeout=10), ResiliparseExtractor(timeout=10)):
+        html_doc = doc(html, format="html")
+        text_doc = doc("already plain text <b>kept as is</b>", format="text")
+        out = list(extractor.run([html_doc, text_doc]))
+        assert len(out) == 2, extractor.name
+        assert "cycle path" in out[0].text and "village library reopened" in out[0].text.lower()
+        assert "Privacy policy" not in out[0].text and "About us" not in out[0].text
+        assert "<p>" not in out[0].text and "**" not in out[0].text
+        assert out[1].text == "already plain text <b>kept as is</b>"
+        assert extractor.stats["forwarded"].total == 2
+
+
+def test_url_filter_uses_bundled_lists_offline_and_the_users_block_list(tmp_path):
+    from cpt.steps.url_filter import OfflineURLFilter
+
+    block = tmp_path / "block.txt"
+    block.write_text("# mine\nspam-farm.com\nhttps://news.example/bad-page.html\n")
+    f = OfflineURLFilter(str(block))
+    assert f.filter(doc("x", url="https://www.spam-farm.com/a")) == (False, "domain")
+    assert f.filter(doc("x", url="https://news.example/bad-page.html")) == (False, "url")
+    assert f.filter(doc("x", url="https://www.free-porn-tube.com/video/1.html"))[0] is False
+    assert f.filter(doc("x", url="https://news.example/good-page.html")) is True
+    assert f.filter(doc("x")) is True  # jsonl input without a URL

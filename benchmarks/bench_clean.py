@@ -1,0 +1,200 @@
+"""Throughput of `clean` per core, against the same steps assembled directly from datatrove.
+
+    python benchmarks/bench_clean.py [--articles 200] [--repeats 3] [--json OUT]
+
+Both pipelines run in this process as one datatrove task (one core; the extractor's sandbox child
+works while its parent waits), on the same files, alternating, best of `--repeats`. Figures are
+documents per second: HTML documents handed to extraction (the reader's output), so both sides
+divide the same count. Also measured: trafilatura vs resiliparse on the same pages, in-process.
+
+Plain datatrove differs from cpt where cpt has to: its URL filter's tldextract is put offline and its
+language filter pointed at the local lid.176 file (as cpt does), and its quality filters use English
+word splitting for every language (cpt splits Chinese with jieba, which costs time and is right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cpt.sample_warc import write_sample_warc  # noqa: E402
+
+SHARED_WARC = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "warc"
+
+
+def cut_before_broken_tail(path: Path) -> None:
+    """Drop the planted broken header and what follows: plain datatrove's reader stops the task there."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    with path.open("rb") as f:
+        records = ArchiveIterator(f)
+        for record in records:
+            if not record.rec_type:
+                cut = records.offset
+                break
+        else:
+            return
+        f.seek(0)
+        head = f.read(cut)
+    path.write_bytes(head)
+
+
+def plain_datatrove_pipeline(input_dir: Path, output_dir: Path) -> list:
+    """FineWeb's steps from datatrove alone: no cpt class involved."""
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+        LanguageFilter,
+        URLFilter,
+    )
+    from datatrove.pipeline.formatters import PIIFormatter
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.writers import ParquetWriter
+    from tldextract import TLDExtract
+
+    from cpt.steps.langid import lid176_model_path
+
+    url_filter = URLFilter()
+    url_filter.tldextractor = TLDExtract(suffix_list_urls=())
+    lang = LanguageFilter(languages=["en", "zh"])
+    lang.model.MODEL_URL = lid176_model_path()
+    return [
+        WarcReader(str(input_dir), glob_pattern="*.warc.gz"),
+        url_filter,
+        Trafilatura(favour_precision=True),
+        lang,
+        GopherRepetitionFilter(),
+        GopherQualityFilter(),
+        C4QualityFilter(filter_no_terminal_punct=False),
+        FineWebQualityFilter(),
+        PIIFormatter(),
+        ParquetWriter(str(output_dir), output_filename="${language}/${rank}.parquet", compression="zstd"),
+    ]
+
+
+def run_plain(input_dir: Path, work: Path) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+
+    out = work / "plain"
+    shutil.rmtree(out, ignore_errors=True)
+    executor = LocalPipelineExecutor(
+        plain_datatrove_pipeline(input_dir, out / "data"), tasks=1, workers=1, logging_dir=str(out / "logs")
+    )
+    start = time.perf_counter()
+    stats = executor.run()
+    elapsed = time.perf_counter() - start
+    return elapsed, int(stats.stats[0].stats["documents"].total)
+
+
+def run_cpt(input_dir: Path, work: Path, steps: list[str] | None, name: str) -> tuple[float, int]:
+    from pipelines.clean import funnel_of, load_config, local_executor, prepare
+
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    run = prepare(str(input_dir), out, load_config(), steps=steps, tasks=1, progress=False)
+    executor = local_executor(run, workers=1)
+    start = time.perf_counter()
+    executor.run()
+    elapsed = time.perf_counter() - start
+    return elapsed, funnel_of(out).rows[0].kept
+
+
+def extraction_speed(input_dir: Path, limit: int = 400) -> dict:
+    """trafilatura vs resiliparse, in-process on the same HTML pages."""
+    from cpt.steps.extract import ResiliparseExtractor, TrafilaturaExtractor
+    from cpt.steps.read import RobustWarcReader
+
+    pages = [d.text for d in RobustWarcReader(str(input_dir)).run() if d.metadata["format"] == "html"][:limit]
+    mb = sum(len(p.encode()) for p in pages) / 2**20
+    result = {"pages": len(pages), "html_mb": round(mb, 2)}
+    for name, extractor in [("trafilatura", TrafilaturaExtractor()), ("resiliparse", ResiliparseExtractor())]:
+        extractor.extract(pages[0])  # warm-up: imports
+        start = time.perf_counter()
+        chars = sum(len(extractor.extract(p) or "") for p in pages)
+        elapsed = time.perf_counter() - start
+        result[name] = {
+            "pages_per_s": round(len(pages) / elapsed, 1),
+            "mb_per_s": round(mb / elapsed, 2),
+            "chars_out": chars,
+        }
+    result["resiliparse_over_trafilatura"] = round(
+        result["resiliparse"]["pages_per_s"] / result["trafilatura"]["pages_per_s"], 2
+    )
+    return result
+
+
+def bench_corpus(label: str, input_dir: Path, work: Path, repeats: int) -> dict:
+    plain, same, full = [], [], []
+    same_steps = ["url_filter", "extract", "langid", "heuristics", "pii"]  # plain datatrove's set
+    for _ in range(repeats):
+        t, plain_docs = run_plain(input_dir, work)
+        plain.append(t)
+        t, docs = run_cpt(input_dir, work, same_steps, "cpt_same")
+        same.append(t)
+        t, _ = run_cpt(input_dir, work, None, "cpt_full")
+        full.append(t)
+    # each side divides by the documents its own reader produced (datatrove also passes non-200 pages on)
+    rate = {
+        "datatrove": round(plain_docs / min(plain), 1),
+        "cpt_same_steps": round(docs / min(same), 1),
+        "cpt_default": round(docs / min(full), 1),
+    }
+    return {
+        "corpus": label,
+        "html_documents": {"datatrove_reader": plain_docs, "cpt_reader": docs},
+        "docs_per_s_per_core": rate,
+        "cpt_over_datatrove": round(rate["cpt_same_steps"] / rate["datatrove"], 2),
+        "seconds_best": {
+            "datatrove": round(min(plain), 2),
+            "cpt_same_steps": round(min(same), 2),
+            "cpt_default": round(min(full), 2),
+        },
+        "extraction": extraction_speed(input_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--articles", type=int, default=200, help="articles per language in the generated WARC"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    results = {
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        generated = work / "generated"
+        write_sample_warc(generated / "sample.warc.gz", seed=0, n_articles=args.articles, large_page_mb=2.0)
+        cut_before_broken_tail(generated / "sample.warc.gz")
+        results["generated"] = bench_corpus("generated", generated, work, args.repeats)
+        if SHARED_WARC.is_dir():
+            real = work / "real"
+            real.mkdir()
+            for f in SHARED_WARC.glob("*.warc.gz"):
+                (real / f.name).symlink_to(f)
+            results["real"] = bench_corpus("real (shared/data/warc)", real, work, args.repeats)
+        else:
+            print(f"note: {SHARED_WARC} not found, real-WARC figures skipped", file=sys.stderr)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
