@@ -160,12 +160,9 @@ def parse_record(record) -> tuple[dict | None, str | None]:
         return None, "truncated_record"  # fewer bytes than its Content-Length: a cut-off download
     if not payload.strip():
         return None, "empty"
-    is_text = rec_type == "conversion"
-    if is_text:
-        pass
-    elif mime in HTML_TYPES or (not mime and payload[:1024].lstrip().lower().startswith(_HTML_SNIFF)):
-        pass
-    else:
+    is_text = rec_type == "conversion"  # WET: already extracted text
+    looks_html = mime in HTML_TYPES or (not mime and payload[:1024].lstrip().lower().startswith(_HTML_SNIFF))
+    if not (is_text or looks_html):
         return None, "not_html"
     text = decode_payload(payload, content_type)
     if text is None:
