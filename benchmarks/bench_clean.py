@@ -97,6 +97,13 @@ def run_plain(input_dir: Path, work: Path) -> tuple[float, int]:
     return elapsed, int(stats.stats[0].stats["documents"].total)
 
 
+def kept_by_language(data_dir: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    langs = sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name != "report")
+    return {p.name: sum(pq.ParquetFile(f).metadata.num_rows for f in p.glob("*.parquet")) for p in langs}
+
+
 def run_cpt(input_dir: Path, work: Path, steps: list[str] | None, name: str) -> tuple[float, int]:
     from pipelines.clean import funnel_of, load_config, local_executor, prepare
 
@@ -160,6 +167,11 @@ def bench_corpus(label: str, input_dir: Path, work: Path, repeats: int) -> dict:
             "datatrove": round(min(plain), 2),
             "cpt_same_steps": round(min(same), 2),
             "cpt_default": round(min(full), 2),
+        },
+        "kept_by_language": {
+            "datatrove": kept_by_language(work / "plain" / "data"),
+            "cpt_same_steps": kept_by_language(work / "cpt_same"),
+            "cpt_default": kept_by_language(work / "cpt_full"),
         },
         "extraction": extraction_speed(input_dir),
     }

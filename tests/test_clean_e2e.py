@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, run_cli, shared_data
 from cpt.sample_warc import write_sample_warc
+from texts import ARTICLES
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +215,23 @@ def test_real_warcs_from_shared_data(tmp_path):
     assert f["outputs"].get("en", 0) > 10
     df = read_shards(tmp_path)
     assert df["url"].str.starts_with("http").all() and (df["text"].str.len_chars() > 100).all()
+
+
+def test_jsonl_and_parquet_inputs_in_one_folder(tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    rows = [{"id": f"j{i}", "text": t} for i, t in enumerate(ARTICLES)]
+    (inputs / "a.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{broken\n"
+    )
+    pl.DataFrame(
+        [{"id": f"p{i}", "text": t, "url": f"https://p.example/{i}"} for i, t in enumerate(ARTICLES)]
+    ).write_parquet(inputs / "sub" / "b.parquet")
+    out = tmp_path / "out"
+    run_cli("clean", "--input", str(inputs), "--output", str(out), "--no-progress")
+    read = funnel(out)["steps"][0]
+    assert read["docs_in"] == 2 * len(ARTICLES) + 1 and read["removed"] == {"broken_json": 1}
+    assert sorted((out / "report" / "inputs").iterdir())[0].name == "jsonl.txt"
+    df = read_shards(out)
+    assert {i[0] for i in df["id"]} == {"j", "p"}
+    assert set(df["lang"]) == {"en", "zh"}

@@ -61,6 +61,13 @@ class _CountingReader:
     def drop(self, reason: str) -> None:
         self.stat_update(StatHints.total, StatHints.dropped, f"dropped_{reason}")
 
+    def to_document(self, data: dict, filepath: str, index: int):
+        """datatrove's Document for a parsed record, or None (counted as `empty`) when it has no text."""
+        document = self.get_document_from_dict(data, filepath, index)
+        if document is None:
+            self.drop("empty")
+        return document
+
 
 class RobustWarcReader(_CountingReader, WarcReader):
     """WARC/WET reader: HTML responses (and WET conversions) become documents; the rest is counted."""
@@ -89,12 +96,8 @@ class RobustWarcReader(_CountingReader, WarcReader):
                         in_broken_region = reason == "broken_record"
                         if reason:
                             self.drop(reason)
-                        else:
-                            document = self.get_document_from_dict(data, filepath, ri)
-                            if document is None:
-                                self.drop("empty")
-                            else:
-                                yield document
+                        elif (document := self.to_document(data, filepath, ri)) is not None:
+                            yield document
                         ri += 1
                     # warcio stops silently at a member it cannot inflate (a truncated download): if
                     # bytes are left after the last complete record, count them and look further on
@@ -237,10 +240,7 @@ class CountingJsonlReader(_CountingReader, JsonlReader):
                     li += 1
                     continue
                 data.setdefault(FORMAT_KEY, TEXT)
-                document = self.get_document_from_dict(data, filepath, li)
-                if document is None:
-                    self.drop("empty")
-                else:
+                if (document := self.to_document(data, filepath, li)) is not None:
                     yield document
                 li += 1
 
