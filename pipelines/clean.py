@@ -37,6 +37,7 @@ class ExtractConfig:
     backend: Literal["trafilatura", "resiliparse"] = "trafilatura"
     timeout: float = 1.0
     favour_precision: bool = True
+    include_tables: bool = False
 
 
 @dataclass
@@ -170,9 +171,8 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         if name == "url_filter":
             steps.append(OfflineURLFilter(cfg.url_filter.block_list, cfg.url_filter.soft_word_threshold))
         elif name == "extract":
-            steps.append(
-                make_extractor(cfg.extract.backend, cfg.extract.timeout, cfg.extract.favour_precision)
-            )
+            e = cfg.extract
+            steps.append(make_extractor(e.backend, e.timeout, e.favour_precision, e.include_tables))
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
@@ -233,8 +233,12 @@ def prepare(
     tasks: int | None = None,
     limit: int = -1,
     progress: bool = True,
+    record: bool = True,
 ) -> CleanRun:
-    """Resolve settings, list the inputs and assemble the pipeline; refuse to mix two runs' outputs."""
+    """Resolve settings, list the inputs and assemble the pipeline; refuse to mix two runs' outputs.
+
+    With `record=False` (a dry run) the settings are checked against an earlier run but not saved.
+    """
     from cpt.steps.read import make_readers
 
     output = Path(output)
@@ -263,11 +267,11 @@ def prepare(
         n_readers=len(readers),
         tasks=tasks,
     )
-    _check_settings(run, limit)
+    _check_settings(run, limit, record)
     return run
 
 
-def _check_settings(run: CleanRun, limit: int) -> None:
+def _check_settings(run: CleanRun, limit: int, record: bool) -> None:
     """Record the run's settings; a rerun into the same output must use the same ones (resume)."""
     settings = {
         "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
@@ -288,6 +292,8 @@ def _check_settings(run: CleanRun, limit: int) -> None:
                     "resume with the same command, or write to a new --output"
                 ],
             )
+        return
+    if not record:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

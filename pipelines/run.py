@@ -80,7 +80,16 @@ def _clean(args) -> int:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
     if args.tasks is not None and args.tasks < 1:
         raise ConfigError("--tasks", [f"must be >= 1 (got {args.tasks})"])
-    run = prepare(args.input, args.output, cfg, steps, args.tasks, args.limit, progress=not args.no_progress)
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        steps,
+        args.tasks,
+        args.limit,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
     executor = (
         slurm_executor(run, args.workers) if args.executor == "slurm" else local_executor(run, args.workers)
     )

@@ -156,3 +156,16 @@ def test_url_filter_uses_bundled_lists_offline_and_the_users_block_list(tmp_path
     assert f.filter(doc("x", url="https://www.free-porn-tube.com/video/1.html"))[0] is False
     assert f.filter(doc("x", url="https://news.example/good-page.html")) is True
     assert f.filter(doc("x")) is True  # jsonl input without a URL
+
+
+def test_a_failing_task_leaves_only_tmp_shards(tmp_path):
+    import pytest
+
+    def documents_then_crash():
+        yield doc(EN_ARTICLE, "en")
+        raise RuntimeError("worker died")
+
+    writer = ShardWriter(str(tmp_path), source="unit", rows_per_group=1)
+    with pytest.raises(RuntimeError):
+        list(writer.run(documents_then_crash()))
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["000_00000.parquet.tmp"]

@@ -57,12 +57,18 @@ class TrafilaturaExtractor(_PassTextThrough, Trafilatura):
 
     name = "⛏ Trafilatura (cpt)"
 
-    def __init__(self, favour_precision: bool = True, timeout: float = 1.0, deduplicate: bool = True):
+    def __init__(
+        self,
+        favour_precision: bool = True,
+        timeout: float = 1.0,
+        deduplicate: bool = True,
+        include_tables: bool = False,
+    ):
         super().__init__(
             favour_precision=favour_precision,
             timeout=timeout,
             deduplicate=deduplicate,
-            include_tables=False,
+            include_tables=include_tables,  # tables come out as `|`-separated cells, a markdown-like form
             include_formatting=False,  # no markdown emphasis in the training text
             include_links=False,
             output_format="txt",
@@ -93,7 +99,11 @@ class ResiliparseExtractor(_PassTextThrough, BaseExtractor):
         )
 
 
-def make_extractor(backend: str, timeout: float, favour_precision: bool = True) -> BaseExtractor:
+def make_extractor(
+    backend: str, timeout: float, favour_precision: bool = True, include_tables: bool = False
+) -> BaseExtractor:
     if backend == "resiliparse":
         return ResiliparseExtractor(timeout=timeout)
-    return TrafilaturaExtractor(favour_precision=favour_precision, timeout=timeout)
+    return TrafilaturaExtractor(
+        favour_precision=favour_precision, timeout=timeout, include_tables=include_tables
+    )

@@ -1,7 +1,7 @@
 """Write clean shards: Parquet (zstd, fixed schema), one folder per language, bounded file size.
 
 Files are written under a `.tmp` name and renamed when the task finishes, so a reader never sees a
-half-written shard and an interrupted task leaves only `.tmp` files, which its rerun overwrites.
+half-written shard: a task that is killed or fails leaves only `.tmp` files, which its rerun overwrites.
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ class ShardWriter(ParquetWriter):
         self._written.add(name)
         super()._write(document, file_handler, filename)
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # a task that fails keeps its `.tmp` names: only a finished task's shards look final
+        self._commit = exc_type is None
+        super().__exit__(exc_type, exc_val, exc_tb)
+
     def close(self):
         super().close()
-        for name in sorted(self._written):
-            final = name[: -len(TMP_SUFFIX)]
-            self.output_folder.mv(name, final)
+        if getattr(self, "_commit", True):
+            for name in sorted(self._written):
+                self.output_folder.mv(name, name[: -len(TMP_SUFFIX)])
         self._written.clear()
