@@ -160,7 +160,7 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
     """The processing steps after the readers, and a funnel label for each."""
     from cpt.steps.dirty_words import DirtyWordsFilter, default_lists
     from cpt.steps.extract import make_extractor
-    from cpt.steps.heuristics import HEURISTIC_FILTERS, PerLanguageFilter
+    from cpt.steps.heuristics import HEURISTIC_FILTERS, PerLanguageFilter, word_tokenizers
     from cpt.steps.langid import LanguageID
     from cpt.steps.pii import PIIRedactor
     from cpt.steps.url_filter import OfflineURLFilter
@@ -176,11 +176,14 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
+            tokenizers = word_tokenizers(cfg.languages)  # shared: a text split once serves every filter
             for kind in HEURISTIC_FILTERS:
                 spec = dict(cfg.heuristics.get(kind, {}))
                 if not spec.pop("enabled", True):
                     continue
-                steps.append(PerLanguageFilter(f"{kind} (per language)", kind, spec, cfg.languages))
+                steps.append(
+                    PerLanguageFilter(f"{kind} (per language)", kind, spec, cfg.languages, tokenizers)
+                )
                 labels.append(f"heuristics.{kind}")
             continue
         elif name == "dirty_words":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 from datatrove.data import Document
-from datatrove.utils.text import split_into_words
+from datatrove.utils.text import split_into_sentences, split_into_words
 
 from conftest import shared_data
 from cpt.shards import CLEAN_SCHEMA
 from cpt.steps.dirty_words import DirtyWordsFilter, default_lists
-from cpt.steps.heuristics import PerLanguageFilter
+from cpt.steps.heuristics import JiebaTokenizer, PerLanguageFilter
 from cpt.steps.langid import LanguageID
 from cpt.steps.pii import PIIRedactor
 from cpt.steps.write import ShardWriter
@@ -32,9 +32,24 @@ def test_langid_predicts_offline_with_numpy2_fasttext():
 
 
 def test_chinese_is_split_into_words_not_judged_as_one_giant_word():
-    words = split_into_words(ZH_ARTICLE, "cmn")
+    words = split_into_words(ZH_ARTICLE, JiebaTokenizer())
     assert len(words) > 150  # jieba segmentation; a whitespace split gives 10 "words"
     assert max(len(w) for w in words) <= 6
+    assert len(split_into_sentences(ZH_ARTICLE.replace("\n", ""), JiebaTokenizer())) == 10
+
+
+def test_jieba_tokenizer_matches_datatrove_spacy_jieba_on_real_text():
+    lines = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    tok = JiebaTokenizer()
+    for i in range(0, 200, 20):
+        page = "\n".join(lines[i : i + 20])
+        assert tok.word_tokenize(page) == split_into_words(page, "cmn")
+        # spaCy's sentencizer differs on brackets after a full stop ("。（" ends its sentence with the "（")
+        spacy_count, jieba_count = (
+            len(split_into_sentences(page, "cmn")),
+            len(split_into_sentences(page, tok)),
+        )
+        assert abs(spacy_count - jieba_count) <= max(1, spacy_count // 20)
 
 
 def test_chinese_article_passes_zh_heuristics_but_english_defaults_would_drop_it():
