@@ -176,7 +176,7 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
-            tokenizers = word_tokenizers(cfg.languages)  # shared: a text split once serves every filter
+            tokenizers = word_tokenizers(cfg.languages)  # shared: a page split once serves the next filter
             for kind in HEURISTIC_FILTERS:
                 spec = dict(cfg.heuristics.get(kind, {}))
                 if not spec.pop("enabled", True):

@@ -6,8 +6,8 @@ settings right for that language and dispatches each document by its `lang` labe
 
 Chinese is segmented with jieba. datatrove's table gives `zh` a non-segmenting tokenizer (a "FALSE"
 string read as true) and `cmn` spaCy wrapping jieba; cpt passes datatrove a `JiebaTokenizer` instead
-(the same words as `cmn`, without spaCy's per-call overhead), one instance shared by the four filters
-so the text they all split in a row is segmented once.
+(the same words as `cmn`, without spaCy's per-call overhead), one instance shared by the four filters,
+so a page that Gopher repetition and Gopher quality both split is segmented once.
 """
 
 from __future__ import annotations
