@@ -29,7 +29,6 @@ def _add_clean(sub) -> None:
             "to OUTPUT/report/funnel.json. Interrupt it at any point and run the same command again: "
             "it finishes the remaining work."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--input",
@@ -58,7 +57,7 @@ def _add_clean(sub) -> None:
         "--executor",
         choices=["local", "slurm"],
         default="local",
-        help="local processes, or a Slurm array job through datatrove's SlurmPipelineExecutor",
+        help="local processes (default), or a Slurm array job through datatrove's SlurmPipelineExecutor",
     )
     p.add_argument(
         "--tasks", type=int, help="number of tasks the input files are split into (default: one per file)"
@@ -66,7 +65,12 @@ def _add_clean(sub) -> None:
     p.add_argument(
         "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
     )
-    p.add_argument("--limit", type=int, default=-1, help="read at most N documents per task (for trial runs)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=-1,
+        help="read at most N documents per task, for trial runs (default: no limit)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
     )
