@@ -105,14 +105,14 @@ def kept_by_language(data_dir: Path) -> dict[str, int]:
 
 
 def run_cpt(input_dir: Path, work: Path, steps: list[str] | None, name: str) -> tuple[float, int]:
-    from pipelines.clean import funnel_of, load_config, local_executor, prepare
+    from pipelines.clean import executor, funnel_of, load_config, prepare
 
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     run = prepare(str(input_dir), out, load_config(), steps=steps, tasks=1, progress=False)
-    executor = local_executor(run, workers=1)
+    launcher = executor(run, "local", workers=1)
     start = time.perf_counter()
-    executor.run()
+    launcher.run()
     elapsed = time.perf_counter() - start
     return elapsed, funnel_of(out).rows[0].kept
 

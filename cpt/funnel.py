@@ -86,16 +86,31 @@ class Funnel:
         return "\n".join(lines)
 
 
-def row_from_stats(step: str, stats: dict) -> FunnelRow:
-    """One funnel row from a datatrove step's stats dict ({key: {"total": n, ...} or n})."""
+def step_totals(logging_dir: str | Path, step_index: int) -> tuple[dict[str, int], int]:
+    """Counts of one step summed over the tasks that finished, and how many tasks that was."""
+    stats_dir = Path(logging_dir) / "stats"
+    files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
+    totals: dict[str, int] = {}
+    for f in files:
+        step = json.loads(f.read_text(encoding="utf-8"))[step_index]
+        for key, value in step["stats"].items():
+            totals[key] = totals.get(key, 0) + int(value["total"] if isinstance(value, dict) else value)
+    return totals, len(files)
+
+
+def row_from_stats(step: str, stats: dict, reasonless: str = _REASONLESS_DROP) -> FunnelRow:
+    """One funnel row from a datatrove step's stats dict ({key: {"total": n, ...} or n}).
+
+    Documents a step dropped without a `dropped_<reason>` count are put under `reasonless`.
+    """
     counts = {k: int(v["total"] if isinstance(v, dict) else v) for k, v in stats.items()}
     docs_in = counts.get("total", 0)
     kept = counts.get("forwarded", docs_in if "dropped" not in counts else docs_in - counts["dropped"])
     removed = {k.removeprefix("dropped_"): n for k, n in counts.items() if k.startswith("dropped_") and n}
     untold = counts.get("dropped", 0) - sum(removed.values())
     if untold > 0:
-        removed[_REASONLESS_DROP] = untold
-    counters = {k: n for k, n in counts.items() if k.startswith("redacted_")}
+        removed[reasonless] = untold
+    counters = {k: n for k, n in counts.items() if k.startswith("redacted_") or k == "lines_removed"}
     return FunnelRow(step, docs_in, kept, removed, counters)
 
 

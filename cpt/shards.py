@@ -14,6 +14,10 @@ METADATA_FIELDS = [
     pa.field("file_path", pa.string()),  # the input file the document came from
     pa.field("dirty_word_share", pa.float32()),  # share of characters inside block-listed words
     pa.field("pii_redactions", pa.int32()),  # e-mails, IPs and phone numbers replaced
+    pa.field(
+        "minhash_cluster_id", pa.int64()
+    ),  # dedup: near-duplicate cluster this document survived, -1 none
+    pa.field("lines_removed", pa.int32()),  # dedup: lines dropped as frequent (ccNet) boilerplate
 ]
 
 CLEAN_SCHEMA = pa.schema(
@@ -42,4 +46,17 @@ def document_row(doc, source: str) -> dict:
         "lang_score": meta.get("lang_score"),
         "source": meta.get("source", source),
         "metadata": {f.name: meta.get(f.name) for f in METADATA_FIELDS},
+    }
+
+
+def row_to_document(reader, row: dict, path: str, id_in_file: int | str) -> dict:
+    """Adapter for datatrove's ParquetReader: a CLEAN_SCHEMA row back into a Document's fields."""
+    metadata = {k: v for k, v in (row.get("metadata") or {}).items() if v is not None}
+    for key in ("url", "lang", "lang_score", "source"):
+        if row.get(key) is not None:
+            metadata[key] = row[key]
+    return {
+        "text": row.get("text") or "",
+        "id": row.get("id") or f"{path}/{id_in_file}",
+        "metadata": metadata,
     }

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, build_funnel
+from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
 STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii")
@@ -60,24 +59,6 @@ class PiiConfig:
 
 
 @dataclass
-class WriteConfig:
-    max_file_size_mb: int = 512
-    rows_per_group: int = 1000
-    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4"] = "zstd"
-
-
-@dataclass
-class SlurmConfig:
-    partition: str = "debug"
-    time: str = "24:00:00"
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
-    qos: str = "normal"
-    job_name: str = "cpt-clean"
-    sbatch_args: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class CleanConfig:
     source: str | None = None
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
@@ -89,7 +70,7 @@ class CleanConfig:
     dirty_words: DirtyWordsConfig = field(default_factory=DirtyWordsConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-clean"))
 
     def validate(self) -> list[str]:
         from cpt.steps.heuristics import HEURISTIC_FILTERS, filter_params
@@ -275,7 +256,6 @@ def prepare(
 
 
 def _check_settings(run: CleanRun, limit: int, record: bool) -> None:
-    """Record the run's settings; a rerun into the same output must use the same ones (resume)."""
     settings = {
         "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
         "config": dataclasses.asdict(run.cfg),
@@ -283,68 +263,16 @@ def _check_settings(run: CleanRun, limit: int, record: bool) -> None:
         "limit": limit,
         "steps": run.labels,
     }
-    path = run.report_dir / "settings.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if previous.get(k) != json.loads(json.dumps(settings[k])))
-            raise ConfigError(
-                str(path),
-                [
-                    f"{run.output} holds a run made with other settings ({', '.join(changed)} differ): "
-                    "resume with the same command, or write to a new --output"
-                ],
-            )
-        return
-    if not record:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    (run.report_dir / "steps.json").write_text(
-        json.dumps({"labels": run.labels, "n_readers": run.n_readers, "tasks": run.tasks}, indent=2) + "\n"
-    )
+    check_settings(run.report_dir, run.output, settings, record)
+    if record:
+        write_json(
+            run.report_dir / "steps.json",
+            {"labels": run.labels, "n_readers": run.n_readers, "tasks": run.tasks},
+        )
 
 
-def local_executor(run: CleanRun, workers: int | None = None):
-    from datatrove.executor import LocalPipelineExecutor
-
-    workers = workers or min(run.tasks, os.cpu_count() or 1)
-    return LocalPipelineExecutor(
-        run.pipeline, tasks=run.tasks, workers=workers, logging_dir=str(run.logging_dir), skip_completed=True
-    )
-
-
-def slurm_executor(run: CleanRun, workers: int | None = None):
-    from datatrove.executor import SlurmPipelineExecutor
-
-    s = run.cfg.slurm
-    in_venv = sys.prefix != sys.base_prefix
-    return SlurmPipelineExecutor(
-        run.pipeline,
-        tasks=run.tasks,
-        workers=workers or -1,
-        time=s.time,
-        partition=s.partition,
-        cpus_per_task=s.cpus_per_task,
-        mem_per_cpu_gb=s.mem_per_cpu_gb,
-        qos=s.qos,
-        job_name=s.job_name,
-        sbatch_args=dict(s.sbatch_args),
-        venv_path=os.path.join(sys.prefix, "bin", "activate") if in_venv else None,
-        logging_dir=str(run.logging_dir.resolve()),
-        slurm_logs_folder=str((run.report_dir / "slurm").resolve()),
-        skip_completed=True,
-    )
-
-
-def sbatch_script(executor) -> str:
-    """The array-job script `executor.run()` would submit, without submitting it."""
-    pickled = executor.logging_dir.resolve_paths("executor.pik")
-    return executor.get_launch_file_contents(
-        executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}"
-    )
+def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
+    return make_executor(kind, run.pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers)
 
 
 def funnel_of(output: str | Path) -> Funnel:

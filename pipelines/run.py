@@ -7,6 +7,7 @@ python pipelines/run.py funnel data/clean
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def _add_clean(sub) -> None:
 
 
 def _clean(args) -> int:
-    from pipelines.clean import funnel_of, load_config, local_executor, prepare, sbatch_script, slurm_executor
+    from pipelines.clean import executor, funnel_of, load_config, prepare
+    from pipelines.common import sbatch_script
 
     cfg = load_config(args.config, args.overrides)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
@@ -94,17 +96,15 @@ def _clean(args) -> int:
         progress=not args.no_progress,
         record=not args.dry_run,
     )
-    executor = (
-        slurm_executor(run, args.workers) if args.executor == "slurm" else local_executor(run, args.workers)
-    )
+    launcher = executor(run, args.executor, args.workers)
     if args.dry_run:
         print(f"clean: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
         for label, step in zip(run.labels, run.pipeline, strict=True):
             print(f"  {label:<32} {step}")
         if args.executor == "slurm":
-            print("\n# sbatch script:\n" + sbatch_script(executor))
+            print("\n# sbatch script:\n" + sbatch_script(launcher))
         return 0
-    executor.run()
+    launcher.run()
     if args.executor == "slurm":
         print(f"submitted; when the array job ends: python pipelines/run.py funnel {run.output}")
         return 0
@@ -122,23 +122,109 @@ def _print_funnel(funnel, output: Path) -> int:
     return 0
 
 
-def _funnel(args) -> int:
-    from pipelines.clean import funnel_of
+def _add_dedup(sub) -> None:
+    from pipelines.dedup import LEVELS
 
-    return _print_funnel(funnel_of(args.output), args.output)
+    p = sub.add_parser(
+        "dedup",
+        help="URL, MinHash and ccNet line deduplication of clean output, per language",
+        description=(
+            "Deduplicate the <lang>/ folders of a `clean` output within each language: exact URL "
+            "duplicates (the longest text is kept), near-duplicate documents (datatrove's MinHash), "
+            "then lines frequent enough to be boilerplate (ccNet). Kept documents go to OUTPUT/<lang>/, "
+            "removed ones to the OUTPUT/dedup/removed/ table with what they duplicated; the funnel goes "
+            "to OUTPUT/report/funnel.json. Run the same command again to resume."
+        ),
+    )
+    p.add_argument(
+        "--input", required=True, help="the --output folder of `clean` (its <lang>/*.parquet shards)"
+    )
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--config", help="YAML settings (default: pipelines/configs/dedup.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set lines.max_count=10 (repeatable)",
+    )
+    p.add_argument("--levels", help=f"comma-separated subset of {','.join(LEVELS)}, run in that order")
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="local processes (default), or Slurm array jobs chained by dependencies",
+    )
+    p.add_argument(
+        "--tasks", type=int, help="tasks per language for the per-document stages (default: one per shard)"
+    )
+    p.add_argument("--workers", type=int, help="tasks run at once (default: local: CPUs; slurm: no cap)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the stages (and for slurm the first sbatch script)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _dedup(args) -> int:
+    from pipelines.common import sbatch_script
+    from pipelines.dedup import funnel_of, load_config, prepare
+
+    cfg = load_config(args.config, args.overrides)
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()] if args.levels else None
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError("--tasks", [f"must be >= 1 (got {args.tasks})"])
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        levels,
+        args.tasks,
+        args.executor,
+        args.workers,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
+    if args.dry_run:
+        for chain in run.chains:
+            print(
+                f"{chain.lang}: "
+                + " -> ".join(
+                    f"{Path(str(e.logging_dir.path)).name}[{e.world_size}]" for e in chain.executors
+                )
+            )
+        if args.executor == "slurm":
+            print("\n# first sbatch script:\n" + sbatch_script(run.chains[0].executors[0]))
+        return 0
+    for chain in run.chains:
+        chain.executors[-1].run()  # runs (or submits) its dependencies first
+    if args.executor == "slurm":
+        print(f"submitted; when the jobs end: python pipelines/run.py funnel {run.output}")
+        return 0
+    return _print_funnel(funnel_of(run.output), run.output)
+
+
+def _funnel(args) -> int:
+    from pipelines import clean, dedup
+
+    report = Path(args.output) / "report" / "steps.json"
+    is_clean = report.is_file() and "labels" in json.loads(report.read_text(encoding="utf-8"))
+    funnel = clean.funnel_of(args.output) if is_clean else dedup.funnel_of(args.output)
+    return _print_funnel(funnel, args.output)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipelines/run.py", description="cpt data pipelines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_clean(sub)
+    _add_dedup(sub)
     f = sub.add_parser(
-        "funnel", help="print and save the funnel of a clean run (also while it runs on Slurm)"
+        "funnel", help="print and save the funnel of a clean or dedup run (also while it runs)"
     )
     f.add_argument("output", help="the --output folder of the run")
     args = parser.parse_args(argv)
     try:
-        return {"clean": _clean, "funnel": _funnel}[args.command](args)
+        return {"clean": _clean, "dedup": _dedup, "funnel": _funnel}[args.command](args)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

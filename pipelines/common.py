@@ -1,0 +1,114 @@
+"""What every pipeline shares: output and Slurm settings, the settings record that makes reruns resume
+safely, and the datatrove executors (local processes or Slurm array jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cpt.config import ConfigError
+
+
+@dataclass
+class WriteConfig:
+    max_file_size_mb: int = 512
+    rows_per_group: int = 1000
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4"] = "zstd"
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = "debug"
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    qos: str = "normal"
+    job_name: str = "cpt"
+    sbatch_args: dict[str, Any] = field(default_factory=dict)
+
+
+def check_settings(report_dir: Path, output: Path, settings: dict, record: bool = True) -> None:
+    """Record a run's settings; a rerun into the same output must use the same ones (it resumes).
+
+    With `record=False` (a dry run) the settings are checked against an earlier run but not saved.
+    """
+    settings = json.loads(json.dumps(settings))
+    path = report_dir / "settings.json"
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise ConfigError(
+                str(path),
+                [
+                    f"{output} holds a run made with other settings ({', '.join(changed)} differ): "
+                    "resume with the same command, or write to a new --output"
+                ],
+            )
+        return
+    if record:
+        write_json(path, settings)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON under a temporary name, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_executor(
+    kind: Literal["local", "slurm"],
+    pipeline: list,
+    tasks: int,
+    logging_dir: Path,
+    slurm: SlurmConfig,
+    workers: int | None = None,
+    depends=None,
+    job_name: str | None = None,
+):
+    """A datatrove executor; `depends` chains stages (Slurm: `--dependency=afterok`)."""
+    if kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        in_venv = sys.prefix != sys.base_prefix
+        return SlurmPipelineExecutor(
+            pipeline,
+            tasks=tasks,
+            workers=workers or -1,
+            time=slurm.time,
+            partition=slurm.partition,
+            cpus_per_task=slurm.cpus_per_task,
+            mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+            qos=slurm.qos,
+            job_name=job_name or slurm.job_name,
+            sbatch_args=dict(slurm.sbatch_args),
+            venv_path=os.path.join(sys.prefix, "bin", "activate") if in_venv else None,
+            logging_dir=str(logging_dir.resolve()),
+            slurm_logs_folder=str((logging_dir / "slurm").resolve()),
+            skip_completed=True,
+            depends=depends,
+        )
+    from datatrove.executor import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(
+        pipeline,
+        tasks=tasks,
+        workers=min(workers or tasks, tasks, os.cpu_count() or 1),
+        logging_dir=str(logging_dir),
+        skip_completed=True,
+        depends=depends,
+    )
+
+
+def sbatch_script(executor) -> str:
+    """The array-job script `executor.run()` would submit, without submitting it."""
+    pickled = executor.logging_dir.resolve_paths("executor.pik")
+    return executor.get_launch_file_contents(
+        executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}"
+    )

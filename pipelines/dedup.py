@@ -1,0 +1,316 @@
+"""The `dedup` pipeline: URL, MinHash and ccNet line deduplication of `clean` output, per language.
+
+For each language folder of the input (`en/`, `zh/`, ...) the levels run in order, each reading the
+previous one's shards, as chains of datatrove stages (Llama 3's recipe: duplicates are found within a
+language):
+
+    url      exact dedup on the normalised URL: signatures -> find duplicates -> filter
+    minhash  datatrove's MinHash: signatures -> buckets -> clusters -> filter
+    lines    ccNet: count line hashes (sharded on disk) -> frequent lines -> filter
+
+Kept documents go to OUTPUT/<lang>/, removed ones to the OUTPUT/dedup/removed/<lang>/ side table,
+intermediate files to OUTPUT/.work/. Every stage is an executor depending on the one before it, locally
+or as Slurm array jobs; rerunning the same command skips finished tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cpt.config import ConfigError, apply_overrides, build, read_yaml
+from cpt.funnel import Funnel, FunnelRow, merge_rows, row_from_stats, step_totals
+from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, write_json
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dedup.yaml"
+LEVELS = ("url", "minhash", "lines")
+REMOVAL_REASON = {"url": "url_duplicate", "minhash": "near_duplicate", "lines": "lines_emptied"}
+
+
+@dataclass
+class MinhashSettings:
+    n_grams: int = 5
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+    hash_precision: Literal[32, 64] = 64
+    seed: int = 1
+
+
+@dataclass
+class LinesSettings:
+    bucket_size: int = 30_000_000
+    max_count: int = 6
+    shards: int = 8
+
+
+@dataclass
+class DedupConfig:
+    levels: list[str] = field(default_factory=lambda: list(LEVELS))
+    minhash: MinhashSettings = field(default_factory=MinhashSettings)
+    lines: LinesSettings = field(default_factory=LinesSettings)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-dedup"))
+
+    def validate(self) -> list[str]:
+        problems = [
+            f"levels: unknown level {lv!r} (allowed: {', '.join(LEVELS)})"
+            for lv in self.levels
+            if lv not in LEVELS
+        ]
+        m, ln = self.minhash, self.lines
+        for key, value in [
+            ("minhash.n_grams", m.n_grams),
+            ("minhash.num_buckets", m.num_buckets),
+            ("minhash.hashes_per_bucket", m.hashes_per_bucket),
+            ("lines.bucket_size", ln.bucket_size),
+            ("lines.max_count", ln.max_count),
+            ("lines.shards", ln.shards),
+        ]:
+            if isinstance(value, int) and value < 1:
+                problems.append(f"{key}: must be >= 1 (got {value})")
+        return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DedupConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    return build(DedupConfig, apply_overrides(read_yaml(path), overrides or []), str(path))
+
+
+@dataclass
+class LanguageChain:
+    """The stages of one language, in order; `funnel` names (row, stage, step index, stage tasks)."""
+
+    lang: str
+    executors: list
+    funnel: list[tuple[str, str, int, int]]
+
+
+@dataclass
+class DedupRun:
+    cfg: DedupConfig
+    input: Path
+    output: Path
+    tasks: dict[str, int]
+    chains: list[LanguageChain]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.output / "report"
+
+
+def languages_of(input_dir: Path) -> dict[str, list[Path]]:
+    """Language folders of a clean output and their shards."""
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: no such folder (expected the --output of `clean`)")
+    langs = {
+        p.name: sorted(p.glob("*.parquet"))
+        for p in sorted(input_dir.iterdir())
+        if p.is_dir() and p.name not in ("report", "dedup") and not p.name.startswith(".")
+    }
+    langs = {k: v for k, v in langs.items() if v}
+    if not langs:
+        raise FileNotFoundError(f"{input_dir}: no <lang>/*.parquet shards (expected the --output of `clean`)")
+    return langs
+
+
+def _rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def prepare(
+    input_dir: str | Path,
+    output: str | Path,
+    cfg: DedupConfig,
+    levels: list[str] | None = None,
+    tasks: int | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: bool = True,
+    record: bool = True,
+) -> DedupRun:
+    input_dir, output = Path(input_dir), Path(output)
+    if levels:
+        unknown = [lv for lv in levels if lv not in LEVELS]
+        if unknown:
+            raise ConfigError(
+                "--levels", [f"unknown level {lv!r} (allowed: {', '.join(LEVELS)})" for lv in unknown]
+            )
+        cfg = dataclasses.replace(cfg, levels=[lv for lv in LEVELS if lv in levels])
+    langs = languages_of(input_dir)
+    task_counts = {lang: tasks or len(files) for lang, files in langs.items()}
+    settings = {"input": str(input_dir.resolve()), "config": dataclasses.asdict(cfg), "tasks": task_counts}
+    check_settings(output / "report", output, settings, record)
+    chains = [
+        _language_chain(
+            lang, input_dir / lang, _rows(files), output, cfg, task_counts[lang], executor, workers, progress
+        )
+        for lang, files in langs.items()
+    ]
+    run = DedupRun(cfg=cfg, input=input_dir, output=output, tasks=task_counts, chains=chains)
+    if record:
+        write_json(run.report_dir / "steps.json", {c.lang: c.funnel for c in chains})
+    return run
+
+
+def _language_chain(
+    lang: str,
+    source: Path,
+    n_docs: int,
+    output: Path,
+    cfg: DedupConfig,
+    tasks: int,
+    kind: str,
+    workers: int | None,
+    progress: bool,
+) -> LanguageChain:
+    from datatrove.pipeline.dedup import (
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.utils.hashing import HashConfig
+
+    from cpt.shards import row_to_document
+    from cpt.steps.dedup import (
+        FrequentLines,
+        LineDedupFilter,
+        LineHashCounter,
+        MinhashClusterFilter,
+        RemovedWriter,
+        longest_text_first,
+        url_key,
+    )
+    from cpt.steps.heuristics import word_tokenizers
+    from cpt.steps.read import CountingParquetReader
+    from cpt.steps.write import ShardWriter
+
+    work = output / ".work" / lang
+    logs = output / "report" / "logs" / lang
+    removed = output / "dedup" / "removed"
+    executors: list = []
+    funnel: list[tuple[str, str, int, int]] = []
+
+    def reader(folder: Path):
+        return CountingParquetReader(
+            str(folder), glob_pattern="*.parquet", adapter=row_to_document, doc_progress=progress
+        )
+
+    def writer(level: str, last: bool):
+        folder = output if last else work / f"data_{level}"
+        w = cfg.write
+        return ShardWriter(
+            str(folder),
+            source=lang,
+            max_file_size=w.max_file_size_mb * 2**20,
+            rows_per_group=w.rows_per_group,
+            compression=w.compression,
+        )
+
+    def stage(name: str, pipeline: list, n_tasks: int) -> str:
+        depends = executors[-1] if executors else None
+        job = f"{cfg.slurm.job_name}-{lang}-{name}"
+        executors.append(
+            make_executor(kind, pipeline, n_tasks, logs / name, cfg.slurm, workers, depends, job)
+        )
+        return name
+
+    current = source
+    for i, level in enumerate(cfg.levels):
+        last = i == len(cfg.levels) - 1
+        first_stage = {
+            "url": "url_1_signatures",
+            "minhash": "minhash_1_signatures",
+            "lines": "lines_1_counts",
+        }
+        if i == 0:
+            funnel.append(("read", first_stage[level], 0, tasks))
+        if level == "url":
+            exact = ExactDedupConfig(content_getter=url_key, document_priority=longest_text_first)
+            stage(
+                "url_1_signatures",
+                [reader(current), ExactDedupSignature(str(work / "url_sigs"), exact)],
+                tasks,
+            )
+            stage(
+                "url_2_duplicates",
+                [ExactFindDedups(str(work / "url_sigs"), str(work / "url_dups"), exact)],
+                1,
+            )
+            step = ExactDedupFilter(
+                str(work / "url_dups"), exact, exclusion_writer=RemovedWriter(removed, "url", lang)
+            )
+            name = stage("url_3_filter", [reader(current), step, writer(level, last)], tasks)
+        elif level == "minhash":
+            m = cfg.minhash
+            mh = MinhashConfig(
+                n_grams=m.n_grams,
+                num_buckets=m.num_buckets,
+                hashes_per_bucket=m.hashes_per_bucket,
+                seed=m.seed,
+                hash_config=HashConfig(precision=m.hash_precision),
+            )
+            tokenizer = word_tokenizers([lang])[lang]  # zh: jieba words, so shingles are word 5-grams
+            sigs, buckets, clusters = work / "mh_sigs", work / "mh_buckets", work / "mh_clusters"
+            signature = MinhashDedupSignature(str(sigs), config=mh, language=tokenizer)
+            stage("minhash_1_signatures", [reader(current), signature], tasks)
+            stage(
+                "minhash_2_buckets", [MinhashDedupBuckets(str(sigs), str(buckets), config=mh)], m.num_buckets
+            )
+            cluster = MinhashDedupCluster(str(buckets), str(clusters), config=mh, save_cluster_id=True)
+            stage("minhash_3_clusters", [cluster], 1)
+            step = MinhashClusterFilter(
+                str(clusters), exclusion_writer=RemovedWriter(removed, "minhash", lang)
+            )
+            name = stage("minhash_4_filter", [reader(current), step, writer(level, last)], tasks)
+        else:
+            ln = cfg.lines
+            n_buckets = max(1, math.ceil(n_docs / ln.bucket_size))  # sized on the language's input
+            counts, frequent = work / "line_counts", work / "line_frequent"
+            stage(
+                "lines_1_counts", [reader(current), LineHashCounter(str(counts), ln.shards, n_buckets)], tasks
+            )
+            stage("lines_2_frequent", [FrequentLines(str(counts), str(frequent), ln.max_count)], ln.shards)
+            step = LineDedupFilter(
+                str(frequent), n_buckets, exclusion_writer=RemovedWriter(removed, "lines", lang)
+            )
+            name = stage("lines_3_filter", [reader(current), step, writer(level, last)], tasks)
+        funnel.append((level, name, 1, tasks))
+        if last:
+            funnel.append(("write", name, 2, tasks))
+        current = work / f"data_{level}" / lang
+    return LanguageChain(lang=lang, executors=executors, funnel=funnel)
+
+
+def funnel_of(output: str | Path) -> Funnel:
+    """The funnel of a dedup run, summed over languages, from the stats its tasks saved."""
+    import json
+
+    report = Path(output) / "report"
+    meta_path = report / "steps.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found; is {output} the --output of a dedup run?")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    rows: dict[str, list[FunnelRow]] = {}
+    outputs: dict[str, int] = {}
+    done = total = 0
+    for lang, entries in meta.items():
+        for label, stage_name, step_idx, tasks in entries:
+            totals, files = step_totals(report / "logs" / lang / stage_name, step_idx)
+            row = row_from_stats(label, totals, reasonless=REMOVAL_REASON.get(label, "filtered"))
+            rows.setdefault(label, []).append(row)
+            if label == "write":
+                outputs[lang] = row.kept
+                done += files
+                total += tasks
+    ordered = [merge_rows(label, rows[label]) for label in ["read", *LEVELS, "write"] if label in rows]
+    return Funnel(rows=ordered, tasks_done=done, tasks_total=total, outputs=outputs)

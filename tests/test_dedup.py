@@ -1,0 +1,177 @@
+"""`dedup`: URL keys, ccNet lines, MinHash against datasketch, and the pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli, shared_data
+from cpt.shards import CLEAN_SCHEMA
+from cpt.steps.dedup import normalize_line, normalize_url
+
+
+def write_clean_shard(path, docs: list[dict]) -> None:
+    """A shard as `clean` writes it: docs are dicts with id, text, url, lang."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {
+            "id": d["id"],
+            "text": d["text"],
+            "url": d.get("url"),
+            "lang": d.get("lang", "en"),
+            "lang_score": 0.9,
+            "source": "test",
+            "metadata": None,
+        }
+        for d in docs
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), path)
+
+
+def english_paragraphs(n: int) -> list[str]:
+    text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    body = text[text.index("Chapter 1") :]
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body)]
+    paras = [p for p in paras if len(p.split()) >= 80]
+    assert len(paras) >= n
+    return paras[:n]
+
+
+def edit_words(text: str, rate: float, rng: random.Random) -> str:
+    """Change, insert or delete about `rate` of the words."""
+    out = []
+    for w in text.split():
+        r = rng.random()
+        if r < rate / 3:
+            out.append(rng.choice(["river", "window", "garden", "letter", "morning", "silver"]))
+        elif r < 2 * rate / 3:
+            out.extend([w, rng.choice(["indeed", "quite", "very", "still"])])
+        elif r < rate:
+            continue
+        else:
+            out.append(w)
+    return " ".join(out)
+
+
+def test_normalize_url():
+    assert (
+        normalize_url("HTTPS://WWW.Example.com:443/a/b/?utm_source=x&b=2&a=1#top")
+        == "example.com/a/b?a=1&b=2"
+    )
+    assert normalize_url("http://example.com/a/b") == normalize_url("https://example.com/a/b/")
+    assert normalize_url("http://example.com:8080/a") == "example.com:8080/a"
+    assert normalize_url("http://example.com/a?id=1") != normalize_url("http://example.com/a?id=2")
+
+
+def test_normalize_line_folds_case_digits_and_punctuation():
+    assert normalize_line("Copyright © 2024, Village Times!") == normalize_line(
+        "copyright © 1999 village times"
+    )
+    assert normalize_line("版权所有 ２０２４。") == normalize_line("版权所有 1999")
+    assert normalize_line("  ...  ") == ""
+
+
+def test_dedup_end_to_end_on_clean_output(tmp_path):
+    rng = random.Random(0)
+    paras = english_paragraphs(40)
+    boiler = "Subscribe to our newsletter for weekly updates."
+    docs = [
+        {"id": f"d{i}", "text": f"{p}\n{boiler}", "url": f"https://site.com/p/{i}"}
+        for i, p in enumerate(paras)
+    ]
+    docs.append({"id": "url-dup", "text": paras[0][:200], "url": "http://www.site.com/p/0/?utm_source=feed"})
+    docs.append({"id": "near-dup", "text": edit_words(paras[1], 0.02, rng), "url": "https://mirror.com/x"})
+    docs.append({"id": "only-boiler", "text": f"{boiler}\n{boiler.upper()}", "url": "https://site.com/empty"})
+    zh = [
+        {
+            "id": f"z{i}",
+            "text": "。".join(["今天的天气很好我们一起去公园散步看看花开了没有"] * 3) + f"{i}号文章结束。",
+            "url": f"https://zh.com/{i}",
+            "lang": "zh",
+        }
+        for i in range(3)
+    ]
+    write_clean_shard(tmp_path / "clean" / "en" / "000_00000.parquet", docs[:25])
+    write_clean_shard(tmp_path / "clean" / "en" / "000_00001.parquet", docs[25:])
+    write_clean_shard(tmp_path / "clean" / "zh" / "000_00000.parquet", zh)
+
+    out = tmp_path / "dedup"
+    proc = run_cli("dedup", "--input", str(tmp_path / "clean"), "--output", str(out), "--no-progress")
+    assert "near_duplicate" in proc.stdout
+    funnel = json.loads((out / "report" / "funnel.json").read_text())
+    steps = {s["step"]: s for s in funnel["steps"]}
+    assert [s["step"] for s in funnel["steps"]] == ["read", "url", "minhash", "lines", "write"]
+    for s in funnel["steps"]:
+        assert s["docs_in"] == s["kept"] + sum(s["removed"].values())
+    assert steps["read"]["docs_in"] == len(docs) + len(zh)
+    assert steps["url"]["removed"] == {"url_duplicate": 1}
+    assert steps["minhash"]["removed"] == {"near_duplicate": 3}  # near-dup + two of the three zh copies
+    assert steps["lines"]["removed"] == {"lines_emptied": 1}
+
+    kept = pl.read_parquet(out / "*" / "*.parquet")
+    assert "url-dup" not in kept["id"] and "d0" in kept["id"]  # the longest text of the URL wins
+    assert "near-dup" not in kept["id"] and "only-boiler" not in kept["id"]
+    assert not kept["text"].str.contains(boiler).any()  # seen 41 times > 6: removed from every page
+    assert (kept.filter(pl.col("lang") == "en")["metadata"].struct.field("lines_removed") == 1).all()
+
+    removed = pl.read_parquet(out / "dedup" / "removed" / "*" / "*.parquet")
+    why = dict(zip(removed["id"], removed["duplicate_of"], strict=True))
+    assert why["url-dup"] == "url:site.com/p/0"
+    cluster = int(why["near-dup"].split(":")[1])
+    d1 = kept.filter(pl.col("id") == "d1")
+    assert d1["metadata"].struct.field("minhash_cluster_id")[0] == cluster
+    assert set(removed.filter(pl.col("lang") == "zh")["level"]) == {"minhash"}
+
+
+def test_minhash_finds_the_same_pairs_as_datasketch(tmp_path):
+    datasketch = pytest.importorskip("datasketch")
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.utils.text import TextNormConfig, simplify_text
+
+    rng = random.Random(1)
+    paras = english_paragraphs(120)
+    docs = [{"id": f"o{i}", "text": p, "url": f"https://a.com/{i}"} for i, p in enumerate(paras)]
+    planted = {}
+    for i in range(0, 120, 3):
+        dup = f"n{i}"
+        docs.append({"id": dup, "text": edit_words(paras[i], 0.02, rng), "url": f"https://b.com/{i}"})
+        planted[dup] = f"o{i}"
+    write_clean_shard(tmp_path / "clean" / "en" / "000_00000.parquet", docs)
+    out = tmp_path / "dedup"
+    run_cli(
+        "dedup",
+        "--input",
+        str(tmp_path / "clean"),
+        "--output",
+        str(out),
+        "--levels",
+        "minhash",
+        "--no-progress",
+    )
+    removed = set(pl.read_parquet(out / "dedup" / "removed" / "en" / "*.parquet")["id"])
+
+    # datasketch on the same shingles (datatrove's text simplification, word 5-grams), 14 x 8 bands
+    sig = MinhashDedupSignature(str(tmp_path / "unused"), config=MinhashConfig())
+    lsh = datasketch.MinHashLSH(num_perm=112, params=(14, 8))
+    reference_pairs = set()
+    for d in docs:
+        words = sig.word_tokenizer.word_tokenize(simplify_text(d["text"], TextNormConfig()))
+        m = datasketch.MinHash(num_perm=112, seed=1)
+        m.update_batch([" ".join(words[i : i + 5]).encode() for i in range(len(words) - 4)])
+        for other in lsh.query(m):
+            reference_pairs.add(tuple(sorted((other, d["id"]))))
+        lsh.insert(d["id"], m)
+    reference_removed = {b if b.startswith("n") else a for a, b in reference_pairs}
+
+    planted_pairs = set(planted)
+    assert len(removed & planted_pairs) >= 0.9 * len(planted_pairs)
+    assert len(reference_removed & planted_pairs) >= 0.9 * len(planted_pairs)
+    # the two agree on all but a few borderline pairs, and neither removes an original
+    assert len(removed ^ reference_removed) <= 0.1 * len(planted_pairs)
+    assert not {r for r in removed if r.startswith("o")}
