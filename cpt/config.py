@@ -115,6 +115,16 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
             return _coerce(non_none[0], value, path, problems)
+        for alternative in non_none:  # the first alternative the value fits
+            trial: list[str] = []
+            coerced = _coerce(alternative, value, path, trial)
+            if not trial:
+                return coerced
+        names = [
+            repr(a) if typing.get_origin(a) is typing.Literal else getattr(a, "__name__", str(a))
+            for a in non_none
+        ]
+        problems.append(f"{path}: {value!r} is not one of: {', '.join(names)}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, path, problems)

@@ -43,7 +43,17 @@ class MinhashSettings:
 class LinesSettings:
     bucket_size: int = 30_000_000
     max_count: int = 6
-    shards: int = 8
+    shards: int | Literal["auto"] = "auto"
+    spill_every: int = 1_000_000
+    shard_input_mb: int = 64  # with shards=auto: one count shard per this many MB of input Parquet
+
+
+def count_shards(settings: LinesSettings, files: list[Path]) -> int:
+    """Count shards: fixed, or grown with the input so each shard's counts stay about the same size."""
+    if settings.shards != "auto":
+        return settings.shards
+    size_mb = sum(f.stat().st_size for f in files) / 2**20
+    return max(8, math.ceil(size_mb / settings.shard_input_mb))
 
 
 @dataclass
@@ -67,7 +77,9 @@ class DedupConfig:
             ("minhash.hashes_per_bucket", m.hashes_per_bucket),
             ("lines.bucket_size", ln.bucket_size),
             ("lines.max_count", ln.max_count),
-            ("lines.shards", ln.shards),
+            ("lines.shards", ln.shards if ln.shards != "auto" else 1),
+            ("lines.spill_every", ln.spill_every),
+            ("lines.shard_input_mb", ln.shard_input_mb),
         ]:
             if isinstance(value, int) and value < 1:
                 problems.append(f"{key}: must be >= 1 (got {value})")
@@ -147,7 +159,7 @@ def prepare(
     check_settings(output / "report", output, settings, record)
     chains = [
         _language_chain(
-            lang, input_dir / lang, _rows(files), output, cfg, task_counts[lang], executor, workers, progress
+            lang, input_dir / lang, files, output, cfg, task_counts[lang], executor, workers, progress
         )
         for lang, files in langs.items()
     ]
@@ -160,7 +172,7 @@ def prepare(
 def _language_chain(
     lang: str,
     source: Path,
-    n_docs: int,
+    files: list[Path],
     output: Path,
     cfg: DedupConfig,
     tasks: int,
@@ -274,12 +286,12 @@ def _language_chain(
             name = stage("minhash_4_filter", [reader(current), step, writer(level, last)], tasks)
         else:
             ln = cfg.lines
-            n_buckets = max(1, math.ceil(n_docs / ln.bucket_size))  # sized on the language's input
+            n_buckets = max(1, math.ceil(_rows(files) / ln.bucket_size))  # sized on the language's input
+            shards = count_shards(ln, files)
             counts, frequent = work / "line_counts", work / "line_frequent"
-            stage(
-                "lines_1_counts", [reader(current), LineHashCounter(str(counts), ln.shards, n_buckets)], tasks
-            )
-            stage("lines_2_frequent", [FrequentLines(str(counts), str(frequent), ln.max_count)], ln.shards)
+            counter = LineHashCounter(str(counts), shards, n_buckets, spill_every=ln.spill_every)
+            stage("lines_1_counts", [reader(current), counter], tasks)
+            stage("lines_2_frequent", [FrequentLines(str(counts), str(frequent), ln.max_count)], shards)
             step = LineDedupFilter(
                 str(frequent), n_buckets, exclusion_writer=RemovedWriter(removed, "lines", lang)
             )

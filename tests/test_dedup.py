@@ -175,3 +175,88 @@ def test_minhash_finds_the_same_pairs_as_datasketch(tmp_path):
     # the two agree on all but a few borderline pairs, and neither removes an original
     assert len(removed ^ reference_removed) <= 0.1 * len(planted_pairs)
     assert not {r for r in removed if r.startswith("o")}
+
+
+def _three_shard_corpus(root) -> None:
+    rng = random.Random(2)
+    paras = english_paragraphs(60)
+    docs = [
+        {"id": f"d{i}", "text": p + "\nShare this page with friends.", "url": f"https://s.com/{i}"}
+        for i, p in enumerate(paras)
+    ]
+    docs += [
+        {"id": f"n{i}", "text": edit_words(paras[i], 0.02, rng), "url": f"https://m.com/{i}"}
+        for i in range(10)
+    ]
+    for k in range(3):
+        write_clean_shard(root / "en" / f"000_0000{k}.parquet", docs[k::3])
+
+
+def test_dedup_resume_after_kill_matches_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    clean = tmp_path / "clean"
+    _three_shard_corpus(clean)
+    args = ["dedup", "--input", str(clean), "--workers", "1", "--no-progress"]
+    whole = tmp_path / "whole"
+    run_cli(*args, "--output", str(whole))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "pipelines/run.py", *args, "--output", str(killed)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = killed / "report" / "logs" / "en" / "minhash_1_signatures" / "completions"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (marker.is_dir() and any(marker.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "report" / "funnel.json").exists()
+
+    run_cli(*args, "--output", str(killed))
+
+    def rows(out):
+        return sorted(pl.read_parquet(out / "en" / "*.parquet").to_dicts(), key=lambda r: r["id"])
+
+    assert rows(killed) == rows(whole)
+    assert json.loads((killed / "report" / "funnel.json").read_text()) == json.loads(
+        (whole / "report" / "funnel.json").read_text()
+    )
+    assert not list(killed.rglob("*.parquet.tmp"))
+
+
+def test_dedup_slurm_dry_run_and_shipped_config(tmp_path):
+    from pipelines.dedup import load_config
+
+    assert load_config().minhash.num_buckets == 14 and load_config().lines.max_count == 6
+    clean = tmp_path / "clean"
+    _three_shard_corpus(clean)
+    proc = run_cli(
+        "dedup",
+        "--input",
+        str(clean),
+        "--output",
+        str(tmp_path / "o"),
+        "--executor",
+        "slurm",
+        "--dry-run",
+        "--set",
+        "slurm.partition=cpu",
+    )
+    assert (
+        "url_1_signatures[3] -> url_2_duplicates[1] -> url_3_filter[3] -> minhash_1_signatures[3]"
+        in proc.stdout
+    )
+    assert "minhash_2_buckets[14]" in proc.stdout and "lines_2_frequent[8]" in proc.stdout
+    assert "#SBATCH --array=0-2" in proc.stdout and "#SBATCH --partition=cpu" in proc.stdout
+    assert not (tmp_path / "o" / "report" / "settings.json").exists()
