@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
+	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks
@@ -30,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_clean.py
+	$(PY) benchmarks/bench_dedup.py
 
 clean-demo:
 	rm -rf $(DEMO)

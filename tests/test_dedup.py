@@ -36,7 +36,7 @@ def write_clean_shard(path, docs: list[dict]) -> None:
 
 def english_paragraphs(n: int) -> list[str]:
     text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
-    body = text[text.index("Chapter 1") :]
+    body = text[text.index("Chapter 1") : text.index("*** END OF")]
     paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body)]
     paras = [p for p in paras if len(p.split()) >= 80]
     assert len(paras) >= n
