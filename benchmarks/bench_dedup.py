@@ -4,7 +4,9 @@
 
 1. Recall and precision of the MinHash level on near-duplicates planted in real text (English novels
    and SIGHAN Chinese news from shared/data) at 1%, 5%, 10% and 20% of words changed, inserted or
-   deleted; pairs are scored against the known ground truth.
+   deleted. Recall: planted pairs found. Precision: predicted pairs that join a document and its copy,
+   or two originals that already overlap (exact Jaccard of word 3-grams >= 0.3, found by comparing
+   every pair: the PKU text holds a law and its amendment).
 2. Documents/s of the MinHash path (datatrove's four stages, one task each) against datasketch's
    MinHash + MinHashLSH on the same documents and the same shingles, in one run.
 3. Peak memory of line dedup (ccNet) as the corpus doubles, each size in a fresh process.
@@ -126,8 +128,26 @@ def predicted_pairs(out: Path, lang: str) -> set[tuple[str, str]]:
     return pairs
 
 
+def natural_pairs(texts: list[str], lang: str, min_jaccard: float = 0.3) -> set[tuple[int, int]]:
+    """Pairs of originals that already overlap (exact Jaccard of word 3-grams): true duplicates too."""
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+
+    from cpt.steps.heuristics import word_tokenizers
+
+    tokenizer = word_tokenizers([lang])[lang]
+    shingler = MinhashDedupSignature("unused", config=MinhashConfig(n_grams=3), language=tokenizer)
+    sets = [set(shingler.get_shingles(t).ravel().tolist()) for t in texts]
+    found = set()
+    for i, j in itertools.combinations(range(len(sets)), 2):
+        inter = len(sets[i] & sets[j])
+        if inter and inter / len(sets[i] | sets[j]) >= min_jaccard:
+            found.add((i, j))
+    return found
+
+
 def quality(work: Path, lang: str, planted: int, overrides: list[str]) -> list[dict]:
     texts = originals(lang)
+    natural = natural_pairs(texts, lang)
     results = []
     for rate in (0.01, 0.05, 0.10, 0.20):
         rng = random.Random(int(rate * 100))
@@ -139,16 +159,23 @@ def quality(work: Path, lang: str, planted: int, overrides: list[str]) -> list[d
         write_shard(clean / lang / "000_00000.parquet", docs, lang)
         seconds = run_dedup(clean, out, ["minhash"], overrides)
         pred = predicted_pairs(out, lang)
+
+        def correct(pair: tuple[str, str]) -> bool:  # a copy and its original, or originals that overlap
+            a, b = sorted(int(x[1:]) for x in pair)
+            return a == b or (a, b) in natural
+
         hit = len(pred & truth)
+        right = sum(correct(p) for p in pred)
         results.append(
             {
                 "lang": lang,
                 "edit_rate": rate,
                 "documents": len(docs),
                 "planted_pairs": len(truth),
+                "natural_pairs": len(natural),
                 "predicted_pairs": len(pred),
                 "recall": round(hit / len(truth), 3),
-                "precision": round(hit / len(pred), 3) if pred else 1.0,
+                "precision": round(right / len(pred), 3) if pred else 1.0,
                 "seconds": round(seconds, 1),
             }
         )

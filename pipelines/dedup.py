@@ -37,6 +37,7 @@ class MinhashSettings:
     hashes_per_bucket: int = 8
     hash_precision: Literal[32, 64] = 64
     seed: int = 1
+    verify_jaccard: float | None = None  # check each candidate pair's real shingle overlap (off in FineWeb)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class DedupConfig:
         ]:
             if isinstance(value, int) and value < 1:
                 problems.append(f"{key}: must be >= 1 (got {value})")
+        if m.verify_jaccard is not None and not 0 < m.verify_jaccard <= 1:
+            problems.append(f"minhash.verify_jaccard: must be within (0, 1] or null (got {m.verify_jaccard})")
         return problems
 
 
@@ -198,6 +201,7 @@ def _language_chain(
         LineDedupFilter,
         LineHashCounter,
         MinhashClusterFilter,
+        MinhashVerifyPairs,
         RemovedWriter,
         longest_text_first,
         url_key,
@@ -278,6 +282,14 @@ def _language_chain(
             stage(
                 "minhash_2_buckets", [MinhashDedupBuckets(str(sigs), str(buckets), config=mh)], m.num_buckets
             )
+            if m.verify_jaccard is not None:
+                verified = work / "mh_verified"
+                shingler = MinhashDedupSignature(str(work / "mh_unused"), config=mh, language=tokenizer)
+                check = MinhashVerifyPairs(
+                    str(buckets), str(verified), reader(current), shingler, tasks, m.verify_jaccard
+                )
+                stage("minhash_2b_verify", [check], 1)
+                buckets = verified
             cluster = MinhashDedupCluster(str(buckets), str(clusters), config=mh, save_cluster_id=True)
             stage("minhash_3_clusters", [cluster], 1)
             step = MinhashClusterFilter(

@@ -260,3 +260,40 @@ def test_dedup_slurm_dry_run_and_shipped_config(tmp_path):
     assert "minhash_2_buckets[14]" in proc.stdout and "lines_2_frequent[8]" in proc.stdout
     assert "#SBATCH --array=0-2" in proc.stdout and "#SBATCH --partition=cpu" in proc.stdout
     assert not (tmp_path / "o" / "report" / "settings.json").exists()
+
+
+def test_high_recall_minhash_with_candidate_check_finds_ten_percent_edits(tmp_path):
+    rng = random.Random(3)
+    paras = english_paragraphs(80)
+    docs = [{"id": f"o{i}", "text": p, "url": f"https://a.com/{i}"} for i, p in enumerate(paras)]
+    docs += [
+        {"id": f"n{i}", "text": edit_words(paras[i], 0.10, rng), "url": f"https://b.com/{i}"}
+        for i in range(20)
+    ]
+    write_clean_shard(tmp_path / "clean" / "en" / "000_00000.parquet", docs)
+    preset = [
+        "minhash.n_grams=3",
+        "minhash.num_buckets=20",
+        "minhash.hashes_per_bucket=3",
+        "minhash.verify_jaccard=0.35",
+    ]
+    out = tmp_path / "out"
+    run_cli(
+        "dedup",
+        "--input",
+        str(tmp_path / "clean"),
+        "--output",
+        str(out),
+        "--levels",
+        "minhash",
+        "--no-progress",
+        *[a for s in preset for a in ("--set", s)],
+    )
+    removed = set(pl.read_parquet(out / "dedup" / "removed" / "en" / "*.parquet")["id"])
+    assert len({f"n{i}" for i in range(20)} & removed) >= 18
+    assert not {r for r in removed if r.startswith("o")}
+    stats = json.loads(
+        next((out / "report" / "logs" / "en" / "minhash_2b_verify" / "stats").glob("*.json")).read_text()
+    )
+    counts = stats[0]["stats"]
+    assert counts["verified_pairs"]["total"] <= counts["candidate_pairs"]["total"]

@@ -221,6 +221,61 @@ class LineDedupFilter(PipelineStep):
                 yield doc
 
 
+_PAIR_DTYPE = np.dtype([("f1", "<u4"), ("d1", "<u4"), ("f2", "<u4"), ("d2", "<u4")])
+
+
+class MinhashVerifyPairs(PipelineStep):
+    """Between MinHash buckets and clusters: keep a candidate pair only if the exact Jaccard similarity of
+    the two documents' shingle sets reaches `min_jaccard`.
+
+    LSH bands tuned for high recall (few rows, many bands) also let through pairs that merely share a
+    band; checking the real shingle overlap of each candidate restores precision. One task: it reads
+    the input again, keeping the shingles of the documents that appear in a candidate pair only.
+    """
+
+    type = "🫂 - DEDUP"
+    name = "🔍 MinHash candidate check"
+
+    def __init__(
+        self, buckets_folder: str, output_folder: str, reader, signature, tasks: int, min_jaccard: float
+    ):
+        super().__init__()
+        self.buckets_folder = get_datafolder(buckets_folder)
+        self.output_folder = get_datafolder(output_folder)
+        self.reader = reader  # the signature stage's reader: same documents, same order per task
+        self.signature = signature  # a MinhashDedupSignature, used for its shingles
+        self.tasks = tasks
+        self.min_jaccard = min_jaccard
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        files = self.buckets_folder.list_files(glob_pattern="*.dups")
+        pairs = {}
+        for name in files:
+            with self.buckets_folder.open(name, "rb") as f:
+                pairs[name] = np.frombuffer(f.read(), dtype=_PAIR_DTYPE)
+        needed: dict[int, set[int]] = {}
+        for arr in pairs.values():
+            for fa, da in ((arr["f1"], arr["d1"]), (arr["f2"], arr["d2"])):
+                for f, d in zip(fa.tolist(), da.tolist(), strict=True):
+                    needed.setdefault(f, set()).add(d)
+        shingles: dict[tuple[int, int], set[int]] = {}
+        for f, wanted in needed.items():
+            for i, doc in enumerate(self.reader.run(None, f, self.tasks)):
+                if i in wanted:
+                    shingles[(f, i)] = set(self.signature.get_shingles(doc.text).ravel().tolist())
+        for name, arr in pairs.items():
+            keep = np.zeros(len(arr), dtype=bool)
+            for k, (f1, d1, f2, d2) in enumerate(arr.tolist()):
+                a, b = shingles.get((f1, d1), set()), shingles.get((f2, d2), set())
+                keep[k] = bool(a or b) and len(a & b) / len(a | b) >= self.min_jaccard
+            self.stat_update("candidate_pairs", value=len(arr))
+            self.stat_update("verified_pairs", value=int(keep.sum()))
+            with self.output_folder.open(name, "wb") as f:
+                f.write(arr[keep].tobytes())
+        if data:
+            yield from data
+
+
 class MinhashClusterFilter(MinhashDedupFilter):
     """datatrove's MinHash filter, with every kept document labelled `minhash_cluster_id` (-1: none).
 
