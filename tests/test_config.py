@@ -46,3 +46,13 @@ def test_command_line_overrides_are_typed_and_validated():
         load_config(DEFAULT_CONFIG, ["langid.min_score=3"])
     with pytest.raises(ConfigError, match="unknown step"):
         load_config(DEFAULT_CONFIG, ["steps=[extract, dedup]"])
+
+
+def test_every_shipped_pipeline_config_loads():
+    from pipelines import clean, dedup
+
+    loaders = {"clean": clean.load_config, "dedup": dedup.load_config}
+    configs = sorted(DEFAULT_CONFIG.parent.glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        loaders[path.stem.split("_")[0]](path)
