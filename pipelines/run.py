@@ -17,8 +17,40 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from cpt.config import ConfigError  # noqa: E402
 
 
+def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
+    """The options every pipeline sub-command shares."""
+    p.add_argument("--config", help=f"YAML settings (default: pipelines/configs/{pipeline}.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
+    p.add_argument("--executor", choices=["local", "slurm"], default="local", help=executor_help)
+    p.add_argument("--tasks", type=int, help=tasks_help)
+    p.add_argument(
+        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _names(value: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _check_tasks(tasks: int | None) -> None:
+    if tasks is not None and tasks < 1:
+        raise ConfigError("--tasks", [f"must be >= 1 (got {tasks})"])
+
+
 def _add_clean(sub) -> None:
-    from pipelines.clean import DEFAULT_CONFIG, STEPS
+    from pipelines.clean import STEPS
 
     p = sub.add_parser(
         "clean",
@@ -39,32 +71,9 @@ def _add_clean(sub) -> None:
     )
     p.add_argument("--output", required=True, help="output folder: <lang>/*.parquet shards and report/")
     p.add_argument(
-        "--config", help=f"YAML settings (default: {DEFAULT_CONFIG.parent.parent.name}/configs/clean.yaml)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set langid.min_score=0.5 (repeatable)",
-    )
-    p.add_argument(
         "--steps",
         help=f"comma-separated subset of steps to run, in pipeline order ({','.join(STEPS)}); "
         "the writer always runs. `--steps extract` writes the extracted text for inspection",
-    )
-    p.add_argument(
-        "--executor",
-        choices=["local", "slurm"],
-        default="local",
-        help="local processes (default), or a Slurm array job through datatrove's SlurmPipelineExecutor",
-    )
-    p.add_argument(
-        "--tasks", type=int, help="number of tasks the input files are split into (default: one per file)"
-    )
-    p.add_argument(
-        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
     )
     p.add_argument(
         "--limit",
@@ -72,10 +81,13 @@ def _add_clean(sub) -> None:
         default=-1,
         help="read at most N documents per task, for trial runs (default: no limit)",
     )
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
+    _add_run_options(
+        p,
+        "clean",
+        "langid.min_score=0.5",
+        "local processes (default), or a Slurm array job through datatrove's SlurmPipelineExecutor",
+        "number of tasks the input files are split into (default: one per file)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _clean(args) -> int:
@@ -83,14 +95,12 @@ def _clean(args) -> int:
     from pipelines.common import sbatch_script
 
     cfg = load_config(args.config, args.overrides)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
-    if args.tasks is not None and args.tasks < 1:
-        raise ConfigError("--tasks", [f"must be >= 1 (got {args.tasks})"])
+    _check_tasks(args.tasks)
     run = prepare(
         args.input,
         args.output,
         cfg,
-        steps,
+        _names(args.steps),
         args.tasks,
         args.limit,
         progress=not args.no_progress,
@@ -140,30 +150,14 @@ def _add_dedup(sub) -> None:
         "--input", required=True, help="the --output folder of `clean` (its <lang>/*.parquet shards)"
     )
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--config", help="YAML settings (default: pipelines/configs/dedup.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set lines.max_count=10 (repeatable)",
-    )
     p.add_argument("--levels", help=f"comma-separated subset of {','.join(LEVELS)}, run in that order")
-    p.add_argument(
-        "--executor",
-        choices=["local", "slurm"],
-        default="local",
-        help="local processes (default), or Slurm array jobs chained by dependencies",
+    _add_run_options(
+        p,
+        "dedup",
+        "lines.max_count=10",
+        "local processes (default), or Slurm array jobs chained by dependencies",
+        "tasks per language for the per-document stages (default: one per shard)",
     )
-    p.add_argument(
-        "--tasks", type=int, help="tasks per language for the per-document stages (default: one per shard)"
-    )
-    p.add_argument("--workers", type=int, help="tasks run at once (default: local: CPUs; slurm: no cap)")
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the stages (and for slurm the first sbatch script)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _dedup(args) -> int:
@@ -171,14 +165,12 @@ def _dedup(args) -> int:
     from pipelines.dedup import funnel_of, load_config, prepare
 
     cfg = load_config(args.config, args.overrides)
-    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()] if args.levels else None
-    if args.tasks is not None and args.tasks < 1:
-        raise ConfigError("--tasks", [f"must be >= 1 (got {args.tasks})"])
+    _check_tasks(args.tasks)
     run = prepare(
         args.input,
         args.output,
         cfg,
-        levels,
+        _names(args.levels),
         args.tasks,
         args.executor,
         args.workers,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,20 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
             f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def run_cli_until(marker: Path, *args: str, timeout: float = 300) -> None:
+    """Start `python pipelines/run.py ARGS` and SIGKILL its whole process group as soon as the folder
+    `marker` holds a file (e.g. a task's completion marker): an interrupted run, as a crash leaves it."""
+    proc = subprocess.Popen(
+        [sys.executable, "pipelines/run.py", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not (marker.is_dir() and any(marker.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from conftest import REPO, run_cli, shared_data
+from conftest import run_cli, run_cli_until, shared_data
 from cpt.sample_warc import write_sample_warc
 from texts import ARTICLES
 
@@ -128,19 +123,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     run_cli(*args, "--output", str(whole))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "pipelines/run.py", *args, "--output", str(killed)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     completions = killed / "report" / "logs" / "completions"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (completions.is_dir() and any(completions.iterdir())):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_cli_until(completions, *args, "--output", str(killed))
     done = len(list(completions.iterdir()))
     assert 1 <= done < 3, f"kill landed after {done} of 3 tasks"
     assert not (killed / "report" / "funnel.json").exists()

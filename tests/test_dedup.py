@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import run_cli, run_cli_until, shared_data
 from cpt.shards import CLEAN_SCHEMA
 from cpt.steps.dedup import normalize_line, normalize_url
 
@@ -193,14 +193,6 @@ def _three_shard_corpus(root) -> None:
 
 
 def test_dedup_resume_after_kill_matches_uninterrupted(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
     clean = tmp_path / "clean"
     _three_shard_corpus(clean)
     args = ["dedup", "--input", str(clean), "--workers", "1", "--no-progress"]
@@ -208,19 +200,8 @@ def test_dedup_resume_after_kill_matches_uninterrupted(tmp_path):
     run_cli(*args, "--output", str(whole))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "pipelines/run.py", *args, "--output", str(killed)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     marker = killed / "report" / "logs" / "en" / "minhash_1_signatures" / "completions"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (marker.is_dir() and any(marker.iterdir())):
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_cli_until(marker, *args, "--output", str(killed))
     assert not (killed / "report" / "funnel.json").exists()
 
     run_cli(*args, "--output", str(killed))
