@@ -1,0 +1,105 @@
+"""Merge SentencePiece models: the base keeps every piece, id and score; the pieces of `--add` it lacks
+are appended after it (Chinese-LLaMA's merge).
+
+New pieces are scored below every base piece, so the base's BPE merges keep their priority. By default
+only pieces without ASCII characters are added, so any ASCII text (English, code) encodes exactly as it
+did with the base; `all` adds every missing piece, as Chinese-LLaMA did (the real LLaMA + Chinese-LLaMA
+models then give 49,953 pieces), at the cost of changing the encoding of some English words.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+NORMAL = 1  # sentencepiece ModelProto.SentencePiece.Type.NORMAL
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or folder is missing or not what it should be."""
+
+
+@dataclass
+class MergeResult:
+    base_pieces: int
+    added: int
+    skipped_ascii: int
+    total: int
+
+
+def load_model_proto(path: str | Path):
+    """A SentencePiece ModelProto from a `.model` file or a folder holding `tokenizer.model`."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.model"
+    if not path.is_file():
+        raise TokenizerError(
+            f"{path}: no SentencePiece model (expected a .model file or a folder with tokenizer.model)"
+        )
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
+        raise TokenizerError(f"{path}: not a SentencePiece model ({e})") from None
+    if not proto.pieces:
+        raise TokenizerError(f"{path}: not a SentencePiece model (no pieces)")
+    return proto
+
+
+def merge_protos(base, add, pieces: Literal["non-ascii", "all"] = "non-ascii"):
+    """The merged ModelProto and what was added."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    merged = pb.ModelProto()
+    merged.CopyFrom(base)
+    have = {p.piece for p in base.pieces}
+    # below the lowest ordinary score (LLaMA parks a few pieces at -1e9; float32 must keep steps of 1)
+    floor = min((p.score for p in base.pieces if p.score > -1e6), default=0.0)
+    added = skipped = 0
+    for p in add.pieces:
+        if p.type != NORMAL or p.piece in have:
+            continue
+        if pieces == "non-ascii" and any(c.isascii() for c in p.piece.replace("▁", "")):
+            skipped += 1
+            continue
+        new = merged.pieces.add()
+        new.piece, new.score, new.type = p.piece, floor - 1 - added, NORMAL
+        have.add(p.piece)
+        added += 1
+    return merged, MergeResult(len(base.pieces), added, skipped, len(merged.pieces))
+
+
+def save_tokenizer(proto, output: str | Path) -> None:
+    """Write `tokenizer.model` plus the Hugging Face files `AutoTokenizer.from_pretrained` needs.
+
+    transformers 5 loads a LLaMA tokenizer from `tokenizer.model` through LlamaTokenizer only;
+    `save_pretrained` then writes tokenizer.json and tokenizer_config.json (it does not copy the
+    .model file, so that is written by hand). All of it goes to a temporary folder renamed at the end.
+    """
+    from transformers import LlamaTokenizer
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
+        tok = LlamaTokenizer.from_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def merge(base: str | Path, add: str | Path, output: str | Path, pieces: str = "non-ascii") -> MergeResult:
+    merged, result = merge_protos(load_model_proto(base), load_model_proto(add), pieces)  # type: ignore[arg-type]
+    save_tokenizer(merged, output)
+    return result
