@@ -50,3 +50,20 @@ def test_a_file_that_is_not_a_sentencepiece_model_is_refused(tmp_path):
     with pytest.raises(TokenizerError, match="junk.model"):
         merge(junk, junk, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_hf_tokenizer_round_trips_exactly_and_encodes_like_sentencepiece(tmp_path):
+    from transformers import AutoTokenizer
+
+    base, add = base_and_add()
+    merge(base, add, tmp_path / "merged")
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "merged" / "tokenizer.model"))
+    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").splitlines()[100:1600]
+    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()[:500]
+    spaces = [" said Mrs. Bennet", "  two leading", "trailing ", "a\n\n  b", "全角　空格，和 English 混合。"]
+    lines = english + chinese + spaces
+    assert all(hf.decode(hf.encode(t, add_special_tokens=False)) == t for t in lines)
+    # the same ids but for runs of several spaces, which sentencepiece may fuse into one piece
+    single_spaced = [t for t in lines if "  " not in t]
+    assert all(hf.encode(t, add_special_tokens=False) == sp.encode(t) for t in single_spaced)

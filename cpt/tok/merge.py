@@ -75,13 +75,30 @@ def merge_protos(base, add, pieces: Literal["non-ascii", "all"] = "non-ascii"):
     return merged, MergeResult(len(base.pieces), added, skipped, len(merged.pieces))
 
 
+# SentencePiece's own front end: a "▁" always in front (add_dummy_prefix), spaces as "▁", words split
+# before each "▁" (split_by_whitespace). transformers 5's LlamaTokenizer forces a Metaspace that skips the
+# prefix when a text starts with a space, so " said" lost its space on decode; a plain tokenizers backend
+# with these steps encodes like sentencepiece and decodes every text back exactly.
+_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": "▁"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+    ],
+}
+_PRE_TOKENIZER = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}
+
+
 def save_tokenizer(proto, output: str | Path) -> None:
     """Write `tokenizer.model` plus the Hugging Face files `AutoTokenizer.from_pretrained` needs.
 
-    transformers 5 loads a LLaMA tokenizer from `tokenizer.model` through LlamaTokenizer only;
-    `save_pretrained` then writes tokenizer.json and tokenizer_config.json (it does not copy the
-    .model file, so that is written by hand). All of it goes to a temporary folder renamed at the end.
+    LlamaTokenizer converts the SentencePiece model (vocabulary, merges, byte fallback); its
+    tokenizer.json then gets sentencepiece's front end (above) and is loaded as a plain fast tokenizer.
+    `save_pretrained` does not copy the .model file, so that is written by hand. Everything goes to a
+    temporary folder renamed at the end.
     """
+    import json
+
     from transformers import LlamaTokenizer
 
     output = Path(output)
@@ -89,8 +106,15 @@ def save_tokenizer(proto, output: str | Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
-        tok = LlamaTokenizer.from_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        LlamaTokenizer.from_pretrained(str(tmp)).save_pretrained(str(tmp))
+        tokenizer_json = json.loads((tmp / "tokenizer.json").read_text(encoding="utf-8"))
+        tokenizer_json["normalizer"], tokenizer_json["pre_tokenizer"] = _NORMALIZER, _PRE_TOKENIZER
+        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+        config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (tmp / "tokenizer_config.json").write_text(
+            json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         if output.exists():
             shutil.rmtree(output)
         os.replace(tmp, output)
