@@ -1,0 +1,124 @@
+"""`cpt-tok`: train, merge and compare tokenizers for vocabulary extension.
+
+cpt-tok train  --input PARQUET_DIR_OR_TXT --vocab-size N --output DIR [--model-type bpe|unigram]
+cpt-tok merge  --base BASE --add DIR --output DIR [--pieces non-ascii|all]
+cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from cpt.tok.merge import TokenizerError
+
+
+def _options(items: list[str]) -> dict:
+    """`--option key=value` pairs passed to SentencePiece's trainer, values parsed as YAML scalars."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TokenizerError(f"--option {item!r}: expected key=value")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cpt-tok", description="Extend a base tokenizer for a new language."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a SentencePiece model on Parquet shards or text files")
+    t.add_argument(
+        "--input", required=True, help="a clean/dedup output folder, Parquet shards, or text files"
+    )
+    t.add_argument("--vocab-size", type=int, required=True, help="pieces in the new model")
+    t.add_argument("--output", required=True, help="folder for tokenizer.model and train.json")
+    t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="default: bpe (as LLaMA)")
+    t.add_argument("--max-lines", type=int, default=2_000_000, help="lines sampled to train on (default 2M)")
+    t.add_argument("--seed", type=int, default=0, help="sampling seed")
+    t.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any SentencePiece trainer option, e.g. --option character_coverage=1.0 (repeatable)",
+    )
+
+    m = sub.add_parser(
+        "merge", help="add the pieces a base tokenizer lacks; write SentencePiece and HF files"
+    )
+    m.add_argument(
+        "--base",
+        required=True,
+        help="base tokenizer: a SentencePiece .model or a folder holding tokenizer.model",
+    )
+    m.add_argument("--add", required=True, help="the tokenizer whose missing pieces are added (from `train`)")
+    m.add_argument(
+        "--output", required=True, help="folder for tokenizer.model, tokenizer.json, tokenizer_config.json"
+    )
+    m.add_argument(
+        "--pieces",
+        choices=["non-ascii", "all"],
+        default="non-ascii",
+        help="non-ascii (default): ASCII text keeps its base encoding; all: Chinese-LLaMA's union",
+    )
+
+    r = sub.add_parser("report", help="tokens per character and bytes per token, per language, side by side")
+    r.add_argument(
+        "--tokenizer", action="append", required=True, help="a tokenizer (repeat; the first is the reference)"
+    )
+    r.add_argument(
+        "--input", required=True, help="Parquet shards with `lang` (clean/dedup output) or text files"
+    )
+    r.add_argument("--max-docs", type=int, default=10_000, help="documents read (default 10,000)")
+    r.add_argument("--json", help="also write the figures here")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from cpt.tok.train import train
+
+            path = train(
+                args.input,
+                args.output,
+                args.vocab_size,
+                args.model_type,
+                args.max_lines,
+                args.seed,
+                _options(args.option),
+            )
+            print(f"wrote {path}")
+        elif args.command == "merge":
+            from cpt.tok.merge import merge
+
+            result = merge(args.base, args.add, args.output, args.pieces)
+            print(
+                f"{args.output}: {result.base_pieces:,} base + {result.added:,} added = {result.total:,} pieces"
+                + (f" ({result.skipped_ascii:,} pieces with ASCII skipped)" if result.skipped_ascii else "")
+            )
+        else:
+            from cpt.tok.report import compare, table
+
+            rows = compare(args.tokenizer, args.input, args.max_docs)
+            print(table(rows))
+            if args.json:
+                data = [
+                    {**r.__dict__, "tokens_per_char": r.tokens_per_char, "bytes_per_token": r.bytes_per_token}
+                    for r in rows
+                ]
+                with open(args.json, "w", encoding="utf-8") as f:
+                    json.dump(data, f, indent=2, ensure_ascii=False)
+    except TokenizerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Train a SentencePiece model on text streamed from Parquet shards or text files.
+
+Lines are sampled as they stream by (reservoir sampling, seeded), so no corpus-sized temporary file
+is written and memory holds only the sample SentencePiece trains on. Defaults follow LLaMA's model:
+BPE, byte fallback, digits split, identity normalisation and whitespace kept as is (so the model
+merges cleanly into a LLaMA tokenizer), character coverage suited to Chinese.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from cpt.tok.merge import TokenizerError
+
+TRAIN_DEFAULTS = {
+    "model_type": "bpe",
+    "byte_fallback": True,
+    "split_digits": True,
+    "character_coverage": 0.9995,  # Chinese-LLaMA; 1.0 would keep every rare character as a piece
+    "normalization_rule_name": "identity",  # as LLaMA: full-width punctuation stays as written
+    "remove_extra_whitespaces": False,
+    "add_dummy_prefix": True,
+    "max_sentence_length": 16384,
+    "num_threads": os.cpu_count() or 1,
+    "minloglevel": 1,  # warnings and errors only
+}
+
+
+def iter_texts(source: str | Path) -> Iterator[str]:
+    """Documents from Parquet shards (their `text` column) or text files (one document a line)."""
+    source = Path(source)
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix in (".parquet", ".txt", ".utf8"))
+        files = [
+            p
+            for p in files
+            if "report" not in p.parts and ".work" not in p.parts and "removed" not in p.parts
+        ]
+    else:
+        raise TokenizerError(f"{source}: no such file or folder")
+    if not files:
+        raise TokenizerError(f"{source}: no .parquet, .txt or .utf8 files")
+    for path in files:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            if "text" not in pf.schema_arrow.names:
+                raise TokenizerError(f"{path}: no `text` column")
+            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+        else:
+            with path.open(encoding="utf-8", errors="replace") as f:
+                yield from (line.rstrip("\n") for line in f if line.strip())
+
+
+def sample_lines(texts: Iterator[str], max_lines: int, seed: int = 0) -> list[str]:
+    """A uniform sample of at most `max_lines` non-empty lines (reservoir sampling)."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for text in texts:
+        for line in text.split("\n"):
+            if not line.strip():
+                continue
+            seen += 1
+            if len(sample) < max_lines:
+                sample.append(line)
+            else:
+                j = rng.randrange(seen)
+                if j < max_lines:
+                    sample[j] = line
+    return sample
+
+
+def train(
+    source: str | Path,
+    output: str | Path,
+    vocab_size: int,
+    model_type: str = "bpe",
+    max_lines: int = 2_000_000,
+    seed: int = 0,
+    options: dict | None = None,
+) -> Path:
+    """Train and write `output/tokenizer.model` (and `train.json` with the settings); returns the model."""
+    import sentencepiece as spm
+
+    lines = sample_lines(iter_texts(source), max_lines, seed)
+    if not lines:
+        raise TokenizerError(f"{source}: no text to train on")
+    settings = {**TRAIN_DEFAULTS, "model_type": model_type, "vocab_size": vocab_size, **(options or {})}
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, **settings)
+    except RuntimeError as e:
+        raise TokenizerError(f"sentencepiece could not train on {source}: {e}") from None
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = output / "tokenizer.model.tmp"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, output / "tokenizer.model")
+    info = {"source": str(source), "lines_sampled": len(lines), "seed": seed, **settings}
+    (output / "train.json").write_text(
+        json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return output / "tokenizer.model"
