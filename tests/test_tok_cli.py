@@ -95,3 +95,97 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         "merge", "--base", str(tmp_path), "--add", str(tmp_path), "--output", str(tmp_path / "m"), check=False
     )
     assert proc.returncode == 2 and "tokenizer.model" in proc.stderr
+
+
+def test_init_embeddings_pads_to_64_keeps_old_rows_and_averages_new_ones(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    english = shared_data("english-text", "1342-0.txt")
+    chinese = shared_data("chinese-text", "pku_test.utf8")
+    cpt_tok("train", "--input", str(english), "--vocab-size", "1000", "--output", str(tmp_path / "base"))
+    cpt_tok(
+        "train",
+        "--input",
+        str(chinese),
+        "--vocab-size",
+        "4000",
+        "--max-lines",
+        "4000",
+        "--output",
+        str(tmp_path / "zh"),
+    )
+    cpt_tok(
+        "merge",
+        "--base",
+        str(tmp_path / "base"),
+        "--add",
+        str(tmp_path / "zh"),
+        "--output",
+        str(tmp_path / "merged"),
+    )
+    base = spm.SentencePieceProcessor(model_file=str(tmp_path / "base" / "tokenizer.model"))
+    merged = spm.SentencePieceProcessor(model_file=str(tmp_path / "merged" / "tokenizer.model"))
+
+    for tied in (True, False):
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            tie_word_embeddings=tied,
+        )
+        model_dir, out = tmp_path / f"model_{tied}", tmp_path / f"out_{tied}"
+        LlamaForCausalLM(config).save_pretrained(model_dir)
+        before = AutoModelForCausalLM.from_pretrained(model_dir)
+        cpt_tok(
+            "init-embeddings",
+            "--model",
+            str(model_dir),
+            "--base-tokenizer",
+            str(tmp_path / "base"),
+            "--tokenizer",
+            str(tmp_path / "merged"),
+            "--output",
+            str(out),
+        )
+        after = AutoModelForCausalLM.from_pretrained(out)
+        rows_in = after.get_input_embeddings().weight
+        assert rows_in.shape[0] % 64 == 0 and rows_in.shape[0] >= merged.get_piece_size()
+        assert torch.equal(rows_in[:1000], before.get_input_embeddings().weight)  # bit for bit
+        new_id = next(
+            i for i in range(1000, merged.get_piece_size()) if len(merged.id_to_piece(i).strip("▁")) >= 2
+        )
+        text = merged.id_to_piece(new_id).replace("▁", " ")
+        ids = base.encode(text)
+        if (
+            len(ids) > 1
+            and base.id_to_piece(ids[0]) == "▁"
+            and not merged.id_to_piece(new_id).startswith("▁")
+        ):
+            ids = ids[1:]
+        expected = before.get_input_embeddings().weight[ids].mean(dim=0)
+        assert torch.allclose(rows_in[new_id], expected)
+        if not tied:
+            out_rows = after.get_output_embeddings().weight
+            assert torch.equal(out_rows[:1000], before.get_output_embeddings().weight)
+            assert torch.allclose(out_rows[new_id], before.get_output_embeddings().weight[ids].mean(dim=0))
+        tok = AutoTokenizer.from_pretrained(out)
+        batch = tok("今天天气很好 and a fine day", return_tensors="pt")
+        assert after(**batch).logits.shape[-1] == rows_in.shape[0]
+    wrong_base = cpt_tok(
+        "init-embeddings",
+        "--model",
+        str(tmp_path / "model_True"),
+        "--base-tokenizer",
+        str(tmp_path / "zh"),
+        "--tokenizer",
+        str(tmp_path / "merged"),
+        "--output",
+        str(tmp_path / "bad"),
+        check=False,
+    )
+    assert wrong_base.returncode == 2 and "not a merge of" in wrong_base.stderr

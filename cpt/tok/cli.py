@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         help="non-ascii (default): ASCII text keeps its base encoding; all: Chinese-LLaMA's union",
     )
 
+    e = sub.add_parser(
+        "init-embeddings", help="resize a model for the merged tokenizer; new rows = mean of base rows"
+    )
+    e.add_argument("--model", required=True, help="Hugging Face model folder (the base model)")
+    e.add_argument("--base-tokenizer", required=True, help="the base tokenizer (.model or folder)")
+    e.add_argument("--tokenizer", required=True, help="the merged tokenizer folder (from `merge`)")
+    e.add_argument("--output", required=True, help="folder for the resized model and the merged tokenizer")
+
     r = sub.add_parser("report", help="tokens per character and bytes per token, per language, side by side")
     r.add_argument(
         "--tokenizer", action="append", required=True, help="a tokenizer (repeat; the first is the reference)"
@@ -101,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{args.output}: {result.base_pieces:,} base + {result.added:,} added = {result.total:,} pieces"
                 + (f" ({result.skipped_ascii:,} pieces with ASCII skipped)" if result.skipped_ascii else "")
+            )
+        elif args.command == "init-embeddings":
+            from cpt.tok.embeddings import init_embeddings
+
+            result = init_embeddings(args.model, args.base_tokenizer, args.tokenizer, args.output)
+            print(
+                f"{args.output}: vocabulary {result.base_vocab:,} -> {result.merged_vocab:,} (padded to "
+                f"{result.padded_vocab:,}); {result.initialised:,} new rows, "
+                f"{'tied' if result.tied else 'input and output'} embeddings"
             )
         else:
             from cpt.tok.report import compare, table

@@ -1,0 +1,83 @@
+"""Resize a model's embeddings for a merged tokenizer and initialise the new rows (Ziya2).
+
+Each new token's input row (and output row, when the head is not tied) is the mean of the base rows of
+the pieces the base tokenizer splits its text into; with a byte-fallback base most Chinese pieces are
+averages of byte-token rows. Rows of the base vocabulary are not touched. The vocabulary is padded to a
+multiple of 64 (tensor-core friendly); padding rows get the mean of all base rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpt.tok.merge import TokenizerError
+
+PAD_MULTIPLE = 64
+
+
+@dataclass
+class InitResult:
+    base_vocab: int
+    merged_vocab: int
+    padded_vocab: int
+    initialised: int
+    tied: bool
+
+
+def piece_text(piece: str) -> str:
+    return piece.replace("▁", " ")
+
+
+def base_ids_for(base_sp, piece: str) -> list[int]:
+    """The base pieces of a new piece's text, without the lone dummy prefix sentencepiece puts in front."""
+    ids = base_sp.encode(piece_text(piece))
+    if len(ids) > 1 and base_sp.id_to_piece(ids[0]) == "▁" and not piece.startswith("▁"):
+        ids = ids[1:]
+    return ids
+
+
+def init_embeddings(
+    model_dir: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cpt.tok.report import load_sentencepiece
+
+    base_sp, merged_sp = load_sentencepiece(base_tokenizer), load_sentencepiece(tokenizer)
+    base_n, merged_n = base_sp.get_piece_size(), merged_sp.get_piece_size()
+    for i in range(base_n):
+        if merged_sp.id_to_piece(i) != base_sp.id_to_piece(i):
+            raise TokenizerError(
+                f"{tokenizer}: piece {i} differs from the base's; it is not a merge of {base_tokenizer}"
+            )
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    if old_in.shape[0] < base_n:
+        raise TokenizerError(
+            f"{model_dir}: {old_in.shape[0]} embedding rows, fewer than the base's {base_n} pieces"
+        )
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    old_out = None if tied else model.get_output_embeddings().weight.detach().clone()
+
+    model.resize_token_embeddings(merged_n, pad_to_multiple_of=PAD_MULTIPLE, mean_resizing=False)
+    new_in = model.get_input_embeddings().weight
+    new_out = None if tied else model.get_output_embeddings().weight
+    padded = new_in.shape[0]
+    with torch.no_grad():
+        for i in range(base_n, padded):
+            ids = base_ids_for(base_sp, merged_sp.id_to_piece(i)) if i < merged_n else list(range(base_n))
+            new_in[i] = old_in[ids].mean(dim=0)
+            if new_out is not None:
+                new_out[i] = old_out[ids].mean(dim=0)
+    model.config.vocab_size = padded
+
+    output = Path(output)
+    model.save_pretrained(str(output))
+    src = Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, output / name)
+    return InitResult(base_n, merged_n, padded, padded - base_n, tied)
