@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpt.config import ConfigError  # noqa: E402
+from cpt.tokens import TokenShardError  # noqa: E402
 
 
 def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
@@ -196,6 +197,67 @@ def _dedup(args) -> int:
     return _print_funnel(funnel_of(run.output), run.output)
 
 
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="clean/dedup shards -> memory-mapped token shards for the mixer and trainer",
+        description=(
+            "Tokenize the Parquet shards of a clean or dedup output with a tokenizer folder (from "
+            "`cpt-tok merge`), EOS after every document, into datatrove's tokenized format (.ds token ids, "
+            ".ds.index document ends). tokens.json, written when every task has finished, records the files, "
+            "the counts, the source name and the tokenizer's hash; readers refuse shards without it or made "
+            "with another tokenizer. Run the same command again to resume."
+        ),
+    )
+    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer folder with tokenizer.json (cpt-tok merge output)"
+    )
+    p.add_argument("--output", required=True, help="token shard folder, e.g. data/tokens/zh_web")
+    p.add_argument("--source", help="source name recorded in tokens.json (default: the output folder's name)")
+    p.add_argument("--eos", default="</s>", help="end-of-document token (default: </s>)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="local processes (default), or a Slurm array job and a dependent manifest job",
+    )
+    p.add_argument("--tasks", type=int, help="tokenizing tasks (default: one per Parquet shard)")
+    p.add_argument(
+        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _tokenize(args) -> int:
+    from cpt.tokens import TokenShards
+    from pipelines.tokenization import prepare
+
+    _check_tasks(args.tasks)
+    run = prepare(
+        args.input,
+        args.tokenizer,
+        args.output,
+        args.source,
+        args.tasks,
+        args.executor,
+        args.workers,
+        args.eos,
+        progress=not args.no_progress,
+    )
+    run.executors[-1].run()
+    if args.executor == "slurm":
+        print(f"submitted; {run.output}/tokens.json appears when the jobs end")
+        return 0
+    shards = TokenShards(run.output, args.tokenizer)
+    m = shards.manifest
+    print(
+        f"{run.output}: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['dtype']}) in {len(m['files'])} "
+        f"files; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
+    )
+    return 0
+
+
 def _funnel(args) -> int:
     from pipelines import clean, dedup
 
@@ -210,14 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_clean(sub)
     _add_dedup(sub)
+    _add_tokenize(sub)
     f = sub.add_parser(
         "funnel", help="print and save the funnel of a clean or dedup run (also while it runs)"
     )
     f.add_argument("output", help="the --output folder of the run")
     args = parser.parse_args(argv)
     try:
-        return {"clean": _clean, "dedup": _dedup, "funnel": _funnel}[args.command](args)
-    except (ConfigError, FileNotFoundError) as e:
+        return {"clean": _clean, "dedup": _dedup, "tokenize": _tokenize, "funnel": _funnel}[args.command](
+            args
+        )
+    except (ConfigError, FileNotFoundError, TokenShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

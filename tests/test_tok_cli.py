@@ -189,3 +189,73 @@ def test_init_embeddings_pads_to_64_keeps_old_rows_and_averages_new_ones(tmp_pat
         check=False,
     )
     assert wrong_base.returncode == 2 and "not a merge of" in wrong_base.stderr
+
+
+def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import run_cli
+    from cpt.tok.merge import merge
+    from cpt.tokens import TokenShardError, TokenShards
+
+    merge(
+        shared_data("tokenizers", "llama-32k.model"),
+        shared_data("tokenizers", "chinese-llama-20k.model"),
+        tmp_path / "merged",
+    )
+    texts = {
+        "en": [
+            p
+            for p in shared_data("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")
+            if p.strip()
+        ][100:140],
+        "zh": shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()[:40],
+    }
+    for lang, docs in texts.items():
+        rows = [{"id": f"{lang}{i}", "text": t, "lang": lang} for i, t in enumerate(docs)]
+        path = tmp_path / "dedup" / lang / "000_00000.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), path)
+
+    out = tmp_path / "tokens" / "web"
+    proc = run_cli(
+        "tokenize",
+        "--input",
+        str(tmp_path / "dedup"),
+        "--tokenizer",
+        str(tmp_path / "merged"),
+        "--output",
+        str(out),
+        "--no-progress",
+    )
+    assert "80 documents" in proc.stdout
+    shards = TokenShards(out, tmp_path / "merged")
+    manifest = json.loads((out / "tokens.json").read_text())
+    assert manifest["source"] == "web" and manifest["dtype"] == "uint16" and len(shards) == 80
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    decoded = {tok.decode(shards.document(i)[:-1]) for i in range(len(shards))}
+    assert decoded == set(texts["en"]) | set(texts["zh"])
+    assert all(shards.document(i)[-1] == tok.convert_tokens_to_ids("</s>") for i in range(len(shards)))
+
+    other = tmp_path / "other"
+    merge(
+        shared_data("tokenizers", "llama-32k.model"),
+        shared_data("tokenizers", "chinese-llama-20k.model"),
+        other,
+        pieces="all",
+    )
+    import pytest
+
+    with pytest.raises(TokenShardError, match="another tokenizer"):
+        TokenShards(out, other)
+    again = run_cli(
+        "tokenize",
+        "--input",
+        str(tmp_path / "dedup"),
+        "--tokenizer",
+        str(tmp_path / "merged"),
+        "--output",
+        str(out),
+        "--no-progress",
+    )
+    assert again.stdout == proc.stdout  # finished tasks are skipped; same shards

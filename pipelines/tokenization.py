@@ -1,0 +1,92 @@
+"""The `tokenize` pipeline (named tokenization.py: a `tokenize.py` beside run.py would shadow Python's own
+module of that name): clean/dedup shards -> token shards (see cpt/tokens), via datatrove.
+
+read Parquet shards -> DocumentTokenizer (EOS after every document, no shuffling: the mixer
+decides the order) -> one last task writes tokens.json (files, counts, source, tokenizer hash)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpt.config import ConfigError
+from pipelines.common import SlurmConfig, check_settings, make_executor
+
+
+@dataclass
+class TokenizeRun:
+    executors: list
+    output: Path
+    tasks: int
+
+
+def prepare(
+    input_dir: str | Path,
+    tokenizer: str | Path,
+    output: str | Path,
+    source: str | None = None,
+    tasks: int | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    eos_token: str = "</s>",
+    progress: bool = True,
+    record: bool = True,
+) -> TokenizeRun:
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    from cpt.shards import row_to_document
+    from cpt.steps.read import CountingParquetReader
+    from cpt.tokens import TokensManifestStep, tokenizer_hash
+
+    input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
+    files = [
+        p
+        for p in sorted(input_dir.rglob("*.parquet"))
+        if not {"report", "removed", ".work"} & set(p.relative_to(input_dir).parts)
+    ]
+    if not files:
+        raise FileNotFoundError(f"{input_dir}: no Parquet shards (expected a clean or dedup output)")
+    tokenizer_json = tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer
+    if not tokenizer_json.is_file():
+        raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (use a folder written by `cpt-tok merge`)")
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
+    if eos_token not in Tokenizer.from_file(str(tokenizer_json)).get_vocab():
+        raise ConfigError("--eos", [f"{eos_token!r} is not a token of {tokenizer}"])
+    token_size = 2 if vocab <= 2**16 else 4
+    source = source or output.name
+    tasks = tasks or len(files)
+    settings = {
+        "input": str(input_dir.resolve()),
+        "tokenizer_sha256": tokenizer_hash(tokenizer_json),
+        "source": source,
+        "tasks": tasks,
+        "eos": eos_token,
+    }
+    report = output / "report"
+    check_settings(report, output, settings, record)
+
+    paths_file = report / "inputs.txt"
+    paths_file.parent.mkdir(parents=True, exist_ok=True)
+    paths_file.write_text("".join(str(p.relative_to(input_dir)) + "\n" for p in files), encoding="utf-8")
+    reader = CountingParquetReader(
+        str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
+    )
+    tokenize = DocumentTokenizer(
+        str(output), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False
+    )
+    logs = report / "logs"
+    slurm = SlurmConfig(job_name=f"cpt-tokenize-{source}")
+    first = make_executor(executor, [reader, tokenize], tasks, logs / "tokenize", slurm, workers)
+    last = make_executor(
+        executor,
+        [TokensManifestStep(str(output), source, str(tokenizer_json), token_size)],
+        1,
+        logs / "manifest",
+        slurm,
+        workers,
+        depends=first,
+    )
+    return TokenizeRun([first, last], output, tasks)
