@@ -23,6 +23,13 @@ demo: $(STAMP)
 	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
 	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
+	# a small English base stands in for LLaMA's tokenizer; it is extended with pieces trained on the Chinese
+	.venv/bin/cpt-tok train --input $(DEMO)/dedup/en --vocab-size 1000 --output $(DEMO)/tok/base
+	.venv/bin/cpt-tok train --input $(DEMO)/dedup/zh --vocab-size 3000 --output $(DEMO)/tok/zh --option hard_vocab_limit=false
+	.venv/bin/cpt-tok merge --base $(DEMO)/tok/base --add $(DEMO)/tok/zh --output $(DEMO)/tok/merged
+	.venv/bin/cpt-tok report --tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --input $(DEMO)/dedup
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/en_web
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/zh_web
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks

@@ -1,0 +1,189 @@
+"""Plan a stage before reading any token: resolve sources to shards, split the budget, write the manifest.
+
+Shares: the replay share of the budget goes to the replay sources (split by their weights, equal when
+none are given); the rest goes to fixed-`tokens` sources first, then to weighted sources in proportion
+to their normalised weights. A source used for more tokens than it holds repeats (epochs > 1); more
+than its `max_epochs` is refused. The manifest's hash covers everything in it, so it names the data
+exactly; planning twice gives the same hash.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cpt.mix.stage import Source, Stage
+from cpt.tokens import MANIFEST
+
+EPOCH_WARNING = 4.0  # Muennighoff et al. 2023: repeated data stops paying off after about 4 epochs
+REPLAY_WARNING = 0.05  # Ibrahim et al. 2024: replay of 5% or more is what prevents forgetting
+
+
+class MixError(ValueError):
+    """A stage that cannot be planned; the message names the file and the source."""
+
+
+@dataclass
+class PlannedSource:
+    name: str
+    role: str  # "source" or "replay"
+    packing: str
+    type: str | None
+    files: list[dict]
+    tokens_available: int
+    tokens_used: int = 0
+    share: float = 0.0
+    epochs: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _file_digest(folder: Path, entry: dict) -> str:
+    """Content hash of a shard: its document index (small) and its size, so planning stays cheap."""
+    h = hashlib.sha256((folder / f"{entry['path']}.index").read_bytes())
+    h.update(str((folder / entry["path"]).stat().st_size).encode())
+    return h.hexdigest()
+
+
+def resolve(source: Source, where: str) -> tuple[list[dict], str]:
+    """Shard files of a source and their tokenizer hash."""
+    folders = (
+        sorted(Path(p) for p in glob.glob(source.path))
+        if any(c in source.path for c in "*?[")
+        else [Path(source.path)]
+    )
+    folders = [f for f in folders if (f / MANIFEST).is_file()]
+    if not folders:
+        raise MixError(
+            f"{where}: {source.path}: no token shards (a folder with {MANIFEST}, from `run.py tokenize`)"
+        )
+    files, tokenizers = [], set()
+    for folder in folders:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        tokenizers.add(manifest["tokenizer_sha256"])
+        for entry in manifest["files"]:
+            if not (folder / entry["path"]).is_file():
+                raise MixError(f"{where}: {folder / entry['path']} is listed in {MANIFEST} but missing")
+            files.append(
+                {
+                    "path": str((folder / entry["path"]).resolve()),
+                    "tokens": entry["tokens"],
+                    "documents": entry["documents"],
+                    "dtype": manifest["dtype"],
+                    "sha256": _file_digest(folder, entry),
+                }
+            )
+    if len(tokenizers) > 1:
+        raise MixError(f"{where}: {source.path}: shards from {len(tokenizers)} different tokenizers")
+    return files, tokenizers.pop()
+
+
+def plan(stage: Stage, stage_file: str = "stage") -> dict:
+    """The manifest of a stage (a dict; `manifest_hash` identifies it)."""
+    planned: list[PlannedSource] = []
+    tokenizers: dict[str, str] = {}
+    for role, sources in (("source", stage.sources), ("replay", stage.replay.sources)):
+        for i, s in enumerate(sources):
+            where = f"{stage_file}: {'sources' if role == 'source' else 'replay.sources'}[{i}] ({s.name})"
+            files, tok = resolve(s, where)
+            tokenizers[where] = tok
+            planned.append(
+                PlannedSource(s.name, role, s.packing, s.type, files, sum(f["tokens"] for f in files))
+            )
+    if len(set(tokenizers.values())) > 1:
+        detail = "; ".join(f"{w}: {t[:12]}…" for w, t in tokenizers.items())
+        raise MixError(f"{stage_file}: sources come from different tokenizers ({detail})")
+
+    by_name = {(p.role, p.name): p for p in planned}
+    replay_budget = round(stage.tokens * stage.replay.share)
+    main_budget = stage.tokens - replay_budget
+    fixed = {s.name: s.tokens for s in stage.sources if s.tokens is not None}
+    if sum(fixed.values()) > main_budget:
+        raise MixError(
+            f"{stage_file}: fixed source tokens ({sum(fixed.values()):,}) exceed the budget ({main_budget:,})"
+        )
+    weighted = [s for s in stage.sources if s.weight is not None]
+    left = main_budget - sum(fixed.values())
+    total_weight = sum(s.weight for s in weighted) or 1.0
+    for s in stage.sources:
+        p = by_name[("source", s.name)]
+        p.tokens_used = fixed[s.name] if s.name in fixed else round(left * s.weight / total_weight)
+    replay_weights = [r.weight or 1.0 for r in stage.replay.sources]
+    for r, w in zip(stage.replay.sources, replay_weights, strict=True):
+        by_name[("replay", r.name)].tokens_used = round(replay_budget * w / sum(replay_weights))
+
+    max_epochs = {("source", s.name): s.max_epochs for s in stage.sources} | {
+        ("replay", r.name): r.max_epochs for r in stage.replay.sources
+    }
+    for p in planned:
+        p.share = p.tokens_used / stage.tokens
+        p.epochs = p.tokens_used / max(p.tokens_available, 1)
+        limit = max_epochs[(p.role, p.name)]
+        if p.epochs > limit:
+            raise MixError(
+                f"{stage_file}: {p.name} would be read {p.epochs:.1f} times ({p.tokens_used:,} tokens of "
+                f"{p.tokens_available:,}), over its max_epochs {limit}: lower its weight or the budget, or add data"
+            )
+        if p.epochs > EPOCH_WARNING:
+            p.warnings.append(
+                f"{p.name} repeats {p.epochs:.1f} epochs (> {EPOCH_WARNING:g}: little gain past that)"
+            )
+    warnings = [w for p in planned for w in p.warnings]
+    if stage.replay.share < REPLAY_WARNING:
+        warnings.append(
+            f"replay share {stage.replay.share:.0%} is below {REPLAY_WARNING:.0%}: expect forgetting"
+        )
+
+    manifest = {
+        "stage": stage.name,
+        "seq_len": stage.seq_len,
+        "tokens": stage.tokens,
+        "seed": stage.seed,
+        "tokenizer_sha256": next(iter(tokenizers.values())),
+        "replay": {"share": stage.replay.share, "sources": [r.name for r in stage.replay.sources]},
+        "sources": [
+            {
+                "name": p.name,
+                "role": p.role,
+                "packing": p.packing,
+                "type": p.type,
+                "tokens_available": p.tokens_available,
+                "tokens_used": p.tokens_used,
+                "share": round(p.share, 6),
+                "epochs": round(p.epochs, 6),
+                "files": p.files,
+            }
+            for p in planned
+        ],
+        "warnings": warnings,
+    }
+    manifest["manifest_hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return manifest
+
+
+def write_manifest(manifest: dict, output: str | Path) -> Path:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "manifest.json"
+    tmp = output / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def table(manifest: dict) -> str:
+    lines = [f"{'source':<24} {'role':<7} {'available':>14} {'used':>14} {'share':>7} {'epochs':>7}"]
+    for s in manifest["sources"]:
+        lines.append(
+            f"{s['name']:<24} {s['role']:<7} {s['tokens_available']:>14,} {s['tokens_used']:>14,} "
+            f"{s['share']:>7.1%} {s['epochs']:>7.2f}"
+        )
+    lines.append(
+        f"stage {manifest['stage']}: {manifest['tokens']:,} tokens, seq_len {manifest['seq_len']}, "
+        f"manifest {manifest['manifest_hash'][:16]}"
+    )
+    lines += [f"warning: {w}" for w in manifest["warnings"]]
+    return "\n".join(lines)

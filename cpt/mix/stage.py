@@ -1,0 +1,88 @@
+"""A training stage, as a `mixes/*.yaml` file declares it: sources, weights, budget, replay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cpt.config import ConfigError, build, read_yaml
+
+
+@dataclass
+class Source:
+    name: str = ""
+    path: str = ""  # a token-shard folder (with tokens.json) or a glob of such folders
+    weight: float | None = None  # share of the non-replay budget, normalised over the sources
+    tokens: int | None = None  # or a fixed number of tokens
+    max_epochs: float = 4.0  # data-constrained scaling (Muennighoff et al. 2023): little gain past ~4
+    packing: Literal["concat", "same_type"] = "concat"
+    type: str | None = None  # same-type packing only packs sources of the same type together
+
+
+@dataclass
+class Replay:
+    share: float = 0.0  # share of the stage's tokens taken from earlier-domain data
+    sources: list[Source] = field(default_factory=list)
+
+
+@dataclass
+class Stage:
+    name: str = ""
+    seq_len: int = 0
+    tokens: int = 0  # the stage's token budget
+    seed: int = 0
+    sources: list[Source] = field(default_factory=list)
+    replay: Replay = field(default_factory=Replay)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.name:
+            problems.append("name: missing")
+        if not isinstance(self.seq_len, int) or self.seq_len <= 0:
+            problems.append(f"seq_len: must be a positive integer (got {self.seq_len!r})")
+        if not isinstance(self.tokens, int) or self.tokens <= 0:
+            problems.append(f"tokens: the stage's budget must be a positive integer (got {self.tokens!r})")
+        if not self.sources:
+            problems.append("sources: at least one source is needed")
+        if not 0 <= self.replay.share < 1:
+            problems.append(f"replay.share: must be within [0, 1) (got {self.replay.share})")
+        if self.replay.share > 0 and not self.replay.sources:
+            problems.append("replay.sources: a replay share needs replay sources")
+        for where, sources in (("sources", self.sources), ("replay.sources", self.replay.sources)):
+            names = [s.name for s in sources]
+            for i, s in enumerate(sources):
+                key = f"{where}[{i}]"
+                if not s.name:
+                    problems.append(f"{key}.name: missing")
+                elif names.count(s.name) > 1:
+                    problems.append(f"{key}.name: {s.name!r} used twice")
+                if not s.path:
+                    problems.append(f"{key}.path: missing")
+                if (s.weight is None) == (s.tokens is None) and where == "sources":
+                    problems.append(f"{key}: give exactly one of weight or tokens")
+                if s.weight is not None and s.weight <= 0:
+                    problems.append(f"{key}.weight: must be > 0 (got {s.weight})")
+                if s.tokens is not None and s.tokens <= 0:
+                    problems.append(f"{key}.tokens: must be > 0 (got {s.tokens})")
+                if s.max_epochs <= 0:
+                    problems.append(f"{key}.max_epochs: must be > 0 (got {s.max_epochs})")
+                if s.packing == "same_type" and not s.type:
+                    problems.append(f"{key}.type: same_type packing needs a type tag")
+        return problems
+
+
+def load_stage(path: str | Path) -> Stage:
+    """Read and validate a stage file; every problem is reported at once, naming the file and key."""
+    path = Path(path)
+    stage = build(Stage, read_yaml(path), str(path))
+    base = path.resolve().parent
+    for s in [*stage.sources, *stage.replay.sources]:
+        if s.path and not Path(s.path).is_absolute() and not Path(s.path).exists():
+            candidate = base / s.path
+            if any(candidate.parent.glob(candidate.name)):
+                s.path = str(candidate)
+    return stage
+
+
+__all__ = ["ConfigError", "Replay", "Source", "Stage", "load_stage"]
