@@ -86,16 +86,30 @@ class Funnel:
         return "\n".join(lines)
 
 
-def step_totals(logging_dir: str | Path, step_index: int) -> tuple[dict[str, int], int]:
-    """Counts of one step summed over the tasks that finished, and how many tasks that was."""
+def task_totals(logging_dir: str | Path) -> tuple[list[dict[str, int]], list[Path]]:
+    """Every step's counts summed over the tasks that finished (one entry per step), and their stats files."""
     stats_dir = Path(logging_dir) / "stats"
     files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
-    totals: dict[str, int] = {}
+    totals: list[dict[str, int]] = []
     for f in files:
-        step = json.loads(f.read_text(encoding="utf-8"))[step_index]
-        for key, value in step["stats"].items():
-            totals[key] = totals.get(key, 0) + int(value["total"] if isinstance(value, dict) else value)
-    return totals, len(files)
+        steps = json.loads(f.read_text(encoding="utf-8"))
+        if totals and len(steps) != len(totals):
+            raise ValueError(
+                f"{f}: {len(steps)} steps, other tasks have {len(totals)} (was the pipeline changed?)"
+            )
+        totals = totals or [{} for _ in steps]
+        for i, step in enumerate(steps):
+            for key, value in step["stats"].items():
+                totals[i][key] = totals[i].get(key, 0) + int(
+                    value["total"] if isinstance(value, dict) else value
+                )
+    return totals, files
+
+
+def step_totals(logging_dir: str | Path, step_index: int) -> tuple[dict[str, int], int]:
+    """Counts of one step summed over the tasks that finished, and how many tasks that was."""
+    totals, files = task_totals(logging_dir)
+    return (totals[step_index] if totals else {}), len(files)
 
 
 def row_from_stats(step: str, stats: dict, reasonless: str = _REASONLESS_DROP) -> FunnelRow:
@@ -130,23 +144,17 @@ def build_funnel(
     logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1
 ) -> Funnel:
     """Sum every task's saved stats; `step_names` names the pipeline's steps in order."""
-    stats_dir = Path(logging_dir) / "stats"
-    files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
-    totals: list[dict[str, int]] = [{} for _ in step_names]
+    totals, files = task_totals(logging_dir)
+    if totals and len(totals) != len(step_names):
+        raise ValueError(
+            f"{logging_dir}: {len(totals)} steps, expected {len(step_names)} (was the pipeline changed?)"
+        )
+    totals = totals or [{} for _ in step_names]
     outputs: dict[str, int] = {}
-    for f in files:
-        steps = json.loads(f.read_text(encoding="utf-8"))
-        if len(steps) != len(step_names):
-            raise ValueError(
-                f"{f}: {len(steps)} steps, expected {len(step_names)} (was the pipeline changed?)"
-            )
-        for i, step in enumerate(steps):
-            for key, value in step["stats"].items():
-                n = int(value["total"] if isinstance(value, dict) else value)
-                totals[i][key] = totals[i].get(key, 0) + n
-                if key.endswith(".parquet.tmp") and "/" in key:  # writer's per-file-template counts
-                    lang = key.split("/", 1)[0]
-                    outputs[lang] = outputs.get(lang, 0) + n
+    for key, n in totals[-1].items():  # the writer counts documents per output-file template
+        if key.endswith(".parquet.tmp") and "/" in key:
+            lang = key.split("/", 1)[0]
+            outputs[lang] = outputs.get(lang, 0) + n
     rows = [row_from_stats(name, t) for name, t in zip(step_names, totals, strict=True)]
     if n_readers > 1:
         rows = [merge_rows("read", rows[:n_readers]), *rows[n_readers:]]

@@ -12,14 +12,13 @@ skipped, unfinished ones start over and overwrite their own `.tmp` shards.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, build_funnel
-from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, write_json
+from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
 STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii")
@@ -277,9 +276,5 @@ def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
 
 def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a (possibly still running or interrupted) clean run, from its saved stats."""
-    report = Path(output) / "report"
-    meta_path = report / "steps.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: not found; is {output} the --output of a clean run?")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return build_funnel(report / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
+    meta = read_steps(output, "clean")
+    return build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])

@@ -112,3 +112,11 @@ def sbatch_script(executor) -> str:
     return executor.get_launch_file_contents(
         executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}"
     )
+
+
+def read_steps(output: str | Path, pipeline: str) -> dict:
+    """The `report/steps.json` a run of `pipeline` wrote into `output` (how to read its funnel)."""
+    path = Path(output) / "report" / "steps.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {output} the --output of a {pipeline} run?")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, FunnelRow, merge_rows, row_from_stats, step_totals
-from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, write_json
+from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dedup.yaml"
 LEVELS = ("url", "minhash", "lines")
@@ -317,13 +317,8 @@ def _language_chain(
 
 def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a dedup run, summed over languages, from the stats its tasks saved."""
-    import json
-
     report = Path(output) / "report"
-    meta_path = report / "steps.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: not found; is {output} the --output of a dedup run?")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_steps(output, "dedup")
     rows: dict[str, list[FunnelRow]] = {}
     outputs: dict[str, int] = {}
     done = total = 0
