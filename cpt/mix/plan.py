@@ -12,10 +12,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cpt.manifest import manifest_hash
 from cpt.mix.stage import Source, Stage
 from cpt.tokens import MANIFEST
 
@@ -160,18 +160,8 @@ def plan(stage: Stage, stage_file: str = "stage") -> dict:
         ],
         "warnings": warnings,
     }
-    manifest["manifest_hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    manifest["manifest_hash"] = manifest_hash(manifest)
     return manifest
-
-
-def write_manifest(manifest: dict, output: str | Path) -> Path:
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / "manifest.json"
-    tmp = output / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def table(manifest: dict) -> str:

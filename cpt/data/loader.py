@@ -1,0 +1,284 @@
+"""The streaming loader: a stage manifest in, packed and document-masked batches out.
+
+Every source is a stream of its documents in a seeded order (a fresh order each epoch), read from
+memory-mapped shards. A `concat` source fills each sequence to `seq_len`, cutting documents at the
+sequence boundary; a `same_type` source (instruction data, Ziya2 stage 2) packs whole documents of
+its own only, pads the rest of the sequence and splits only a document longer than a sequence.
+Sources take turns as `Interleave` schedules them, so replay is spread evenly through the stage.
+
+Each sequence carries `input_ids`, `labels` (-100 at the first token of every document piece and on
+padding, so no token is trained to predict another document) and `position_ids` restarting at 0 at
+every piece (what varlen attention needs to keep documents apart; `cu_seqlens` derives from them).
+
+Global sequence k of the stage goes to data-parallel rank k % world; on a rank, batch b goes to loader
+worker b % workers, and torch's DataLoader returns workers' batches round-robin, so the rank sees the
+same batches whatever the worker count. Each batch carries the loader state after its row of ranks
+(per source: sequences taken, epoch, document, token offset), so resuming is a seek in source units.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cpt.data.order import DocumentOrder, Interleave, order_key
+from cpt.manifest import ManifestError, read_stage_manifest
+
+IGNORE_INDEX = -100  # the label torch's cross-entropy and Hugging Face models skip
+_CHUNK = 8192  # documents looked up at a time
+
+
+def sequences_per_source(manifest: dict) -> list[int]:
+    """How many packed sequences each source gives the stage: the stage's budget over `seq_len`, split
+    in proportion to the sources' tokens by largest remainder (so the parts add up to the whole)."""
+    total = round(manifest["tokens"] / manifest["seq_len"])
+    used = [s["tokens_used"] for s in manifest["sources"]]
+    exact = [total * u / max(sum(used), 1) for u in used]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(used)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def initial_state(manifest: dict) -> dict:
+    return {
+        "manifest_hash": manifest["manifest_hash"],
+        "sequences": 0,
+        "sources": [
+            {"name": s["name"], "sequences": 0, "epoch": 0, "document": 0, "offset": 0, "tokens": 0}
+            for s in manifest["sources"]
+        ],
+    }
+
+
+class SourceStream:
+    """The documents of one source in seeded order, epoch after epoch, and the packing of them."""
+
+    def __init__(self, source: dict, seed: int, seq_len: int, cursor: dict):
+        self.name, self.seed, self.seq_len = source["name"], seed, seq_len
+        self.same_type = source["packing"] == "same_type"
+        files = [f for f in source["files"] if f["documents"] > 0]
+        if not files:
+            raise ManifestError(f"source {self.name}: no documents")
+        self.tokens = [np.memmap(f["path"], dtype=f["dtype"], mode="r") for f in files]
+        self.ends = [np.memmap(f"{f['path']}.index", dtype=np.uint64, mode="r") for f in files]
+        self.first = np.cumsum([0] + [f["documents"] for f in files])
+        self.documents = int(self.first[-1])
+        self.epoch, self.document = cursor["epoch"], cursor["document"]
+        self.offset, self.read = cursor["offset"], cursor["tokens"]
+        self._order = DocumentOrder(self.documents, order_key(seed, self.name, self.epoch))
+        self._chunk_start, self._chunk = -1, ([], [], [])
+
+    def cursor(self) -> dict:
+        return {"epoch": self.epoch, "document": self.document, "offset": self.offset, "tokens": self.read}
+
+    def _load_chunk(self) -> None:
+        positions = np.arange(self.document, min(self.document + _CHUNK, self.documents))
+        docs = self._order(positions)
+        file_of = np.searchsorted(self.first, docs, side="right") - 1
+        local = docs - self.first[file_of]
+        starts, ends = np.empty(len(docs), np.int64), np.empty(len(docs), np.int64)
+        for f in np.unique(file_of):
+            sel = file_of == f
+            j = local[sel]
+            ends[sel] = self.ends[f][j]
+            starts[sel] = np.where(j > 0, self.ends[f][np.maximum(j - 1, 0)], 0)
+        self._chunk_start = self.document
+        self._chunk = (file_of.tolist(), starts.tolist(), ends.tolist())
+
+    def _current(self) -> tuple[int, int, int]:
+        """(file, first token, end) of the unread part of the current document."""
+        i = self.document - self._chunk_start
+        if self._chunk_start < 0 or not 0 <= i < len(self._chunk[0]):
+            self._load_chunk()
+            i = 0
+        return self._chunk[0][i], self._chunk[1][i] + self.offset, self._chunk[2][i]
+
+    def _advance(self) -> None:
+        self.document, self.offset = self.document + 1, 0
+        if self.document == self.documents:
+            self.epoch, self.document = self.epoch + 1, 0
+            self._order = DocumentOrder(self.documents, order_key(self.seed, self.name, self.epoch))
+            self._chunk_start = -1
+
+    def next_sequence(self) -> list[tuple[int, int, int]]:
+        """The pieces (file, start, end) of the next packed sequence; padding fills what they leave."""
+        pieces, room = [], self.seq_len
+        while room:
+            f, start, end = self._current()
+            length = end - start
+            if length <= room:
+                pieces.append((f, start, end))
+                room -= length
+                self._advance()
+            elif self.same_type and room < self.seq_len:
+                break  # the document does not fit: pad, it starts the next sequence
+            else:  # cut: concat packing always, same-type only for a document longer than a sequence
+                pieces.append((f, start, start + room))
+                self.offset += room
+                room = 0
+        self.read += self.seq_len - room
+        return pieces
+
+    def sample(self, pieces: list[tuple[int, int, int]], pad_id: int, arange: np.ndarray) -> tuple:
+        """input_ids, labels, position_ids of one sequence made of these pieces."""
+        ids = np.full(self.seq_len, pad_id, dtype=np.int64)
+        labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        positions = np.empty(self.seq_len, dtype=np.int64)
+        t = 0
+        for f, start, end in pieces:
+            n = end - start
+            ids[t : t + n] = self.tokens[f][start:end]
+            labels[t + 1 : t + n] = ids[t + 1 : t + n]
+            positions[t : t + n] = arange[:n]
+            t += n
+        positions[t:] = arange[: self.seq_len - t]  # padding is a piece of its own, out of the loss
+        return ids, labels, positions
+
+
+class PackedSequences:
+    """The batches of one data-parallel rank, from a manifest and a loader state."""
+
+    def __init__(
+        self,
+        manifest: dict,
+        rank: int = 0,
+        world: int = 1,
+        batch_size: int = 1,
+        pad_id: int = 0,
+        state: dict | None = None,
+    ):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not within a world of {world}")
+        self.manifest, self.rank, self.world = manifest, rank, world
+        self.batch_size, self.pad_id = batch_size, pad_id
+        self.state = state or initial_state(manifest)
+        if self.state["manifest_hash"] != manifest["manifest_hash"]:
+            raise ManifestError(
+                f"the loader state was saved on manifest {self.state['manifest_hash'][:16]}, "
+                f"not {manifest['manifest_hash'][:16]}: resuming would read other data"
+            )
+        self.seq_len = manifest["seq_len"]
+        self.total = sum(sequences_per_source(manifest))
+        # every rank takes the same number of sequences (ranks step together); the stage's last
+        # `total % world` sequences, fewer than one per rank, are left out
+        self.per_rank = (self.total - self.state["sequences"]) // world
+
+    def __len__(self) -> int:
+        """Batches left on this rank."""
+        return -(-self.per_rank // self.batch_size)
+
+    def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict]:
+        """This worker's batches (every `workers`-th, from `worker`), each with the state after it."""
+        state, m = self.state, self.manifest
+        streams = [
+            SourceStream(s, m["seed"], self.seq_len, c)
+            for s, c in zip(m["sources"], state["sources"], strict=True)
+        ]
+        schedule = Interleave(sequences_per_source(m), [c["sequences"] for c in state["sources"]])
+        arange = np.arange(self.seq_len, dtype=np.int64)
+        start, bsz = state["sequences"], self.batch_size
+        batch: list = []
+        for i in range(self.per_rank):
+            b = i // bsz
+            mine = b % workers == worker
+            for r in range(self.world):
+                s = schedule.next()
+                pieces = streams[s].next_sequence()
+                if mine and r == self.rank:
+                    batch.append((*streams[s].sample(pieces, self.pad_id, arange), s))
+            if mine and (i % bsz == bsz - 1 or i == self.per_rank - 1):
+                yield self._collate(batch, streams, schedule, start + (i + 1) * self.world)
+                batch = []
+
+    def _collate(self, batch: list, streams: list[SourceStream], schedule: Interleave, done: int) -> dict:
+        ids, labels, positions, source = zip(*batch, strict=True)
+        state = {
+            "manifest_hash": self.manifest["manifest_hash"],
+            "sequences": done,
+            "sources": [
+                {"name": st.name, "sequences": n, **st.cursor()}
+                for st, n in zip(streams, schedule.done, strict=True)
+            ],
+        }
+        return {
+            "input_ids": np.stack(ids),
+            "labels": np.stack(labels),
+            "position_ids": np.stack(positions),
+            "source": np.asarray(source, dtype=np.int64),
+            "state": state,
+        }
+
+
+def cu_seqlens(position_ids: np.ndarray) -> np.ndarray:
+    """Cumulative piece lengths of a flattened batch (for varlen attention kernels), from position_ids."""
+    flat = np.asarray(position_ids).reshape(-1)
+    starts = np.flatnonzero(flat == 0)
+    return np.append(starts, len(flat)).astype(np.int32)
+
+
+class PackedLoader:
+    """torch DataLoader over a manifest for one rank, with `state_dict()`/`load_state_dict()`.
+
+    The state is taken from the last batch handed to the caller (not the last one a worker made), so
+    batches prefetched but not trained on are not counted as seen.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | dict,
+        rank: int = 0,
+        world: int = 1,
+        batch_size: int = 1,
+        workers: int = 0,
+        pad_id: int = 0,
+    ):
+        self.manifest = manifest if isinstance(manifest, dict) else read_stage_manifest(manifest)
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.workers, self.pad_id = workers, pad_id
+        self._state = initial_state(self.manifest)
+
+    def _sequences(self) -> PackedSequences:
+        return PackedSequences(
+            self.manifest, self.rank, self.world, self.batch_size, self.pad_id, self._state
+        )
+
+    def __len__(self) -> int:
+        return len(self._sequences())
+
+    def __iter__(self) -> Iterator[dict]:
+        loader = DataLoader(
+            _TorchPacked(self._sequences()),
+            batch_size=None,  # batches are made in the workers, whole, in order
+            num_workers=self.workers,
+            persistent_workers=False,
+        )
+        for batch in loader:
+            self._state = batch.pop("state")
+            yield batch
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state (refused when it was saved on another manifest)."""
+        PackedSequences(self.manifest, self.rank, self.world, self.batch_size, self.pad_id, state)
+        self._state = copy.deepcopy(state)
+
+
+class _TorchPacked(IterableDataset):
+    def __init__(self, sequences: PackedSequences):
+        super().__init__()
+        self.sequences = sequences
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for batch in self.sequences.batches(worker, workers):
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}

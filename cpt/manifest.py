@@ -1,0 +1,67 @@
+"""The stage manifest: written by `cpt-mix build`, executed by the loader, named by every checkpoint.
+
+A JSON file (`manifest.json`) holding the resolved sources of one stage with their shards, token
+counts, content hashes, shares, epochs and packing, the sequence length, seed and replay plan. Its
+`manifest_hash` is the SHA-256 of everything else in it, so it names the data exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+STAGE_MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, edited by hand, or whose shards have changed since it was built."""
+
+
+def manifest_hash(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_stage_manifest(manifest: dict, output: str | Path) -> Path:
+    """Write `output/manifest.json` atomically (a temporary name, then a rename)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / STAGE_MANIFEST
+    tmp = output / (STAGE_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_stage_manifest(path: str | Path, check_shards: bool = True) -> dict:
+    """Read a manifest (the file or its folder) and check it against itself and, unless told not to,
+    its shards: cheaply (sizes, not contents), each must still hold the tokens and documents counted.
+    """
+    path = Path(path)
+    path = path / STAGE_MANIFEST if path.is_dir() else path
+    if not path.is_file():
+        raise ManifestError(f"{path}: no stage manifest; build one with `cpt-mix build STAGE.yaml`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("manifest_hash") != manifest_hash(manifest):
+        raise ManifestError(f"{path}: its content does not match its manifest_hash (edited by hand?)")
+    for source in manifest["sources"] if check_shards else []:
+        for f in source["files"]:
+            shard = Path(f["path"])
+            size = np.dtype(f["dtype"]).itemsize * f["tokens"]
+            if not shard.is_file() or shard.stat().st_size != size:
+                raise ManifestError(
+                    f"{path}: {source['name']}: {shard} is missing or changed since the build"
+                )
+            index = Path(f"{shard}.index")
+            if not index.is_file() or index.stat().st_size != 8 * f["documents"]:
+                raise ManifestError(
+                    f"{path}: {source['name']}: {index} is missing or changed since the build"
+                )
+    return manifest
