@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz
+	# the WARC, plus instruction pairs and worked math problems for stages 2 and 3
+	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
 	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
 	# a small English base stands in for LLaMA's tokenizer; it is extended with pieces trained on the Chinese
@@ -30,6 +31,11 @@ demo: $(STAMP)
 	.venv/bin/cpt-tok report --tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --input $(DEMO)/dedup
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/en_web
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/zh_web
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/instruct --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/instruct
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/math --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/math
+	# the shipped stages point at these shards: plan each into runs/mixes/<stage>
+	for stage in stage1 stage2 stage3 anneal; do .venv/bin/cpt-mix build mixes/$$stage.yaml || exit 1; done
+	.venv/bin/cpt-mix show runs/mixes/stage2
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks

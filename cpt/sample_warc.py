@@ -1502,6 +1502,99 @@ def write_sample_warc(
     return SampleManifest(str(path), categories, duplicate_of, writer.n_records, records_before_broken)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Instruction data (Ziya2 stage 2 trains it as unsupervised text)
+# ---------------------------------------------------------------------------------------------------
+
+_TASKS = {
+    "en": [
+        ("Give this passage a title.", lambda a: a.paragraphs[0], lambda a: a.title),
+        (
+            "Which section of a news site does this passage belong to?",
+            lambda a: a.paragraphs[0],
+            lambda a: a.section,
+        ),
+        (
+            "Repeat the first sentence of this passage.",
+            lambda a: a.paragraphs[1],
+            lambda a: a.paragraphs[1].split(". ")[0] + ".",
+        ),
+    ],
+    "zh": [
+        ("给下面这段文字拟一个标题。", lambda a: a.paragraphs[0], lambda a: a.title),
+        ("下面这段文字属于新闻网站的哪个栏目？", lambda a: a.paragraphs[0], lambda a: a.section),
+        (
+            "复述这段文字的第一句话。",
+            lambda a: a.paragraphs[1],
+            lambda a: a.paragraphs[1].split("。")[0] + "。",
+        ),
+    ],
+}
+
+
+def sample_instructions(seed: int = 0, n: int = 200) -> list[dict]:
+    """`n` instruction/response pairs in Chinese and English (half each) in the clean shard format."""
+    rng, now = random.Random(seed), datetime(2024, 6, 1, tzinfo=timezone.utc)
+    rows = []
+    for i in range(n):
+        lang = "zh" if i % 2 else "en"
+        article = (chinese_article if lang == "zh" else english_article)(rng, now)
+        instruction, given, answer = rng.choice(_TASKS[lang])
+        text = f"<human>: {instruction}\n{given(article)}\n<bot>: {answer(article)}"
+        rows.append(_instruction_row(f"instruct-{seed}-{i}", text, lang, "sample_instructions"))
+    return rows
+
+
+def sample_math(seed: int = 0, n: int = 200) -> list[dict]:
+    """`n` worked arithmetic word problems in Chinese and English (half each), in the clean shard format."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b, c = rng.randint(3, 60), rng.randint(2, 12), rng.randint(1, 40)
+        total = a * b - c
+        if i % 2:
+            text = (
+                f"问题：一个书架有{b}层，每层放{a}本书，借出去{c}本后还剩多少本？\n"
+                f"解答：书架上原有 {a} × {b} = {a * b} 本书。借出 {c} 本后剩下 {a * b} − {c} = {total} 本。\n"
+                f"答案：{total}"
+            )
+        else:
+            text = (
+                f"Question: A shelf has {b} rows of {a} books. After {c} books are lent out, how many are left?\n"
+                f"Solution: The shelf holds {a} × {b} = {a * b} books. Lending {c} leaves {a * b} − {c} = {total}.\n"
+                f"Answer: {total}"
+            )
+        rows.append(_instruction_row(f"math-{seed}-{i}", text, "zh" if i % 2 else "en", "sample_math"))
+    return rows
+
+
+def _instruction_row(id_: str, text: str, lang: str, source: str) -> dict:
+    return {
+        "id": id_,
+        "text": text,
+        "url": None,
+        "lang": lang,
+        "lang_score": 1.0,
+        "source": source,
+        "metadata": None,
+    }
+
+
+def write_sample_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Write rows as one Parquet shard of the clean format, ready for `run.py tokenize`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cpt.shards import CLEAN_SCHEMA
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), tmp)
+    tmp.replace(path)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cpt.sample_warc",
@@ -1531,6 +1624,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PATH",
         help="also write a JSON manifest: category -> planted URLs, PII strings, duplicates",
     )
+    parser.add_argument(
+        "--instructions",
+        metavar="PATH.parquet",
+        help="also write instruction/response pairs (Chinese and English) as a clean-format Parquet shard",
+    )
+    parser.add_argument(
+        "--math", metavar="PATH.parquet", help="also write worked arithmetic problems (Chinese and English)"
+    )
+    parser.add_argument(
+        "--extra-count", type=int, default=200, help="rows of --instructions and of --math to write (200)"
+    )
     args = parser.parse_args(argv)
     if args.articles < 5:
         parser.error("--articles must be at least 5")
@@ -1541,6 +1645,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest_path = Path(args.manifest)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
         manifest_path.write_text(manifest.to_json() + "\n", encoding="utf-8")
+    for path, make, what in (
+        (args.instructions, sample_instructions, "instruction/response pairs"),
+        (args.math, sample_math, "worked math problems"),
+    ):
+        if path:
+            write_sample_rows(path, make(args.seed, args.extra_count))
+            print(f"wrote {path}: {args.extra_count} {what}")
     size = Path(args.out).stat().st_size
     print(
         f"wrote {args.out}: {manifest.n_records} WARC records, {size:,} bytes, seed {args.seed} "

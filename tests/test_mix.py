@@ -113,3 +113,42 @@ def test_warnings_for_many_epochs_and_little_replay(tmp_path, shards):
     proc = cpt_mix("build", str(write_stage(tmp_path, text)), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "zh_web repeats" in proc.stdout and "replay share 2% is below 5%" in proc.stdout
+
+
+def test_shipped_stages_validate_plan_and_stream(tmp_path):
+    """Every mixes/*.yaml loads; built over shards the size of the demo's, each plans and streams."""
+    from cpt.data import PackedLoader
+    from cpt.mix.plan import plan
+    from cpt.mix.stage import load_stage
+
+    files = sorted((REPO / "mixes").glob("*.yaml"))
+    assert {f.stem for f in files} == {"stage1", "stage2", "stage3", "anneal"}
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text('{"model": "demo"}')
+    demo_sizes = {"zh_web": 8_000, "en_web": 40_000, "instruct": 27_000, "math": 20_000}  # make demo's
+    folders = {name: token_folder(tmp_path / name, n, tok, docs=40) for name, n in demo_sizes.items()}
+    for f in files:
+        stage = load_stage(f)
+        assert stage.replay.share >= 0.05, f.name  # every stage replays old-domain data
+        for s in [*stage.sources, *stage.replay.sources]:
+            s.path = str(folders[s.name])
+        manifest = plan(stage, f.name)
+        batches = list(PackedLoader(manifest, batch_size=4))
+        sequences = sum(len(b["input_ids"]) for b in batches)
+        assert sequences == round(stage.tokens / stage.seq_len), f.name
+    stage2 = load_stage(REPO / "mixes" / "stage2.yaml")
+    assert [s.packing for s in stage2.sources] == ["same_type"] and stage2.replay.share == 0.5
+
+
+def test_show_prints_the_table_and_draws_the_composition(tmp_path, shards):
+    stage = write_stage(tmp_path, STAGE.format(**shards))
+    assert cpt_mix("build", str(stage), "--output", str(tmp_path / "m")).returncode == 0
+    proc = cpt_mix("show", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert "general" in proc.stdout and "replay" in proc.stdout
+    png = tmp_path / "m" / "composition.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    manifest = tmp_path / "m" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"seed": 7', '"seed": 8'))
+    proc = cpt_mix("show", str(manifest))
+    assert proc.returncode == 2 and "manifest_hash" in proc.stderr

@@ -305,3 +305,22 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "plain.warc.gz"
     assert sample_warc.main([str(plain), "--articles", "5", "--large-mb", "0.1"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta", "nested", "plain.warc.gz"]
+
+
+def test_instruction_and_math_rows_are_clean_shards(tmp_path: Path) -> None:
+    import polars as pl
+
+    from cpt.shards import CLEAN_SCHEMA
+
+    for make in (sample_warc.sample_instructions, sample_warc.sample_math):
+        path = sample_warc.write_sample_rows(tmp_path / f"{make.__name__}.parquet", make(seed=1, n=20))
+        frame = pl.read_parquet(path)
+        assert frame.columns == CLEAN_SCHEMA.names and frame.height == 20
+        assert frame["lang"].value_counts().sort("lang")["count"].to_list() == [10, 10]
+        assert make(seed=1, n=20) == make(seed=1, n=20) != make(seed=2, n=20)
+    pairs = sample_warc.sample_instructions(seed=0, n=4)
+    assert all(p["text"].startswith("<human>: ") and "\n<bot>: " in p["text"] for p in pairs)
+    problem = sample_warc.sample_math(seed=0, n=1)[0]["text"]
+    a_times_b = problem.split("holds ")[1].split(" books")[0]  # "a × b = ab"
+    a, b, ab = (int(x) for x in a_times_b.replace("×", "=").split("="))
+    assert a * b == ab

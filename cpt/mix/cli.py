@@ -1,4 +1,5 @@
-"""`cpt-mix build STAGE.yaml [--output DIR]`: plan a training stage and write its manifest."""
+"""`cpt-mix build STAGE.yaml [--output DIR]`: plan a training stage and write its manifest;
+`cpt-mix show MANIFEST`: its table and composition chart."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 from pathlib import Path
 
 from cpt.config import ConfigError
-from cpt.mix.plan import MixError, plan, table, write_manifest
+from cpt.manifest import ManifestError, read_stage_manifest, write_stage_manifest
+from cpt.mix.chart import composition_chart
+from cpt.mix.plan import MixError, plan, table
 from cpt.mix.stage import load_stage
 
 
@@ -24,7 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("stage", help="a stage file, e.g. mixes/stage2.yaml")
     b.add_argument("--output", help="folder for manifest.json (default: runs/mixes/<stage name>)")
     b.add_argument("--dry-run", action="store_true", help="print the plan without writing the manifest")
+    show = sub.add_parser(
+        "show",
+        help="print a manifest's table and draw its composition (PNG)",
+        description="Print the table of a built manifest and write a chart of its composition: each "
+        "source's share of the budget (replay hatched) and how many epochs it is read.",
+    )
+    show.add_argument("manifest", help="a manifest.json or its folder, e.g. runs/mixes/stage2")
+    show.add_argument("--chart", help="PNG to write (default: composition.png beside the manifest)")
     args = parser.parse_args(argv)
+    if args.command == "show":
+        return _show(args.manifest, args.chart)
     try:
         stage = load_stage(args.stage)
         manifest = plan(stage, args.stage)
@@ -33,8 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(manifest))
     if not args.dry_run:
-        path = write_manifest(manifest, args.output or Path("runs") / "mixes" / stage.name)
+        path = write_stage_manifest(manifest, args.output or Path("runs") / "mixes" / stage.name)
         print(f"wrote {path}")
+    return 0
+
+
+def _show(manifest_path: str, chart: str | None) -> int:
+    try:
+        manifest = read_stage_manifest(manifest_path, check_shards=False)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(manifest))
+    folder = Path(manifest_path) if Path(manifest_path).is_dir() else Path(manifest_path).parent
+    print(f"wrote {composition_chart(manifest, chart or folder / 'composition.png')}")
     return 0
 
 
