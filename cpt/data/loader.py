@@ -66,8 +66,11 @@ class SourceStream:
         files = [f for f in source["files"] if f["documents"] > 0]
         if not files:
             raise ManifestError(f"source {self.name}: no documents")
-        self.tokens = [np.memmap(f["path"], dtype=f["dtype"], mode="r") for f in files]
-        self.ends = [np.memmap(f"{f['path']}.index", dtype=np.uint64, mode="r") for f in files]
+        # plain ndarray views of the maps: slicing a np.memmap costs more than copying the tokens
+        self.tokens = [np.memmap(f["path"], dtype=f["dtype"], mode="r").view(np.ndarray) for f in files]
+        self.ends = [
+            np.memmap(f"{f['path']}.index", dtype=np.uint64, mode="r").view(np.ndarray) for f in files
+        ]
         self.first = np.cumsum([0] + [f["documents"] for f in files])
         self.documents = int(self.first[-1])
         self.epoch, self.document = cursor["epoch"], cursor["document"]
@@ -126,20 +129,27 @@ class SourceStream:
         self.read += self.seq_len - room
         return pieces
 
-    def sample(self, pieces: list[tuple[int, int, int]], pad_id: int, arange: np.ndarray) -> tuple:
-        """input_ids, labels, position_ids of one sequence made of these pieces."""
-        ids = np.full(self.seq_len, pad_id, dtype=np.int64)
-        labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
-        positions = np.empty(self.seq_len, dtype=np.int64)
+    def fill(
+        self,
+        pieces: list[tuple[int, int, int]],
+        ids: np.ndarray,
+        labels: np.ndarray,
+        positions: np.ndarray,
+        pad_id: int,
+        arange: np.ndarray,
+    ) -> None:
+        """Write one sequence made of these pieces into rows of a batch: ids, labels, position_ids."""
         t = 0
         for f, start, end in pieces:
             n = end - start
             ids[t : t + n] = self.tokens[f][start:end]
-            labels[t + 1 : t + n] = ids[t + 1 : t + n]
             positions[t : t + n] = arange[:n]
             t += n
+        ids[t:] = pad_id
         positions[t:] = arange[: self.seq_len - t]  # padding is a piece of its own, out of the loss
-        return ids, labels, positions
+        labels[:] = ids
+        labels[positions == 0] = IGNORE_INDEX  # never predict a piece's first token from another piece
+        labels[t:] = IGNORE_INDEX
 
 
 class PackedSequences:
@@ -184,35 +194,37 @@ class PackedSequences:
         schedule = Interleave(sequences_per_source(m), [c["sequences"] for c in state["sources"]])
         arange = np.arange(self.seq_len, dtype=np.int64)
         start, bsz = state["sequences"], self.batch_size
-        batch: list = []
         for i in range(self.per_rank):
-            b = i // bsz
+            b, row = divmod(i, bsz)
             mine = b % workers == worker
+            if mine and row == 0:
+                rows = min(bsz, self.per_rank - b * bsz)
+                ids = np.empty((rows, self.seq_len), dtype=np.int64)
+                labels, positions = np.empty_like(ids), np.empty_like(ids)
+                source = np.empty(rows, dtype=np.int64)
             for r in range(self.world):
                 s = schedule.next()
                 pieces = streams[s].next_sequence()
                 if mine and r == self.rank:
-                    batch.append((*streams[s].sample(pieces, self.pad_id, arange), s))
-            if mine and (i % bsz == bsz - 1 or i == self.per_rank - 1):
-                yield self._collate(batch, streams, schedule, start + (i + 1) * self.world)
-                batch = []
+                    streams[s].fill(pieces, ids[row], labels[row], positions[row], self.pad_id, arange)
+                    source[row] = s
+            if mine and row == rows - 1:
+                yield {
+                    "input_ids": ids,
+                    "labels": labels,
+                    "position_ids": positions,
+                    "source": source,
+                    "state": self._state_after(streams, schedule, start + (i + 1) * self.world),
+                }
 
-    def _collate(self, batch: list, streams: list[SourceStream], schedule: Interleave, done: int) -> dict:
-        ids, labels, positions, source = zip(*batch, strict=True)
-        state = {
+    def _state_after(self, streams: list[SourceStream], schedule: Interleave, done: int) -> dict:
+        return {
             "manifest_hash": self.manifest["manifest_hash"],
             "sequences": done,
             "sources": [
                 {"name": st.name, "sequences": n, **st.cursor()}
                 for st, n in zip(streams, schedule.done, strict=True)
             ],
-        }
-        return {
-            "input_ids": np.stack(ids),
-            "labels": np.stack(labels),
-            "position_ids": np.stack(positions),
-            "source": np.asarray(source, dtype=np.int64),
-            "state": state,
         }
 
 
@@ -256,6 +268,7 @@ class PackedLoader:
         loader = DataLoader(
             _TorchPacked(self._sequences()),
             batch_size=None,  # batches are made in the workers, whole, in order
+            collate_fn=_as_is,  # they are tensors already; the state stays a plain dict
             num_workers=self.workers,
             persistent_workers=False,
         )
@@ -270,6 +283,10 @@ class PackedLoader:
         """Continue from a saved state (refused when it was saved on another manifest)."""
         PackedSequences(self.manifest, self.rank, self.world, self.batch_size, self.pad_id, state)
         self._state = copy.deepcopy(state)
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 class _TorchPacked(IterableDataset):
