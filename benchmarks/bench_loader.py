@@ -170,7 +170,7 @@ def main() -> None:
                     f"{scale:>4}x ({args.base_tokens * scale / 1e6:,.0f}M tokens) world {world}: "
                     f"{r['tokens_per_s'] / 1e6:,.1f}M packed tokens/s, first batch {r['first_batch_s']:.2f} s, "
                     f"seek {r['seek_first_batch_s']:.2f} s, peak RSS {m['VmHWM']:,.0f} MiB "
-                    f"(anonymous {m['RssAnon']:,.0f}, mapped shards {m['RssFile']:,.0f})",
+                    f"(anonymous {m['RssAnon']:,.0f}, file-backed {m['RssFile']:,.0f})",
                     flush=True,
                 )
             for path in sorted(root.glob("*/*.ds")):  # keep the disk free for the next scale

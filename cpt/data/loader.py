@@ -1,7 +1,7 @@
 """The streaming loader: a stage manifest in, packed and document-masked batches out.
 
 Every source is a stream of its documents in a seeded order (a fresh order each epoch), read from
-memory-mapped shards. A `concat` source fills each sequence to `seq_len`, cutting documents at the
+shards (read with pread; the small document index is mapped). A `concat` source fills each sequence to `seq_len`, cutting documents at the
 sequence boundary; a `same_type` source (instruction data, Ziya2 stage 2) packs whole documents of
 its own only, pads the rest of the sequence and splits only a document longer than a sequence.
 Sources take turns as `Interleave` schedules them, so replay is spread evenly through the stage.
@@ -19,6 +19,8 @@ same batches whatever the worker count. Each batch carries the loader state afte
 from __future__ import annotations
 
 import copy
+import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +59,15 @@ def initial_state(manifest: dict) -> dict:
     }
 
 
+def _random_access_map(path: str, dtype: np.dtype) -> np.ndarray:
+    """A read-only map of a whole file as an array, advised for random access (no readahead)."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype)
+
+
 class SourceStream:
     """The documents of one source in seeded order, epoch after epoch, and the packing of them."""
 
@@ -66,11 +77,13 @@ class SourceStream:
         files = [f for f in source["files"] if f["documents"] > 0]
         if not files:
             raise ManifestError(f"source {self.name}: no documents")
-        # plain ndarray views of the maps: slicing a np.memmap costs more than copying the tokens
-        self.tokens = [np.memmap(f["path"], dtype=f["dtype"], mode="r").view(np.ndarray) for f in files]
-        self.ends = [
-            np.memmap(f"{f['path']}.index", dtype=np.uint64, mode="r").view(np.ndarray) for f in files
-        ]
+        # Tokens are read with pread, not through a memory map: documents come in random order from
+        # the whole corpus, and every fault on a map brings in (and keeps resident) the pages around
+        # it, so a mapped loader's RSS grows toward the corpus size. The small document index is mapped
+        # with readahead off.
+        self.dtype = np.dtype(files[0]["dtype"])
+        self.tokens = [open(f["path"], "rb", buffering=0) for f in files]  # noqa: SIM115 (held open)
+        self.ends = [_random_access_map(f"{f['path']}.index", np.uint64) for f in files]
         self.first = np.cumsum([0] + [f["documents"] for f in files])
         self.documents = int(self.first[-1])
         self.epoch, self.document = cursor["epoch"], cursor["document"]
@@ -142,7 +155,10 @@ class SourceStream:
         t = 0
         for f, start, end in pieces:
             n = end - start
-            ids[t : t + n] = self.tokens[f][start:end]
+            size = self.dtype.itemsize
+            ids[t : t + n] = np.frombuffer(
+                os.pread(self.tokens[f].fileno(), n * size, start * size), self.dtype
+            )
             positions[t : t + n] = arange[:n]
             t += n
         ids[t:] = pad_id
