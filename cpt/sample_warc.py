@@ -1568,6 +1568,19 @@ def sample_math(seed: int = 0, n: int = 200) -> list[dict]:
     return rows
 
 
+def sample_articles(seed: int = 0, n: int = 40, lang: str = "en") -> list[dict]:
+    """`n` articles in one language as clean-format rows: held-out text for perplexity (a seed other
+    than the WARC's gives other articles from the same sentence pools)."""
+    rng, now = random.Random(seed), datetime(2024, 6, 1, tzinfo=timezone.utc)
+    make, sep = (chinese_article, "\n") if lang == "zh" else (english_article, "\n\n")
+    rows = []
+    for i in range(n):
+        article = make(rng, now)
+        text = article.title + sep + sep.join(article.paragraphs)
+        rows.append(_instruction_row(f"heldout-{lang}-{seed}-{i}", text, lang, "sample_heldout"))
+    return rows
+
+
 def _instruction_row(id_: str, text: str, lang: str, source: str) -> dict:
     return {
         "id": id_,
@@ -1633,7 +1646,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--math", metavar="PATH.parquet", help="also write worked arithmetic problems (Chinese and English)"
     )
     parser.add_argument(
-        "--extra-count", type=int, default=200, help="rows of --instructions and of --math to write (200)"
+        "--heldout", metavar="DIR", help="also write held-out articles as DIR/en/ and DIR/zh/ Parquet shards"
+    )
+    parser.add_argument(
+        "--extra-count",
+        type=int,
+        default=200,
+        help="rows of --instructions and of --math to write, a fifth of it per --heldout language (200)",
     )
     args = parser.parse_args(argv)
     if args.articles < 5:
@@ -1645,6 +1664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest_path = Path(args.manifest)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
         manifest_path.write_text(manifest.to_json() + "\n", encoding="utf-8")
+    if args.heldout:
+        for lang in ("en", "zh"):
+            path = Path(args.heldout) / lang / "articles.parquet"
+            write_sample_rows(path, sample_articles(args.seed + 1, args.extra_count // 5, lang))
+            print(f"wrote {path}: {args.extra_count // 5} held-out {lang} articles")
     for path, make, what in (
         (args.instructions, sample_instructions, "instruction/response pairs"),
         (args.math, sample_math, "worked math problems"),

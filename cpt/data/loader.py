@@ -244,6 +244,36 @@ class PackedSequences:
         }
 
 
+def heldout_batches(folder: str | Path, seq_len: int, sequences: int, batch_size: int, pad_id: int = 0):
+    """Packed, document-masked batches of a held-out token-shard folder, always the same ones (for
+    perplexity): its documents in a fixed seeded order, concatenated to `seq_len`."""
+    import json
+
+    from cpt.tokens import MANIFEST
+
+    folder = Path(folder)
+    meta = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    source = {
+        "name": f"heldout:{folder.name}",
+        "packing": "concat",
+        "files": [{**f, "path": str(folder / f["path"]), "dtype": meta["dtype"]} for f in meta["files"]],
+    }
+    stream = SourceStream(source, 0, seq_len, {"epoch": 0, "document": 0, "offset": 0, "tokens": 0})
+    sequences = min(sequences, max(meta["tokens"] // seq_len, 1))  # no repeats: at most one pass
+    arange = np.arange(seq_len, dtype=np.int64)
+    for first in range(0, sequences, batch_size):
+        rows = min(batch_size, sequences - first)
+        ids = np.empty((rows, seq_len), dtype=np.int64)
+        labels, positions = np.empty_like(ids), np.empty_like(ids)
+        for row in range(rows):
+            stream.fill(stream.next_sequence(), ids[row], labels[row], positions[row], pad_id, arange)
+        yield {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(positions),
+        }
+
+
 def cu_seqlens(position_ids: np.ndarray) -> np.ndarray:
     """Cumulative piece lengths of a flattened batch (for varlen attention kernels), from position_ids."""
     flat = np.asarray(position_ids).reshape(-1)

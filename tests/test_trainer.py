@@ -1,0 +1,295 @@
+"""The DeepSpeed trainer on CPU: document masking, schedules, config errors, two-rank kill-and-resume,
+training modes, a new stage from another run, and export to a Hugging Face folder that generates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from cpt import sample_warc
+from cpt.manifest import write_stage_manifest
+from cpt.mix.plan import plan
+from cpt.mix.stage import Replay, Source, Stage
+from cpt.tokens import write_manifest
+from trainer.metrics import read_metrics
+from trainer.schedule import lr_multiplier
+
+SEQ_LEN = 64
+
+
+def _token_folder(folder: Path, texts: list[str], sp, tokenizer_dir: Path) -> Path:
+    folder.mkdir(parents=True)
+    docs = [sp.encode(t) + [sp.eos_id()] for t in texts]
+    np.concatenate(docs).astype(np.uint16).tofile(folder / "00000_unshuffled.ds")
+    np.cumsum([len(d) for d in docs]).astype(np.uint64).tofile(folder / "00000_unshuffled.ds.index")
+    write_manifest(folder, folder.name, tokenizer_dir, 2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tokenizer, a tiny Llama, token shards (zh new, en old, held-out of each) and a stage manifest."""
+    import sentencepiece as spm
+
+    from cpt.tok.merge import merge
+    from cpt.tok.train import train
+    from trainer.tiny_model import make_tiny_llama
+
+    root = tmp_path_factory.mktemp("trainer")
+    texts = {lang: [r["text"] for r in sample_warc.sample_articles(1, 60, lang)] for lang in ("en", "zh")}
+    (root / "text").mkdir()
+    for lang, docs in texts.items():
+        (root / "text" / f"{lang}.txt").write_text("\n".join(docs), encoding="utf-8")
+    train(root / "text", root / "sp", 2000, options={"hard_vocab_limit": "false"})
+    merge(root / "sp", root / "sp", root / "tok")
+    sp = spm.SentencePieceProcessor(model_file=str(root / "tok" / "tokenizer.model"))
+    shards = {
+        "zh_web": _token_folder(root / "tokens" / "zh_web", texts["zh"][:50], sp, root / "tok"),
+        "en_web": _token_folder(root / "tokens" / "en_web", texts["en"][:50], sp, root / "tok"),
+        "heldout_zh": _token_folder(root / "tokens" / "heldout_zh", texts["zh"][50:], sp, root / "tok"),
+        "heldout_en": _token_folder(root / "tokens" / "heldout_en", texts["en"][50:], sp, root / "tok"),
+    }
+    stage = Stage(
+        name="t",
+        seq_len=SEQ_LEN,
+        tokens=SEQ_LEN * 4 * 16,  # 16 steps of 2 ranks x 2 sequences
+        seed=5,
+        sources=[Source(name="zh_web", path=str(shards["zh_web"]), weight=1.0)],
+        replay=Replay(share=0.25, sources=[Source(name="en_web", path=str(shards["en_web"]))]),
+    )
+    write_stage_manifest(plan(stage), root / "mix")
+    model = make_tiny_llama(root / "tok", root / "model", hidden=32, layers=2, heads=4)
+    config = root / "train.yaml"
+    config.write_text(
+        f"""
+model: {{path: {model}}}
+data: {{micro_batch_size: 2, gradient_accumulation: 1, workers: 1}}
+optim: {{lr: 3.0e-3}}
+schedule: {{kind: cosine, warmup_ratio: 0.1, min_lr: 3.0e-4}}
+deepspeed: {{zero_stage: 2, bf16: false}}
+eval:
+  every: 8
+  batch_size: 2
+  sets:
+    - {{name: en_old, path: {shards["heldout_en"]}, sequences: 4}}
+    - {{name: zh_new, path: {shards["heldout_zh"]}, sequences: 4}}
+checkpoint: {{every: 4, keep: 2}}
+log: {{every: 1}}
+"""
+    )
+    return {"root": root, "manifest": root / "mix" / "manifest.json", "model": model, "config": config}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_cmd(setup, output: Path, *extra: str, ranks: int = 2) -> list[str]:
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
+    launcher += ["--master_port", str(_free_port())]
+    return [*launcher, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
+            "--output", str(output), *extra]  # fmt: skip
+
+
+def run_train(setup, output: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        train_cmd(setup, output, *extra, ranks=ranks),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """An uninterrupted two-rank run of the whole stage."""
+    out = setup["root"] / "runs" / "reference"
+    run_train(setup, out)
+    return out
+
+
+def test_a_packed_document_has_the_same_loss_as_alone(setup):
+    from trainer.config import TrainConfig
+    from trainer.evaluate import token_losses
+    from trainer.model import load_model
+
+    cfg = TrainConfig(mix="x")
+    cfg.model.path = str(setup["model"])
+    model, attention = load_model(cfg)
+    assert attention == "sdpa"
+    model.eval()
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(3, 500, n) for n in (20, 30, 14)]
+    packed = np.concatenate(docs)
+    positions = np.concatenate([np.arange(len(d)) for d in docs])
+    labels = packed.copy()
+    labels[positions == 0] = -100
+
+    def batch(ids, pos, lab):
+        arrays = {"input_ids": ids, "position_ids": pos, "labels": lab}
+        return {k: torch.from_numpy(np.asarray(v)[None]) for k, v in arrays.items()}
+
+    with torch.no_grad():
+        inside, _ = token_losses(model, batch(packed, positions, labels), "cpu")
+        start = 0
+        for d in docs:
+            alone_labels = d.copy()
+            alone_labels[0] = -100
+            alone, _ = token_losses(model, batch(d, np.arange(len(d)), alone_labels), "cpu")
+            # the pack's losses for this document: targets start+1 .. start+len-1
+            assert torch.allclose(inside[0, start : start + len(d) - 1], alone[0], atol=1e-5)
+            start += len(d)
+        # and the masking matters: one sequence of all three (no restarts) gives other losses
+        plain, _ = token_losses(model, batch(packed, np.arange(len(packed)), labels), "cpu")
+        assert not torch.allclose(plain[0, 20:48], inside[0, 20:48], atol=1e-3)
+
+
+def test_schedules_warm_up_decay_to_the_floor_and_depend_on_the_step_only():
+    total = 100
+    cos = [lr_multiplier(s, total, "cosine", 0.1, 0.1) for s in range(total)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:], strict=False))
+    assert cos[-1] == pytest.approx(0.1)
+    wsd = [lr_multiplier(s, total, "wsd", 0.1, 0.0, decay_ratio=0.2) for s in range(total)]
+    assert wsd[10:80] == [1.0] * 70 and wsd[-1] == pytest.approx(0.0) and 0 < wsd[85] < 1
+    assert [lr_multiplier(s, total, "constant", 0.1, 0.0) for s in (0, 50, 99)] == [0.1, 1.0, 1.0]
+
+
+def test_config_and_manifest_errors_are_one_line_and_name_the_fix(setup, tmp_path):
+    def main_py(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "trainer/main.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+
+    proc = main_py("--mix", "no_such_stage", "--model", str(setup["model"]))
+    assert proc.returncode == 2 and "cpt-mix build" in proc.stderr
+    proc = main_py("--mix", str(setup["manifest"]), "--model", str(setup["model"]), "optim.lrr=1")
+    assert proc.returncode == 2 and "optim.lrr: unknown key" in proc.stderr
+    proc = main_py("--mix", str(setup["manifest"]), "--config", str(setup["config"]), "--dry-run")
+    assert proc.returncode == 0 and "32 steps of" in proc.stdout  # one rank: 64 sequences / 2
+    edited = tmp_path / "manifest.json"
+    data = json.loads(Path(setup["manifest"]).read_text())
+    data["seed"] = 6
+    edited.write_text(json.dumps(data))
+    proc = main_py("--mix", str(edited), "--model", str(setup["model"]))
+    assert proc.returncode == 2 and "manifest_hash" in proc.stderr and "cpt-mix build" in proc.stderr
+
+
+def test_two_ranks_killed_mid_run_resume_to_the_same_losses(setup, reference, tmp_path):
+    ref = read_metrics(reference)
+    assert max(ref) == 16 and all("loss" in ref[s] for s in range(1, 17))
+    assert ref[16]["loss"] < ref[1]["loss"]  # it learns
+    assert {"loss/zh_web", "loss/en_web", "lr", "grad_norm", "tokens_per_s", "tflops_per_device"} <= set(
+        ref[1]
+    )
+    assert {"eval/en_old/ppl", "eval/zh_new/ppl"} <= set(ref[0]) and "eval/zh_new/ppl" in ref[16]
+    assert ref[16]["tokens_seen"] == 16 * 2 * 2 * SEQ_LEN
+    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        train_cmd(setup, out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "checkpoints" / "step_00000008").is_dir():
+        time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before its step-8 checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, every rank, mid-run
+    proc.wait()
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert latest in ("step_00000004", "step_00000008")
+
+    run_train(setup, out, "--resume")
+    resumed = read_metrics(out)
+    resumed_from = int(latest.split("_")[1])
+    for step in range(resumed_from + 1, 17):
+        assert resumed[step]["loss"] == ref[step]["loss"], step  # bit for bit
+        assert resumed[step]["lr"] == ref[step]["lr"]
+    assert resumed[16]["eval/zh_new/ppl"] == ref[16]["eval/zh_new/ppl"]
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000012", "step_00000016"]  # keep: 2, no .tmp left behind
+
+
+def test_a_run_refuses_to_overwrite_itself(setup, reference):
+    proc = subprocess.run(
+        train_cmd(setup, reference, ranks=1), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0 and "--resume" in (proc.stdout + proc.stderr)
+
+
+def test_export_loads_in_transformers_and_generates(setup, reference, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.export import main as export_main
+
+    out = tmp_path / "hf"
+    assert export_main(["--checkpoint", str(reference), "--output", str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert next(model.parameters()).dtype == torch.bfloat16 and (out / "model.safetensors").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    inputs = tokenizer("The", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 5
+    # the exported weights are the trained ones, not the initial ones
+    base = AutoModelForCausalLM.from_pretrained(setup["model"])
+    assert not torch.allclose(
+        base.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight.float()
+    )
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
+
+
+def test_embeddings_and_lora_modes_train_what_they_should(setup, tmp_path):
+    from trainer.export import export
+
+    base = _weights(setup["model"])
+    for mode in ("embeddings", "lora"):
+        out = tmp_path / mode
+        run_train(
+            setup, out, f"mode={mode}", "max_steps=3", "eval.sets=[]", "lora.r=4", "lora.alpha=8", ranks=1
+        )
+        after = _weights(export(out, tmp_path / f"{mode}_hf", dtype=torch.float32))
+        changed = {k for k in base if not torch.equal(base[k], after[k])}
+        assert {"model.embed_tokens.weight", "lm_head.weight"} <= changed, mode
+        if mode == "embeddings":
+            assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+        else:  # LoRA merged into the targeted projections; norms untouched
+            assert "model.layers.0.self_attn.q_proj.weight" in changed
+            assert not any("norm" in k for k in changed)
+
+
+def test_init_from_starts_a_new_stage_from_another_runs_weights(setup, reference, tmp_path):
+    out = tmp_path / "next_stage"
+    run_train(setup, out, "--init-from", f"{reference}:step_00000012", "max_steps=2", "eval.sets=[]", ranks=1)
+    metrics = read_metrics(out)
+    assert sorted(metrics) == [1, 2]
+    # fresh schedule: warming up again from the start
+    assert metrics[1]["lr"] == pytest.approx(3.0e-3 * lr_multiplier(0, 32, "cosine", 0.1, 0.1))
+    ref = read_metrics(reference)
+    assert metrics[1]["loss"] < ref[1]["loss"] and math.isfinite(metrics[2]["loss"])

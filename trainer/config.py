@@ -1,0 +1,157 @@
+"""The trainer's configuration: one dataclass a concern, loaded from YAML, `key.sub=value` overrides.
+
+Defaults are the CPT recipe of DESIGN.md (AdamW 0.9/0.95, weight decay 0.1, clip 1.0, bf16, warmup 1%,
+cosine to a floor) and are overridden by `trainer/configs/*.yaml`, then by the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cpt.config import ConfigError, apply_overrides, build, read_yaml
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # a local Hugging Face Llama-family folder (AutoModelForCausalLM)
+    # auto: flash_attention_2 on GPU when installed, else sdpa; documents are kept apart either way
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # the new vocabulary's rows must train too (Chinese-LLaMA): saved whole beside the adapters
+    modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])
+
+
+@dataclass
+class DataConfig:
+    micro_batch_size: int = 1  # sequences a rank runs per forward pass
+    gradient_accumulation: int = 1
+    workers: int = 1  # loader worker processes a rank
+    pad_id: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5  # ~10% of the base model's pre-training peak (3e-5 for a 7B; DESIGN.md)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not on norms and biases
+    clip: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "constant", "wsd"] = "cosine"
+    warmup_ratio: float = 0.01
+    min_lr: float = 1e-5  # cosine floor (Ziya2) and the end of wsd's decay
+    decay_ratio: float = 0.1  # wsd: the last share of steps decays linearly to min_lr
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: Literal["none", "cpu"] = "none"  # optimizer (and, at stage 3, parameter) offload
+    bf16: bool = True
+
+
+@dataclass
+class EvalSet:
+    name: str = ""
+    path: str = ""  # a token-shard folder (from `run.py tokenize`) held out of every stage
+    sequences: int = 16
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50  # steps; 0 turns evaluation off (it also runs at the end)
+    sets: list[EvalSet] = field(default_factory=list)
+    batch_size: int = 4
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps; a checkpoint is always written at the end
+    keep: int = 3  # the last K are kept
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "cpt"
+    peak_tflops: float | None = None  # per device, for MFU; known GPUs are looked up when unset
+
+
+@dataclass
+class TrainConfig:
+    mix: str = ""  # a stage name (runs/mixes/NAME/manifest.json) or a manifest path
+    output: str = ""  # the run's folder (default runs/train/<stage>)
+    mode: Literal["full", "embeddings", "lora"] = "full"
+    max_steps: int | None = None  # stop early (default: the whole stage)
+    seed: int = 0
+    ema: float | None = None  # decay of an EMA of the weights, evaluated alongside (e.g. 0.999)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.mix:
+            problems.append("mix: missing (a stage name such as stage2, or a manifest path)")
+        if not self.model.path:
+            problems.append("model.path: missing (a Hugging Face model folder; --model DIR)")
+        for key, value in (
+            ("data.micro_batch_size", self.data.micro_batch_size),
+            ("data.gradient_accumulation", self.data.gradient_accumulation),
+            ("checkpoint.keep", self.checkpoint.keep),
+            ("log.every", self.log.every),
+        ):
+            if value < 1:
+                problems.append(f"{key}: must be >= 1 (got {value})")
+        if self.data.workers < 0:
+            problems.append(f"data.workers: must be >= 0 (got {self.data.workers})")
+        if self.optim.lr <= 0 or self.schedule.min_lr < 0 or self.schedule.min_lr > self.optim.lr:
+            problems.append(
+                f"optim.lr / schedule.min_lr: need 0 <= min_lr <= lr (got {self.schedule.min_lr}, {self.optim.lr})"
+            )
+        if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
+            problems.append(f"optim.betas: two values within [0, 1) (got {self.optim.betas})")
+        if not 0 <= self.schedule.warmup_ratio < 1 or not 0 < self.schedule.decay_ratio <= 1:
+            problems.append("schedule: warmup_ratio within [0, 1) and decay_ratio within (0, 1]")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"ema: a decay within (0, 1) (got {self.ema})")
+        if self.ema is not None and self.deepspeed.zero_stage == 3:
+            problems.append("ema: needs whole parameters on every rank (zero_stage 0-2)")
+        names = [s.name for s in self.eval.sets]
+        for i, s in enumerate(self.eval.sets):
+            if not s.name or not s.path or names.count(s.name) > 1:
+                problems.append(f"eval.sets[{i}]: each set needs a unique name and a path")
+        return problems
+
+
+def load_config(path: str | Path | None, overrides: list[str]) -> TrainConfig:
+    """The config file (if any) with the command line's `key=value` overrides applied, validated."""
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides)
+    return build(TrainConfig, data, str(path or "command line"))
+
+
+__all__ = ["ConfigError", "TrainConfig", "load_config"]

@@ -1,0 +1,45 @@
+"""Held-out perplexity of each evaluation set: the old domain (forgetting) beside the new (learning)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cpt.data.loader import heldout_batches
+from trainer.config import EvalSet
+
+
+def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy (B, L-1) of next-token prediction and the mask of tokens that count."""
+    input_ids = batch["input_ids"].to(device)
+    logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device)).logits
+    targets = batch["labels"].to(device)[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+    )
+    mask = targets != -100
+    return losses * mask, mask
+
+
+@torch.no_grad()
+def evaluate(model, sets: list[EvalSet], seq_len: int, batch_size: int, device, pad_id: int = 0) -> dict:
+    """{eval/<set>/loss, eval/<set>/ppl} over the first `sequences` packed sequences of each set.
+
+    Every rank evaluates the same sequences (sets are small), so ZeRO-3's collective forward passes
+    line up and no reduction is needed."""
+    was_training = model.training
+    model.eval()
+    results = {}
+    for s in sets:
+        total, count = 0.0, 0
+        for batch in heldout_batches(s.path, seq_len, s.sequences, batch_size, pad_id):
+            losses, mask = token_losses(model, batch, device)
+            total += losses.sum().item()
+            count += int(mask.sum().item())
+        loss = total / max(count, 1)
+        results[f"eval/{s.name}/loss"] = loss
+        results[f"eval/{s.name}/ppl"] = math.exp(min(loss, 50.0))
+    if was_training:
+        model.train()
+    return results

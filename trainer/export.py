@@ -1,0 +1,144 @@
+"""Export a training checkpoint as a Hugging Face model folder (bf16 safetensors + the tokenizer).
+
+    python trainer/export.py --checkpoint runs/train/stage2 [--step N] --output runs/export/stage2
+
+ZeRO checkpoint → full fp32 weights (DeepSpeed's zero_to_fp32) → the run's model rebuilt from its
+config.json (LoRA adapters merged into the weights) → `save_pretrained`, written to a temporary folder
+and renamed. The result loads with `AutoModelForCausalLM.from_pretrained` and generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from cpt.config import build
+from trainer import checkpoint
+from trainer.config import TrainConfig
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json; is it the folder of a trainer run?")
+    return build(TrainConfig, json.loads(path.read_text()), str(path))
+
+
+def full_state_dict(run_dir: Path, tag: str) -> dict:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder = checkpoint.checkpoint_dir(run_dir)
+    if any((folder / tag).glob("*optim_states.pt")) and any((folder / tag).glob("*zero_pp_rank_*")):
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    # ZeRO stage 0 keeps whole weights in the model-states file (our own file, not untrusted input)
+    states = torch.load(folder / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def trained_model(run_dir: str | Path, tag: str | None = None):
+    """The run's model with the checkpoint's weights, LoRA merged; and the model folder it started from."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    tag = tag or checkpoint.latest_tag(run_dir)
+    if tag is None or not (checkpoint.checkpoint_dir(run_dir) / tag).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint {tag or '(none complete)'}")
+    base = (run_dir / "init") if (run_dir / "init" / "config.json").is_file() else Path(cfg.model.path)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32)
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+                modules_to_save=cfg.lora.modules_to_save,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    state = full_state_dict(run_dir, tag)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(
+            f"{run_dir}/{tag}: weights do not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    if cfg.mode == "lora":
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # for generation
+    return model, base, tag
+
+
+def export(run_dir: str | Path, output: str | Path, tag: str | None = None, dtype=torch.bfloat16) -> Path:
+    model, base, tag = trained_model(run_dir, tag)
+    output = Path(output)
+    tmp = output.with_name(output.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, tmp / name)
+    (tmp / "cpt_export.json").write_text(
+        json.dumps({"run": str(run_dir), "checkpoint": tag}, indent=2) + "\n"
+    )
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return output
+
+
+def generate(model_dir: str | Path, prompt: str, max_new_tokens: int = 32) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python trainer/export.py",
+        description="Export a trainer checkpoint as a Hugging Face model folder (bf16 safetensors, tokenizer, "
+        "LoRA merged).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="the run folder (runs/train/STAGE)")
+    parser.add_argument("--step", type=int, help="the checkpoint of this step (default: the latest)")
+    parser.add_argument("--output", required=True, help="the Hugging Face folder to write")
+    parser.add_argument(
+        "--prompt", help="then load the export and print a greedy continuation of this prompt"
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = export(
+            args.checkpoint, args.output, f"step_{args.step:08d}" if args.step is not None else None
+        )
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    if args.prompt:
+        print(generate(path, args.prompt))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

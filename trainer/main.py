@@ -1,0 +1,357 @@
+"""Continued pre-training with DeepSpeed: `deepspeed trainer/main.py --mix stage2 [key=value ...]`.
+
+Reads top to bottom: config → manifest → model → data → engine → (resume) → loop (forward, backward,
+step, log, evaluate, checkpoint) → final checkpoint. On CPU it runs on gloo (`deepspeed --num_gpus 2`
+starts two CPU ranks); on GPUs it runs unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from cpt.config import ConfigError
+from cpt.data import PackedLoader
+from cpt.manifest import ManifestError, read_stage_manifest
+from trainer import checkpoint
+from trainer.config import TrainConfig, load_config
+from trainer.evaluate import evaluate, token_losses
+from trainer.metrics import RunLogger
+from trainer.model import flops_per_token, load_model, parameter_groups, peak_flops, trainable_summary
+from trainer.schedule import lr_multiplier
+
+log = logging.getLogger("cpt.trainer")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "trainer" / "configs" / "cpt.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="deepspeed trainer/main.py",
+        description="Continued pre-training of a Hugging Face Llama-family model on a stage manifest, with "
+        "DeepSpeed ZeRO, bf16, the CPT recipe, held-out perplexity of the old and new domains, and exact "
+        "resume.",
+        epilog="Example: deepspeed --num_gpus 2 trainer/main.py --mix stage2 --model runs/demo/model "
+        "optim.lr=1e-4 checkpoint.every=50",
+    )
+    parser.add_argument("--mix", help="a stage name (runs/mixes/NAME/manifest.json) or a manifest path")
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="trainer YAML (trainer/configs/cpt.yaml)"
+    )
+    parser.add_argument("--model", help="Hugging Face model folder (model.path)")
+    parser.add_argument("--output", help="run folder (default runs/train/<stage>)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
+    start.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new stage from another run's weights (its folder, or folder:step_N): fresh optimizer, "
+        "new warmup",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and plan, then exit"
+    )
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4"
+    )
+    return parser.parse_args(argv)
+
+
+def find_manifest(mix: str) -> dict:
+    """The manifest a `--mix` names; missing or stale is an error that names the build command."""
+    path = Path(mix)
+    stage_file = REPO / "mixes" / f"{path.stem if path.suffix == '.yaml' else path.name}.yaml"
+    if path.suffix == ".yaml":
+        path = Path("runs") / "mixes" / path.stem
+    elif not path.exists():
+        path = Path("runs") / "mixes" / mix
+    build = f"cpt-mix build {stage_file.relative_to(REPO) if stage_file.is_file() else 'mixes/STAGE.yaml'}"
+    try:
+        manifest = read_stage_manifest(path)
+    except ManifestError as e:
+        raise ManifestError(f"{e}; run `{build}`") from None
+    if stage_file.is_file() and manifest["stage"] == stage_file.stem:
+        from cpt.mix.plan import MixError, plan
+        from cpt.mix.stage import load_stage
+
+        try:
+            current = plan(load_stage(stage_file), str(stage_file))
+        except (ConfigError, MixError):
+            current = None
+        if current is not None and current["manifest_hash"] != manifest["manifest_hash"]:
+            raise ManifestError(
+                f"{path}: stale, {stage_file.relative_to(REPO)} or its shards changed since it was built; "
+                f"run `{build}`"
+            )
+    return manifest
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    zero: dict = {"stage": cfg.deepspeed.zero_stage}
+    if cfg.deepspeed.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if cfg.deepspeed.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.micro_batch_size,
+        "gradient_accumulation_steps": cfg.data.gradient_accumulation,
+        "gradient_clipping": cfg.optim.clip,
+        "bf16": {"enabled": cfg.deepspeed.bf16},
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def export_init_weights(init_from: str, run_dir: Path, rank: int) -> str:
+    """`--init-from RUN[:step_N]`: rank 0 exports that checkpoint's weights to a model folder."""
+    from trainer.export import export
+
+    source, _, tag = init_from.partition(":")
+    target = run_dir / "init"
+    if rank == 0:
+        export(source, target, tag=tag or None, dtype=torch.float32)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return str(target)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = list(args.overrides)
+    overrides += [f"mix={args.mix}"] if args.mix else []
+    overrides += [f"model.path={args.model}"] if args.model else []
+    overrides += [f"output={args.output}"] if args.output else []
+    try:
+        cfg = load_config(args.config, overrides)
+        manifest = find_manifest(cfg.mix)
+    except (ConfigError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
+    seq_len = manifest["seq_len"]
+
+    # -- data ------------------------------------------------------------------------------------
+    if "RANK" not in os.environ:  # plain `python trainer/main.py`: one process, no launcher
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    micro, accumulation = cfg.data.micro_batch_size, cfg.data.gradient_accumulation
+    loader = PackedLoader(manifest, rank, world, micro, cfg.data.workers, cfg.data.pad_id)
+    stage_steps = len(loader) // accumulation  # the schedule spans the stage, even when stopped early
+    total_steps = min(stage_steps, cfg.max_steps) if cfg.max_steps else stage_steps
+    tokens_per_step = micro * accumulation * world * seq_len
+    plan = (
+        f"stage {manifest['stage']} (manifest {manifest['manifest_hash'][:16]}): {total_steps} steps of "
+        f"{tokens_per_step:,} tokens ({world} ranks x {micro} x {accumulation} accumulation x {seq_len}), "
+        f"mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, {'bf16' if cfg.deepspeed.bf16 else 'fp32'}, "
+        f"{cfg.schedule.kind} LR {cfg.optim.lr:g} -> run {run_dir}"
+    )
+    if args.dry_run:
+        if rank == 0:
+            print(json.dumps(asdict(cfg), indent=2))
+            print(plan)
+        return 0
+    if total_steps < 1:
+        print(f"error: the stage gives fewer sequences than one step ({plan})", file=sys.stderr)
+        return 2
+    has_checkpoint = checkpoint.latest_tag(run_dir) is not None
+    if has_checkpoint and not args.resume:
+        print(
+            f"error: {run_dir} already holds checkpoints: pass --resume, or another --output", file=sys.stderr
+        )
+        return 2
+    if args.resume and not has_checkpoint:
+        print(f"error: --resume: {run_dir} has no complete checkpoint", file=sys.stderr)
+        return 2
+
+    # -- distributed set-up --------------------------------------------------------------------------
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    log.info("%s", plan)
+
+    # -- model -------------------------------------------------------------------------------------
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model_path = export_init_weights(args.init_from, run_dir, rank) if args.init_from else cfg.model.path
+    model, attention = load_model(cfg, model_path)
+    log.info("model %s (%s attention): %s", model_path, attention, trainable_summary(model))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json.tmp").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        os.replace(run_dir / "config.json.tmp", run_dir / "config.json")
+
+    # -- engine --------------------------------------------------------------------------------------
+    groups = parameter_groups(model, cfg.optim.weight_decay)
+    if cfg.deepspeed.offload == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    else:
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+        )
+    s = cfg.schedule
+
+    def schedule(step: int) -> float:
+        return lr_multiplier(
+            step, stage_steps, s.kind, s.warmup_ratio, s.min_lr / cfg.optim.lr, s.decay_ratio
+        )
+
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        config=deepspeed_config(cfg),
+    )
+
+    step, tokens_seen = 0, 0
+    if args.resume:
+        state = checkpoint.load(engine, run_dir)
+        if state["manifest_hash"] != manifest["manifest_hash"]:
+            print(
+                f"error: {run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
+                f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
+                "start a new stage from its weights)",
+                file=sys.stderr,
+            )
+            return 2
+        loader.load_state_dict(state["loader"])
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
+
+    # -- loop ----------------------------------------------------------------------------------------
+    logger = RunLogger(
+        run_dir,
+        enabled=rank == 0,
+        tensorboard=cfg.log.tensorboard,
+        wandb={"project": cfg.log.wandb_project, "config": asdict(cfg)} if cfg.log.wandb else None,
+        start_step=step,
+    )
+    flops = flops_per_token(getattr(model, "config", None) or model.base_model.config, seq_len)
+    peak = peak_flops(cfg.log.peak_tflops)
+    names = [src["name"] for src in manifest["sources"]]
+    source_loss = torch.zeros(len(names), dtype=torch.float64, device=device)
+    source_tokens = torch.zeros(len(names), dtype=torch.float64, device=device)
+    window_loss = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
+    progress = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc=f"train {manifest['stage']}", unit="step")
+    engine.train()
+    tick, tick_step = time.perf_counter(), step
+    micro_batches = iter(loader)
+
+    def save_checkpoint() -> None:
+        client = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "loader": loader.state_dict(),
+            "manifest_hash": manifest["manifest_hash"],
+        }
+        checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep)
+
+    if cfg.eval.sets and step == 0:  # the starting point: how the base model does on both domains
+        logger.log(0, evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id))
+        tick = time.perf_counter()
+
+    while step < total_steps:
+        lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves on at its end)
+        for _ in range(accumulation):
+            batch = next(micro_batches)
+            losses, mask = token_losses(engine, batch, device)
+            loss = losses.sum() / mask.sum().clamp(min=1)
+            engine.backward(loss)
+            engine.step()
+            with torch.no_grad():
+                per_sequence, counted = losses.sum(dim=1).double(), mask.sum(dim=1).double()
+                source = batch["source"].to(device)
+                source_loss.index_add_(0, source, per_sequence)
+                source_tokens.index_add_(0, source, counted)
+                window_loss += torch.stack([per_sequence.sum(), counted.sum()])
+        step += 1
+        tokens_seen += tokens_per_step
+        if progress is not None:
+            progress.update(1)
+
+        if step % cfg.log.every == 0 or step == total_steps:
+            sums = torch.cat([window_loss, source_loss, source_tokens])
+            torch.distributed.all_reduce(sums)
+            elapsed = max(time.perf_counter() - tick, 1e-9)
+            tokens_per_s = (step - tick_step) * tokens_per_step / elapsed
+            record = {
+                "loss": (sums[0] / sums[1].clamp(min=1)).item(),
+                "lr": lr,
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens_seen": tokens_seen,
+                "tokens_per_s": tokens_per_s,
+                "tflops_per_device": tokens_per_s * flops / world / 1e12,
+            }
+            if peak:
+                record["mfu"] = tokens_per_s * flops / world / peak
+            k = len(names)
+            for i, name in enumerate(names):
+                if sums[2 + k + i] > 0:
+                    record[f"loss/{name}"] = (sums[2 + i] / sums[2 + k + i]).item()
+            logger.log(step, record)
+            if progress is not None:
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+            window_loss.zero_(), source_loss.zero_(), source_tokens.zero_()
+            tick, tick_step = time.perf_counter(), step
+
+        paused = False
+        if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
+            logger.log(
+                step, evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
+            )
+            paused = True
+        if step % cfg.checkpoint.every == 0 or step == total_steps:
+            save_checkpoint()
+            paused = True
+        if paused:  # evaluation and checkpoints do not count against tokens/s
+            tick, tick_step = time.perf_counter(), step
+
+    if progress is not None:
+        progress.close()
+    logger.close()
+    if rank == 0:
+        print(
+            f"done: {step} steps, {tokens_seen:,} tokens; checkpoints in {checkpoint.checkpoint_dir(run_dir)}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The model: a local Hugging Face causal LM, its attention kept within documents, and what trains.
+
+Documents packed into one sequence are kept apart by `position_ids` that restart at each document:
+transformers builds the block-diagonal mask from them (sdpa, eager, flex) or passes cumulative lengths
+to flash-attention varlen, but only with no `attention_mask` and no cache. `use_cache` defaults to
+true even in training, and then documents silently attend to each other, so it is switched off here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# bf16 dense peak TFLOP/s per device, for MFU (vendor datasheets; SXM parts)
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+EMBEDDINGS = ("embed_tokens", "lm_head")
+
+
+def pick_attention(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_model(cfg: TrainConfig, path: str | None = None):
+    """The model in fp32 (DeepSpeed keeps fp32 masters and computes in bf16), set up for `cfg.mode`."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or cfg.model.path
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    attention = pick_attention(cfg.model.attention)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+    model.config.use_cache = False  # with a cache, packed documents would attend to each other
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.mode == "embeddings":
+        # Chinese-LLaMA's first stage: only the (new) embedding rows and the head learn
+        for name, p in model.named_parameters():
+            p.requires_grad = any(e in name for e in EMBEDDINGS)
+    elif cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+                modules_to_save=cfg.lora.modules_to_save,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return model, attention
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices (embeddings included), none on norms and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def flops_per_token(model_config, seq_len: int) -> float:
+    """Model FLOPs of one training token (forward + backward), as torchtitan and PaLM count them:
+    6 x (parameters less the input embedding) + 12 x layers x hidden x sequence length (attention)."""
+    c = model_config
+    hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    heads, kv_heads = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    inter = c.intermediate_size
+    attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    mlp = 3 * hidden * inter
+    params = layers * (attn + mlp) + vocab * hidden  # blocks + lm_head (norms are negligible)
+    return 6 * params + 12 * layers * hidden * seq_len
+
+
+def peak_flops(configured_tflops: float | None) -> float | None:
+    """Peak FLOP/s of one device: the configured figure, else the GPU's datasheet bf16 peak, else None."""
+    if configured_tflops:
+        return configured_tflops * 1e12
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def trainable_summary(model) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{trainable:,} of {total:,} parameters train ({trainable / max(total, 1):.1%})"

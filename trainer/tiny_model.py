@@ -1,0 +1,74 @@
+"""Make a tiny random Llama for tests and the demo: `python trainer/tiny_model.py --tokenizer DIR --output DIR`.
+
+Its vocabulary is the tokenizer's (padded to a multiple of 64), its special ids are the tokenizer's,
+and the tokenizer files are copied beside it, so the folder is a complete Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+
+def make_tiny_llama(
+    tokenizer: str | Path,
+    output: str | Path,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = Path(tokenizer)
+    if (tokenizer / "tokenizer.json").is_file():
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        size, bos, eos, pad = len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    else:  # a bare SentencePiece model (`cpt-tok train` output)
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer / "tokenizer.model"))
+        size, bos, eos, pad = sp.get_piece_size(), sp.bos_id(), sp.eos_id(), None
+    vocab = -(-size // 64) * 64
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    output = Path(output)
+    LlamaForCausalLM(config).save_pretrained(output)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (tokenizer / name).is_file():
+            shutil.copy2(tokenizer / name, output / name)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python trainer/tiny_model.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (e.g. from `cpt-tok merge`)")
+    parser.add_argument("--output", required=True, help="the model folder to write")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    args = parser.parse_args(argv)
+    path = make_tiny_llama(args.tokenizer, args.output, args.hidden, args.layers, args.heads)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
