@@ -36,6 +36,16 @@ demo: $(STAMP)
 	# the shipped stages point at these shards: plan each into runs/mixes/<stage>
 	for stage in stage1 stage2 stage3 anneal; do .venv/bin/cpt-mix build mixes/$$stage.yaml || exit 1; done
 	.venv/bin/cpt-mix show runs/mixes/stage2
+	# held-out text of both languages, for the trainer's perplexity of the old and the new domain
+	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --heldout $(DEMO)/heldout
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_en
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_zh
+	# a tiny random Llama with the English base vocabulary stands in for LLaMA, extended to the merged one
+	$(PY) trainer/tiny_model.py --tokenizer $(DEMO)/tok/base --output $(DEMO)/model/base
+	.venv/bin/cpt-tok init-embeddings --model $(DEMO)/model/base --base-tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --output $(DEMO)/model/extended
+	rm -rf $(DEMO)/train/stage1
+	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage1 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage1
+	$(PY) trainer/export.py --checkpoint $(DEMO)/train/stage1 --output $(DEMO)/export/stage1 --prompt "科学家"
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks

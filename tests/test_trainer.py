@@ -293,3 +293,16 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(setup, reference
     assert metrics[1]["lr"] == pytest.approx(3.0e-3 * lr_multiplier(0, 32, "cosine", 0.1, 0.1))
     ref = read_metrics(reference)
     assert metrics[1]["loss"] < ref[1]["loss"] and math.isfinite(metrics[2]["loss"])
+
+
+def test_ema_weights_are_evaluated_alongside_and_survive_a_resume(setup, tmp_path):
+    out = tmp_path / "ema"
+    common = ["ema=0.5", "eval.every=2", "checkpoint.every=2", "log.every=1"]
+    run_train(setup, out, *common, "max_steps=2", ranks=1)
+    run_train(setup, out, *common, "max_steps=4", "--resume", ranks=1)
+    metrics = read_metrics(out)
+    assert sorted(metrics) == [0, 1, 2, 3, 4]
+    for step in (2, 4):
+        assert "eval_ema/zh_new/ppl" in metrics[step]
+        assert metrics[step]["eval_ema/zh_new/loss"] != metrics[step]["eval/zh_new/loss"]
+    assert (out / "checkpoints" / "step_00000004" / "ema.pt").is_file()

@@ -47,8 +47,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(engine, run_dir: str | Path, step: int, client_state: dict, keep: int) -> Path:
-    """Save on every rank (DeepSpeed shards the state); returns the finished checkpoint folder."""
+def save(
+    engine, run_dir: str | Path, step: int, client_state: dict, keep: int, extra: dict | None = None
+) -> Path:
+    """Save on every rank (DeepSpeed shards the state); rank 0 also writes `extra` ({name: tensors},
+    e.g. the EMA weights) as NAME.pt. Returns the finished checkpoint folder."""
     root = checkpoint_dir(run_dir)
     tag = f"step_{step:08d}"
     tmp = root / f"{tag}.tmp"
@@ -58,6 +61,9 @@ def save(engine, run_dir: str | Path, step: int, client_state: dict, keep: int) 
     _barrier()
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client_state, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    if rank == 0:
+        for name, tensors in (extra or {}).items():
+            torch.save(tensors, tmp / f"{name}.pt")
     _barrier()
     if rank == 0:
         final = root / tag
@@ -97,3 +103,10 @@ def load(engine, run_dir: str | Path, tag: str | None = None) -> dict:
 def _as_python_state(state) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+def load_extra(run_dir: str | Path, name: str, tag: str | None = None):
+    """A tensors file `save` wrote beside a checkpoint (None when there is none)."""
+    tag = tag or latest_tag(run_dir)
+    path = checkpoint_dir(run_dir) / str(tag) / f"{name}.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else None

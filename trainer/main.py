@@ -30,7 +30,14 @@ from trainer import checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
 from trainer.metrics import RunLogger
-from trainer.model import flops_per_token, load_model, parameter_groups, peak_flops, trainable_summary
+from trainer.model import (
+    WeightEMA,
+    flops_per_token,
+    load_model,
+    parameter_groups,
+    peak_flops,
+    trainable_summary,
+)
 from trainer.schedule import lr_multiplier
 
 log = logging.getLogger("cpt.trainer")
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         config=deepspeed_config(cfg),
     )
 
+    ema = WeightEMA(engine.module, cfg.ema) if cfg.ema else None
     step, tokens_seen = 0, 0
     if args.resume:
         state = checkpoint.load(engine, run_dir)
@@ -248,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         loader.load_state_dict(state["loader"])
+        if ema is not None:
+            shadow = checkpoint.load_extra(run_dir, "ema")
+            if shadow is None:
+                print(f"error: ema is set but {run_dir}'s checkpoint has no EMA weights", file=sys.stderr)
+                return 2
+            ema.shadow = shadow
         step, tokens_seen = state["step"], state["tokens_seen"]
         log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
 
@@ -281,10 +295,21 @@ def main(argv: list[str] | None = None) -> int:
             "loader": loader.state_dict(),
             "manifest_hash": manifest["manifest_hash"],
         }
-        checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep)
+        extra = {"ema": ema.shadow} if ema is not None else None
+        checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep, extra)
+
+    def run_evaluation() -> dict:
+        results = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
+        if ema is not None:
+            with ema.applied(engine.module):
+                averaged = evaluate(
+                    engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id
+                )
+            results.update({k.replace("eval/", "eval_ema/", 1): v for k, v in averaged.items()})
+        return results
 
     if cfg.eval.sets and step == 0:  # the starting point: how the base model does on both domains
-        logger.log(0, evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id))
+        logger.log(0, run_evaluation())
         tick = time.perf_counter()
 
     while step < total_steps:
@@ -303,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 window_loss += torch.stack([per_sequence.sum(), counted.sum()])
         step += 1
         tokens_seen += tokens_per_step
+        if ema is not None:
+            ema.update(engine.module)
         if progress is not None:
             progress.update(1)
 
@@ -333,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
         paused = False
         if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
-            logger.log(
-                step, evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
-            )
+            logger.log(step, run_evaluation())
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
             save_checkpoint()

@@ -9,6 +9,7 @@ true even in training, and then documents silently attend to each other, so it i
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -112,3 +113,36 @@ def trainable_summary(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return f"{trainable:,} of {total:,} parameters train ({trainable / max(total, 1):.1%})"
+
+
+class WeightEMA:
+    """An exponential moving average of the trainable weights, in fp32, evaluated alongside the weights.
+
+    Needs every rank to hold whole parameters (ZeRO 0-2; the config refuses it with ZeRO-3)."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach().float(), 1 - self.decay)
+
+    @contextmanager
+    def applied(self, model):
+        """The model with the EMA weights in place, restored afterwards."""
+        saved = {}
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.shadow:
+                    saved[name] = p.detach().clone()
+                    p.copy_(self.shadow[name])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in saved:
+                        p.copy_(saved[name])
