@@ -15,11 +15,9 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
     input_ids = batch["input_ids"].to(device)
     logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device)).logits
     targets = batch["labels"].to(device)[:, 1:]
-    losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
-    )
-    mask = targets != -100
-    return losses * mask, mask
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (tokens, vocab): the fast layout
+    losses = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="none", ignore_index=-100)
+    return losses.view_as(targets), targets != -100
 
 
 @torch.no_grad()
