@@ -306,3 +306,17 @@ def test_ema_weights_are_evaluated_alongside_and_survive_a_resume(setup, tmp_pat
         assert "eval_ema/zh_new/ppl" in metrics[step]
         assert metrics[step]["eval_ema/zh_new/loss"] != metrics[step]["eval/zh_new/loss"]
     assert (out / "checkpoints" / "step_00000004" / "ema.pt").is_file()
+
+
+@pytest.mark.parametrize(("zero", "ranks"), [(0, 1), (3, 2)])
+def test_zero_stages_train_resume_and_export(setup, tmp_path, zero, ranks):
+    from trainer.export import export
+
+    out = tmp_path / f"zero{zero}"
+    common = [f"deepspeed.zero_stage={zero}", "eval.sets=[]", "checkpoint.every=2"]
+    run_train(setup, out, *common, "max_steps=2", ranks=ranks)
+    run_train(setup, out, *common, "max_steps=3", "--resume", ranks=ranks)
+    metrics = read_metrics(out)
+    assert sorted(metrics) == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in metrics.values())
+    weights = _weights(export(out, tmp_path / "hf", dtype=torch.float32))
+    assert not torch.equal(weights["lm_head.weight"], _weights(setup["model"])["lm_head.weight"])
