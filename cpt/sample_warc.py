@@ -1569,15 +1569,81 @@ def sample_math(seed: int = 0, n: int = 200) -> list[dict]:
 
 
 def sample_articles(seed: int = 0, n: int = 40, lang: str = "en") -> list[dict]:
-    """`n` articles in one language as clean-format rows: held-out text for perplexity (a seed other
-    than the WARC's gives other articles from the same sentence pools)."""
+    """`n` articles in one language as clean-format rows, their topic in `metadata.topic`: held-out
+    text for perplexity, and labelled data for a topic classifier (a seed other than the WARC's gives
+    other articles from the same sentence pools)."""
     rng, now = random.Random(seed), datetime(2024, 6, 1, tzinfo=timezone.utc)
     make, sep = (chinese_article, "\n") if lang == "zh" else (english_article, "\n\n")
     rows = []
     for i in range(n):
         article = make(rng, now)
         text = article.title + sep + sep.join(article.paragraphs)
-        rows.append(_instruction_row(f"heldout-{lang}-{seed}-{i}", text, lang, "sample_heldout"))
+        row = _instruction_row(f"articles-{lang}-{seed}-{i}", text, lang, "sample_articles")
+        row["metadata"] = {"topic": TOPICS.get(article.section, article.section)}
+        rows.append(row)
+    return rows
+
+
+# one topic label for the English and the Chinese section of the same subject
+TOPICS = {"keji": "tech", "kexue": "science", "lishi": "history", "lvyou": "travel", "meishi": "food",
+          "tiyu": "sport", "yuanyi": "garden"}  # fmt: skip
+
+# the sentence pools hold eleven sentences a subject, in this order (a few at the end fit none)
+_TOPIC_BLOCKS = {"science": (0, 11), "food": (11, 22), "travel": (22, 33), "history": (33, 44),
+                 "sport": (44, 54), "tech": (54, 65), "garden": (65, 75)}  # fmt: skip
+
+
+def sample_topic_articles(seed: int = 0, n: int = 200, lang: str = "en") -> list[dict]:
+    """`n` articles whose every sentence is on their topic (`metadata.topic`): labelled data for the
+    demo's topic classifier."""
+    rng = random.Random(seed)
+    pool, titles = (ZH_SENTENCES, ZH_TITLES) if lang == "zh" else (EN_SENTENCES, EN_TITLES)
+    section_of = {v: k for k, v in TOPICS.items()}
+    rows = []
+    for i in range(n):
+        topic = rng.choice(sorted(_TOPIC_BLOCKS))
+        start, end = _TOPIC_BLOCKS[topic]
+        sentences = rng.sample(pool[start:end], rng.randint(4, 8))
+        title = rng.choice(titles[section_of[topic] if lang == "zh" else topic])
+        text = title + "\n" + ("" if lang == "zh" else " ").join(sentences)
+        row = _instruction_row(f"topic-{lang}-{seed}-{i}", text, lang, "sample_topics")
+        row["metadata"] = {"topic": topic}
+        rows.append(row)
+    return rows
+
+
+_SPAM = {
+    "en": "cheap best discount flights hotels deals online free shipping sale buy now watches replica bags "
+    "offer click here limited casino bonus win".split(),
+    "zh": "免费 领取 优惠券 点击 这里 特价 秒杀 包邮 代购 加微信 返利 中奖 最低价 限时 抢购".split(),
+}
+_MENU = {
+    "en": ["Home", "About us", "Contact", "Login", "Register", "Privacy policy", "Terms of use", "Sitemap"],
+    "zh": ["首页", "关于我们", "联系我们", "登录", "注册", "隐私政策", "使用条款", "网站地图"],
+}
+
+
+def sample_low_quality(seed: int = 0, n: int = 200) -> list[dict]:
+    """`n` low-quality documents (keyword spam, menus and footers, word salad), Chinese and English,
+    in the clean shard format: the negative side of the demo's quality classifier."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        lang = "zh" if i % 2 else "en"
+        sep = "" if lang == "zh" else " "
+        kind = ("spam", "menu", "salad")[i % 3 if lang == "en" else (i // 2) % 3]
+        if kind == "spam":
+            lines = [sep.join(rng.choice(_SPAM[lang]) for _ in range(rng.randint(3, 8))) for _ in range(12)]
+        elif kind == "menu":
+            lines = [" | ".join(rng.sample(_MENU[lang], 5)) for _ in range(6)] + [
+                "© 2024 " + rng.choice(_MENU[lang])
+            ]
+        else:
+            pool = EN_SENTENCES if lang == "en" else ZH_SENTENCES
+            tokens = [w for s in rng.sample(pool, 6) for w in (s.split() if lang == "en" else list(s))]
+            rng.shuffle(tokens)
+            lines = [sep.join(tokens)]
+        rows.append(_instruction_row(f"lowq-{seed}-{i}", "\n".join(lines), lang, "sample_low_quality"))
     return rows
 
 
@@ -1646,6 +1712,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--math", metavar="PATH.parquet", help="also write worked arithmetic problems (Chinese and English)"
     )
     parser.add_argument(
+        "--topics",
+        metavar="PATH.parquet",
+        help="also write articles labelled with their topic (metadata.topic)",
+    )
+    parser.add_argument(
+        "--low-quality",
+        metavar="PATH.parquet",
+        help="also write low-quality documents (spam, menus, word salad)",
+    )
+    parser.add_argument(
         "--heldout", metavar="DIR", help="also write held-out articles as DIR/en/ and DIR/zh/ Parquet shards"
     )
     parser.add_argument(
@@ -1669,9 +1745,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = Path(args.heldout) / lang / "articles.parquet"
             write_sample_rows(path, sample_articles(args.seed + 1, args.extra_count // 5, lang))
             print(f"wrote {path}: {args.extra_count // 5} held-out {lang} articles")
+    if args.topics:
+        rows = [
+            r for lang in ("en", "zh") for r in sample_topic_articles(args.seed + 2, args.extra_count, lang)
+        ]
+        write_sample_rows(args.topics, rows)
+        print(f"wrote {args.topics}: {len(rows)} articles labelled with their topic (metadata.topic)")
     for path, make, what in (
         (args.instructions, sample_instructions, "instruction/response pairs"),
         (args.math, sample_math, "worked math problems"),
+        (args.low_quality, sample_low_quality, "low-quality documents (spam, menus, word salad)"),
     ):
         if path:
             write_sample_rows(path, make(args.seed, args.extra_count))

@@ -18,6 +18,13 @@ METADATA_FIELDS = [
         "minhash_cluster_id", pa.int64()
     ),  # dedup: near-duplicate cluster this document survived, -1 none
     pa.field("lines_removed", pa.int32()),  # dedup: lines dropped as frequent (ccNet) boilerplate
+    # model-based filtering (cpt/steps/classify.py): fastText scores, the topic label, KL divergence
+    pa.field("quality_score", pa.float32()),
+    pa.field("code_score", pa.float32()),
+    pa.field("math_score", pa.float32()),
+    pa.field("topic", pa.string()),
+    pa.field("topic_score", pa.float32()),
+    pa.field("kl_divergence", pa.float32()),
 ]
 
 CLEAN_SCHEMA = pa.schema(

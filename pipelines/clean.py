@@ -19,9 +19,11 @@ from typing import Any, Literal
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, build_funnel
 from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
+from pipelines.score import ScoreConfig, scoring_steps
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
-STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii")
+STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii", "kl", "classify")
+DEFAULT_STEPS = STEPS[:6]  # kl and classify need a KL reference and trained classifiers (`score` section)
 
 
 @dataclass
@@ -61,13 +63,14 @@ class PiiConfig:
 class CleanConfig:
     source: str | None = None
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    steps: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))
     url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     heuristics: dict[str, dict[str, Any]] = field(default_factory=dict)
     dirty_words: DirtyWordsConfig = field(default_factory=DirtyWordsConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # the kl and classify steps, as `run.py score`
     write: WriteConfig = field(default_factory=WriteConfig)
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-clean"))
 
@@ -79,6 +82,13 @@ class CleanConfig:
         ]
         if not self.languages:
             problems.append("languages: keep at least one language")
+        if "kl" in self.steps and not self.score.kl.reference:
+            problems.append(
+                "score.kl.reference: the kl step needs a saved reference (`run.py score` writes one)"
+            )
+        if "classify" in self.steps and not self.score.classifiers:
+            problems.append("score.classifiers: the classify step needs at least one classifier")
+        problems += [f"score.{p}" for p in self.score.validate()]
         for name, spec in self.heuristics.items():
             if name not in HEURISTIC_FILTERS:
                 problems.append(
@@ -173,6 +183,15 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         elif name == "pii":
             p = cfg.pii
             steps.append(PIIRedactor(p.emails, p.ips, p.public_ips_only, p.phones))
+        elif name in ("kl", "classify"):
+            scorers, score_labels = scoring_steps(
+                cfg.score,
+                list(cfg.score.classifiers) if name == "classify" else [],
+                cfg.score.kl.reference if name == "kl" else None,
+            )
+            steps += scorers
+            labels += score_labels
+            continue
         labels.append(name)
     steps.append(
         ShardWriter(

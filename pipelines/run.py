@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpt.config import ConfigError  # noqa: E402
+from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
 
 
@@ -258,12 +259,119 @@ def _tokenize(args) -> int:
     return 0
 
 
+def _add_train_classifier(sub) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a fastText classifier (quality, code, math, topic) with a held-out evaluation",
+        description=(
+            "Train a fastText supervised classifier on positive and negative sources (binary: the score is "
+            "P(positive)) or on one labelled source (--label-column, multi-class such as topic). Text is "
+            "normalised as at scoring time (lower case, words only, Chinese split by jieba). A seeded held-out "
+            "split is kept out of training; its precision, recall and F1 are printed and saved beside the "
+            "model (MODEL.json, with the training settings)."
+        ),
+    )
+    p.add_argument("--name", required=True, help="quality, code, math or topic (the shard column it fills)")
+    p.add_argument("--positive", nargs="+", metavar="PATH", help="Parquet/jsonl/txt files or folders")
+    p.add_argument("--negative", nargs="+", metavar="PATH", help="Parquet/jsonl/txt files or folders")
+    p.add_argument("--labeled", nargs="+", metavar="PATH", help="sources with a label column (multi-class)")
+    p.add_argument("--label-column", help="the column holding the label of --labeled sources")
+    p.add_argument("--output", help="model file (default: models/NAME.bin)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--ngrams", type=int, default=2, help="word n-grams (default 2)")
+    p.add_argument("--dim", type=int, default=64, help="vector size (default 64)")
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--heldout", type=float, default=0.1, help="share kept out for evaluation (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="fastText threads (1: the same model every run)")
+
+
+def _train_classifier(args) -> int:
+    from cpt.steps.classify import CLASSIFIERS, train_classifier
+
+    if args.name not in CLASSIFIERS:
+        raise ConfigError("--name", [f"{args.name!r}: the shard schema holds {', '.join(CLASSIFIERS)}"])
+    result = train_classifier(
+        args.output or Path("models") / f"{args.name}.bin",
+        args.positive,
+        args.negative,
+        args.labeled,
+        args.label_column,
+        args.epochs,
+        args.ngrams,
+        args.dim,
+        args.lr,
+        args.heldout,
+        args.seed,
+        args.threads,
+    )
+    print(
+        f"{result.model}: {result.train_examples:,} training and {result.heldout_examples:,} held-out examples"
+    )
+    print(f"{'label':<16} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for label, m in result.metrics.items():
+        support = f"{m['support']:>8,}" if "support" in m else ""
+        print(f"{label:<16} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {support}")
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="clean/dedup shards -> KL outlier filter -> classifier scores in metadata (drop or route)",
+        description=(
+            "Score the Parquet shards of a clean or dedup output: drop documents whose word distribution is "
+            "far from the corpus's (KL divergence from a reference built from a sample of the input, saved to "
+            "OUTPUT/report/kl_reference.json and reused by every task), then run each classifier named: its "
+            "score goes into the document's metadata, and per pipelines/configs/score.yaml it drops documents "
+            "under its threshold (quality) or routes those over it to OUTPUT/<name>/<lang>/ (code, math). "
+            "The funnel counts every drop and route."
+        ),
+    )
+    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument("--output", required=True, help="output folder: <lang>/, <route>/<lang>/ and report/")
+    p.add_argument(
+        "--classifiers", default="", help="comma-separated: quality,code,math,topic (models/NAME.bin)"
+    )
+    _add_run_options(p, "score", "kl.threshold=5", "local processes (default) or a Slurm array job",
+                     "tasks (default: one per Parquet shard)")  # fmt: skip
+
+
+def _score(args) -> int:
+    from pipelines.score import funnel_of, load_config, prepare
+
+    _check_tasks(args.tasks)
+    cfg = load_config(args.config, args.overrides)
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        _names(args.classifiers) or [],
+        args.tasks,
+        args.executor,
+        args.workers,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
+    if args.dry_run:
+        print(f"score {args.input} -> {run.output}: {run.tasks} tasks, steps {', '.join(run.labels)}")
+        return 0
+    run.executor.run()
+    if args.executor == "slurm":
+        print(f"submitted; `python pipelines/run.py funnel {run.output}` shows progress")
+        return 0
+    return _print_funnel(funnel_of(run.output), run.output)
+
+
 def _funnel(args) -> int:
-    from pipelines import clean, dedup
+    from pipelines import clean, dedup, score
 
     report = Path(args.output) / "report" / "steps.json"
-    is_clean = report.is_file() and "labels" in json.loads(report.read_text(encoding="utf-8"))
-    funnel = clean.funnel_of(args.output) if is_clean else dedup.funnel_of(args.output)
+    meta = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    if meta.get("pipeline") == "score":
+        funnel = score.funnel_of(args.output)
+    else:
+        funnel = clean.funnel_of(args.output) if "labels" in meta else dedup.funnel_of(args.output)
     return _print_funnel(funnel, args.output)
 
 
@@ -273,16 +381,24 @@ def main(argv: list[str] | None = None) -> int:
     _add_clean(sub)
     _add_dedup(sub)
     _add_tokenize(sub)
+    _add_train_classifier(sub)
+    _add_score(sub)
     f = sub.add_parser(
         "funnel", help="print and save the funnel of a clean or dedup run (also while it runs)"
     )
     f.add_argument("output", help="the --output folder of the run")
     args = parser.parse_args(argv)
     try:
-        return {"clean": _clean, "dedup": _dedup, "tokenize": _tokenize, "funnel": _funnel}[args.command](
-            args
-        )
-    except (ConfigError, FileNotFoundError, TokenShardError) as e:
+        commands = {
+            "clean": _clean,
+            "dedup": _dedup,
+            "tokenize": _tokenize,
+            "train-classifier": _train_classifier,
+            "score": _score,
+            "funnel": _funnel,
+        }
+        return commands[args.command](args)
+    except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -58,19 +58,9 @@ def trained_model(run_dir: str | Path, tag: str | None = None):
     base = (run_dir / "init") if (run_dir / "init" / "config.json").is_file() else Path(cfg.model.path)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32)
     if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from trainer.model import with_lora
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=cfg.lora.target_modules,
-                modules_to_save=cfg.lora.modules_to_save,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = with_lora(model, cfg.lora)
     state = full_state_dict(run_dir, tag)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k} if model.config.tie_word_embeddings else set()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import LoraConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,26 @@ def load_model(cfg: TrainConfig, path: str | None = None):
         for name, p in model.named_parameters():
             p.requires_grad = any(e in name for e in EMBEDDINGS)
     elif cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=cfg.lora.target_modules,
-                modules_to_save=cfg.lora.modules_to_save,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = with_lora(model, cfg.lora)
     return model, attention
+
+
+def with_lora(model, lora: LoraConfig):
+    """The model wrapped with peft LoRA adapters as the config describes (training and export alike)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    return get_peft_model(
+        model,
+        PeftLoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            modules_to_save=lora.modules_to_save,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:

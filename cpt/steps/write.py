@@ -18,7 +18,7 @@ def _row_adapter(writer: ShardWriter, doc) -> dict:
 
 
 class ShardWriter(ParquetWriter):
-    """ParquetWriter with cpt's schema, `${lang}/` routing and write-then-rename."""
+    """ParquetWriter with cpt's schema, `[route/]${lang}/` routing and write-then-rename."""
 
     name = "📒 Parquet shards (cpt)"
 
@@ -32,7 +32,7 @@ class ShardWriter(ParquetWriter):
     ):
         super().__init__(
             output_folder,
-            output_filename="${lang}/${rank}.parquet" + TMP_SUFFIX,
+            output_filename="${route}${lang}/${rank}.parquet" + TMP_SUFFIX,
             compression=compression,
             adapter=_row_adapter,
             batch_size=rows_per_group,
@@ -43,8 +43,10 @@ class ShardWriter(ParquetWriter):
         self._written: set[str] = set()
 
     def _get_output_filename(self, document, rank: int | str = 0, **kwargs) -> str:
-        # documents written before language ID ran go to `und/`
+        # documents written before language ID ran go to `und/`; a classifier's `route` (code, math)
+        # sends a document to `<route>/<lang>/`
         tags = {"rank": str(rank).zfill(5), "id": document.id, "lang": UNKNOWN_LANG, **document.metadata}
+        tags["route"] = f"{tags['route']}/" if tags.get("route") else ""
         return self.output_filename.substitute({**tags, **kwargs})
 
     def _write(self, document: dict, file_handler, filename: str):
