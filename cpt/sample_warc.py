@@ -1624,25 +1624,26 @@ _MENU = {
 
 
 def sample_low_quality(seed: int = 0, n: int = 200) -> list[dict]:
-    """`n` low-quality documents (keyword spam, menus and footers, word salad), Chinese and English,
+    """`n` low-quality documents (keyword spam, menus and footers, gibberish), Chinese and English,
     in the clean shard format: the negative side of the demo's quality classifier."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         lang = "zh" if i % 2 else "en"
         sep = "" if lang == "zh" else " "
-        kind = ("spam", "menu", "salad")[i % 3 if lang == "en" else (i // 2) % 3]
+        kind = ("spam", "menu", "gibberish")[(i // 2) % 3]
         if kind == "spam":
             lines = [sep.join(rng.choice(_SPAM[lang]) for _ in range(rng.randint(3, 8))) for _ in range(12)]
         elif kind == "menu":
             lines = [" | ".join(rng.sample(_MENU[lang], 5)) for _ in range(6)] + [
                 "© 2024 " + rng.choice(_MENU[lang])
             ]
+        elif lang == "en":  # gibberish, as a broken page or a generator leaves it
+            lines = [
+                " ".join("".join(rng.choices("etaoinshrdlucmfwyp", k=rng.randint(2, 9))) for _ in range(60))
+            ]
         else:
-            pool = EN_SENTENCES if lang == "en" else ZH_SENTENCES
-            tokens = [w for s in rng.sample(pool, 6) for w in (s.split() if lang == "en" else list(s))]
-            rng.shuffle(tokens)
-            lines = [sep.join(tokens)]
+            lines = ["".join(chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(150))]
         rows.append(_instruction_row(f"lowq-{seed}-{i}", "\n".join(lines), lang, "sample_low_quality"))
     return rows
 
@@ -1719,7 +1720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--low-quality",
         metavar="PATH.parquet",
-        help="also write low-quality documents (spam, menus, word salad)",
+        help="also write low-quality documents (spam, menus, gibberish)",
     )
     parser.add_argument(
         "--heldout", metavar="DIR", help="also write held-out articles as DIR/en/ and DIR/zh/ Parquet shards"
@@ -1754,7 +1755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, make, what in (
         (args.instructions, sample_instructions, "instruction/response pairs"),
         (args.math, sample_math, "worked math problems"),
-        (args.low_quality, sample_low_quality, "low-quality documents (spam, menus, word salad)"),
+        (args.low_quality, sample_low_quality, "low-quality documents (spam, menus, gibberish)"),
     ):
         if path:
             write_sample_rows(path, make(args.seed, args.extra_count))

@@ -73,7 +73,10 @@ def scoring_steps(cfg: ScoreConfig, names: list[str], kl_reference: str | None) 
     if kl_reference:
         steps.append(KLFilter(kl_reference, cfg.kl.threshold, cfg.kl.min_words))
         labels.append("kl")
-    for name in names:
+    # routing classifiers run first, and a routed document is not dropped by a later one: code and
+    # math pages are their own data, not low-quality web text
+    order = {"route": 0, "drop": 1, "tag": 2}
+    for name in sorted(names, key=lambda n: order[(cfg.classifiers.get(n) or ClassifierConfig()).action]):
         c = cfg.classifiers.get(name) or ClassifierConfig()
         path = cfg.model_path(name)
         if not Path(path).is_file():

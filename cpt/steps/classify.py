@@ -30,6 +30,9 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 CLASSIFIERS = ("quality", "code", "math", "topic")  # the names the shard schema has columns for
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_KL_UNIT = re.compile(
+    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
+)
 
 
 class ClassifierError(ValueError):
@@ -145,7 +148,7 @@ def train_classifier(
     negative: list[str] | None = None,
     labeled: list[str] | None = None,
     label_column: str | None = None,
-    epochs: int = 10,
+    epochs: int = 25,
     ngrams: int = 2,
     dim: int = 64,
     lr: float = 0.5,
@@ -280,7 +283,7 @@ class ClassifierScorer(BaseFilter):
             score = scores.get("positive", 0.0)
             doc.metadata[f"{self.classifier}_score"] = score
         self.stat_update(f"scored_{self.classifier}")
-        if self.action == "drop" and score < self.threshold:
+        if self.action == "drop" and score < self.threshold and not doc.metadata.get("route"):
             return False, f"{self.classifier}_below_threshold"
         if self.action == "route" and score >= self.threshold and not doc.metadata.get("route"):
             doc.metadata["route"] = self.classifier
@@ -294,11 +297,11 @@ class ClassifierScorer(BaseFilter):
 
 
 def build_kl_reference(texts: Iterator[tuple[str, str]], output: str | Path, max_words: int = 50_000) -> dict:
-    """Unigram word counts per language from a sample of (text, lang), saved as JSON (the most
-    frequent `max_words` words per language, plus the totals for smoothing)."""
+    """Unigram counts per language (`kl_units`) from a sample of (text, lang), saved as JSON (the most
+    frequent `max_words` per language, plus the totals for smoothing)."""
     counts: dict[str, Counter] = {}
     for text, lang in texts:
-        counts.setdefault(lang, Counter()).update(words(text, lang))
+        counts.setdefault(lang, Counter()).update(kl_units(text, lang))
     reference = {
         lang: {"total": sum(c.values()), "vocabulary": len(c), "counts": dict(c.most_common(max_words))}
         for lang, c in counts.items()
@@ -309,6 +312,14 @@ def build_kl_reference(texts: Iterator[tuple[str, str]], output: str | Path, max
     tmp.write_text(json.dumps(reference, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, output)
     return reference
+
+
+def kl_units(text: str, lang: str) -> list[str]:
+    """What the KL filter counts: lower-cased words, and Chinese character by character (a few thousand
+    characters cover Chinese text, where jieba's words leave a long tail a sample cannot cover)."""
+    if lang == "zh" or _CJK.search(text[:2000]):
+        return [u.lower() for u in _KL_UNIT.findall(text)]
+    return _WORD.findall(text.lower())
 
 
 def kl_divergence(doc_words: list[str], reference: dict) -> float:
@@ -344,7 +355,7 @@ class KLFilter(BaseFilter):
         reference = self._reference.get(lang)
         if reference is None:
             return True
-        doc_words = words(doc.text, lang)
+        doc_words = kl_units(doc.text, lang)
         # a document of a few words has a noisy distribution; one long "word" (a blob) still counts
         if len(doc_words) < self.min_words and not any(len(w) > 40 for w in doc_words):
             return True
