@@ -277,7 +277,9 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--labeled", nargs="+", metavar="PATH", help="sources with a label column (multi-class)")
     p.add_argument("--label-column", help="the column holding the label of --labeled sources")
     p.add_argument("--output", help="model file (default: models/NAME.bin)")
-    p.add_argument("--epochs", type=int, default=25, help="passes over the data (default 25: small sets underfit at 10)")
+    p.add_argument(
+        "--epochs", type=int, default=25, help="passes over the data (default 25: small sets underfit at 10)"
+    )
     p.add_argument("--ngrams", type=int, default=2, help="word n-grams (default 2)")
     p.add_argument("--dim", type=int, default=64, help="vector size (default 64)")
     p.add_argument("--lr", type=float, default=0.5)
