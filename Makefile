@@ -21,9 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	# the WARC, plus instruction pairs and worked math problems for stages 2 and 3
-	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet
+	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet \
+		--heldout $(DEMO)/heldout --topics $(DEMO)/topics/topics.parquet --low-quality $(DEMO)/lowq/lowq.parquet
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
 	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
+	# model-based filtering: quality, math and topic classifiers, then the KL filter and scores (routing math)
+	$(PY) pipelines/run.py train-classifier --name quality --positive $(DEMO)/dedup --negative $(DEMO)/lowq --output $(DEMO)/models/quality.bin
+	$(PY) pipelines/run.py train-classifier --name math --positive $(DEMO)/math --negative $(DEMO)/dedup $(DEMO)/instruct --output $(DEMO)/models/math.bin
+	$(PY) pipelines/run.py train-classifier --name topic --labeled $(DEMO)/topics --label-column metadata.topic --output $(DEMO)/models/topic.bin
+	$(PY) pipelines/run.py score --input $(DEMO)/dedup --classifiers quality,math,topic --output $(DEMO)/scored --set models=$(DEMO)/models
 	# a small English base stands in for LLaMA's tokenizer; it is extended with pieces trained on the Chinese
 	.venv/bin/cpt-tok train --input $(DEMO)/dedup/en --vocab-size 1000 --output $(DEMO)/tok/base
 	.venv/bin/cpt-tok train --input $(DEMO)/dedup/zh --vocab-size 3000 --output $(DEMO)/tok/zh --option hard_vocab_limit=false
@@ -33,11 +39,12 @@ demo: $(STAMP)
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/zh_web
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/instruct --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/instruct
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/math --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/math
+	# one token-shard folder per topic the classifier gave: a stage selects them with `where: topic in [...]`
+	$(PY) pipelines/run.py tokenize --input $(DEMO)/scored --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/topics --split-by topic
 	# the shipped stages point at these shards: plan each into runs/mixes/<stage>
 	for stage in stage1 stage2 stage3 anneal; do .venv/bin/cpt-mix build mixes/$$stage.yaml || exit 1; done
 	.venv/bin/cpt-mix show runs/mixes/stage2
 	# held-out text of both languages, for the trainer's perplexity of the old and the new domain
-	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --heldout $(DEMO)/heldout
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_en
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_zh
 	# a tiny random Llama with the English base vocabulary stands in for LLaMA, extended to the merged one

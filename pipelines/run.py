@@ -218,6 +218,12 @@ def _add_tokenize(sub) -> None:
     p.add_argument("--source", help="source name recorded in tokens.json (default: the output folder's name)")
     p.add_argument("--eos", default="</s>", help="end-of-document token (default: </s>)")
     p.add_argument(
+        "--split-by",
+        metavar="KEY",
+        help="one token-shard folder per value of metadata KEY (e.g. topic, from `score`): OUTPUT/<value>/, "
+        "selectable in a stage with `where: topic in [...]`",
+    )
+    p.add_argument(
         "--executor",
         choices=["local", "slurm"],
         default="local",
@@ -245,17 +251,18 @@ def _tokenize(args) -> int:
         args.workers,
         args.eos,
         progress=not args.no_progress,
+        split_by=args.split_by,
     )
     run.executors[-1].run()
     if args.executor == "slurm":
         print(f"submitted; {run.output}/tokens.json appears when the jobs end")
         return 0
-    shards = TokenShards(run.output, args.tokenizer)
-    m = shards.manifest
-    print(
-        f"{run.output}: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['dtype']}) in {len(m['files'])} "
-        f"files; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
-    )
+    for folder in run.folders:
+        m = TokenShards(folder, args.tokenizer).manifest
+        print(
+            f"{folder}: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['dtype']}) in {len(m['files'])} "
+            f"files; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
+        )
     return 0
 
 

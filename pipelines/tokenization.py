@@ -7,8 +7,10 @@ decides the order) -> one last task writes tokens.json (files, counts, source, t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from cpt.config import ConfigError
 from pipelines.common import SlurmConfig, check_settings, make_executor
@@ -19,6 +21,7 @@ class TokenizeRun:
     executors: list
     output: Path
     tasks: int
+    folders: list[Path] = field(default_factory=list)  # the token-shard folders written
 
 
 def prepare(
@@ -32,6 +35,7 @@ def prepare(
     eos_token: str = "</s>",
     progress: bool = True,
     record: bool = True,
+    split_by: str | None = None,
 ) -> TokenizeRun:
     from datatrove.pipeline.tokens import DocumentTokenizer
 
@@ -64,6 +68,7 @@ def prepare(
         "source": source,
         "tasks": tasks,
         "eos": eos_token,
+        "split_by": split_by,
     }
     report = output / "report"
     check_settings(report, output, settings, record)
@@ -71,22 +76,73 @@ def prepare(
     paths_file = report / "inputs.txt"
     paths_file.parent.mkdir(parents=True, exist_ok=True)
     paths_file.write_text("".join(str(p.relative_to(input_dir)) + "\n" for p in files), encoding="utf-8")
-    reader = CountingParquetReader(
-        str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
-    )
-    tokenize = DocumentTokenizer(
-        str(output), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False
-    )
-    logs = report / "logs"
-    slurm = SlurmConfig(job_name=f"cpt-tokenize-{source}")
-    first = make_executor(executor, [reader, tokenize], tasks, logs / "tokenize", slurm, workers)
-    last = make_executor(
-        executor,
-        [TokensManifestStep(str(output), source, str(tokenizer_json), token_size)],
-        1,
-        logs / "manifest",
-        slurm,
-        workers,
-        depends=first,
-    )
-    return TokenizeRun([first, last], output, tasks)
+    # --split-by topic: one token-shard folder per value (OUTPUT/<value>/, its tokens.json labelled with
+    # it), so a stage can select them (`where: topic in [math, science]`)
+    groups = {None: output} if split_by is None else {v: output / v for v in metadata_values(files, split_by)}
+    executors = []
+    for value, folder in groups.items():
+        reader = CountingParquetReader(
+            str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
+        )
+        steps = [reader]
+        if split_by is not None:
+            steps.append(MetadataEquals(split_by, value))
+        steps.append(
+            DocumentTokenizer(str(folder), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False)
+        )
+        logs = report / "logs" if value is None else report / "logs" / value
+        slurm = SlurmConfig(job_name=f"cpt-tokenize-{source}")
+        first = make_executor(
+            executor,
+            steps,
+            tasks,
+            logs / "tokenize",
+            slurm,
+            workers,
+            depends=executors[-1] if executors else None,
+        )
+        labels = {split_by: value} if split_by else None
+        manifest = TokensManifestStep(
+            str(folder),
+            source if value is None else f"{source}/{value}",
+            str(tokenizer_json),
+            token_size,
+            labels,
+        )
+        executors += [
+            first,
+            make_executor(executor, [manifest], 1, logs / "manifest", slurm, workers, depends=first),
+        ]
+    return TokenizeRun(executors, output, tasks, list(groups.values()))
+
+
+OTHER = "other"  # the folder of documents without a value of the --split-by key
+
+
+def metadata_values(files: list[Path], key: str) -> list[str]:
+    """The distinct values of `metadata.<key>` in the shards (documents without one: `other`)."""
+    import pyarrow.parquet as pq
+
+    values = set()
+    for path in files:
+        table = pq.read_table(path, columns=["metadata"])
+        for meta in table.column("metadata").to_pylist():
+            value = (meta or {}).get(key)
+            values.add(str(value) if value is not None else OTHER)
+    if not values:
+        raise FileNotFoundError(f"no documents to split by {key}")
+    return sorted(values)
+
+
+class MetadataEquals(BaseFilter):
+    """Keep the documents whose `metadata[key]` is `value` (`other`: those without one)."""
+
+    name = "🔀 split by metadata"
+
+    def __init__(self, key: str, value: str):
+        super().__init__()
+        self.key, self.value = key, value
+
+    def filter(self, doc) -> bool:
+        value = doc.metadata.get(self.key)
+        return (str(value) if value is not None else OTHER) == self.value

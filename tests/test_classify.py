@@ -170,3 +170,43 @@ def test_kl_filter_removes_planted_outliers_and_keeps_real_prose(tmp_path):
     ]
     for text, lang in planted:
         assert kl_divergence(kl_units(text, lang), reference[lang]) > 4.0, text[:40]
+
+
+def test_topic_folders_are_selected_by_a_stage_where(models, corpus, tmp_path):
+    """score tags topics -> tokenize --split-by topic -> a stage takes `where: topic in [...]`."""
+    from cpt.mix.plan import MixError, plan
+    from cpt.mix.stage import load_stage
+    from cpt.tok.merge import merge
+    from cpt.tok.train import train
+
+    out, _ = models
+    rows = [r for lang in ("en", "zh") for r in sample_warc.sample_topic_articles(21, 40, lang)]
+    for r in rows:
+        r["metadata"] = None  # the topic comes from the classifier, not the generator
+    write_sample_rows(tmp_path / "input" / "a.parquet", rows)
+    run_cli("score", "--input", str(tmp_path / "input"), "--output", str(tmp_path / "scored"),
+            "--classifiers", "topic", "--set", f"models={out}", "--set", "kl.enabled=false", "--no-progress")  # fmt: skip
+    train(corpus / "train" / "good", tmp_path / "sp", 2000, options={"hard_vocab_limit": "false"})
+    merge(tmp_path / "sp", tmp_path / "sp", tmp_path / "tok")
+    run_cli("tokenize", "--input", str(tmp_path / "scored"), "--tokenizer", str(tmp_path / "tok"),
+            "--output", str(tmp_path / "tokens"), "--split-by", "topic", "--no-progress")  # fmt: skip
+
+    topics = pl.read_parquet(tmp_path / "scored" / "*" / "*.parquet")["metadata"].struct.field("topic")
+    counts = topics.value_counts()
+    chosen = counts.sort("count", descending=True)["topic"].to_list()[:2]
+    for topic in counts["topic"]:
+        labels = json.loads((tmp_path / "tokens" / topic / "tokens.json").read_text())["labels"]
+        assert labels == {"topic": topic}
+    stage_file = tmp_path / "stage.yaml"
+    stage_file.write_text(
+        f"name: t\nseq_len: 64\ntokens: 2000\nseed: 0\n"
+        f"sources:\n  - {{name: picked, path: {tmp_path / 'tokens'}, weight: 1, where: 'topic in [{', '.join(chosen)}]'}}\n"
+    )
+    manifest = plan(load_stage(stage_file), str(stage_file))
+    documents = sum(f["documents"] for f in manifest["sources"][0]["files"])
+    assert documents == topics.is_in(chosen).sum()
+    stage_file.write_text(
+        stage_file.read_text().replace(f"topic in [{', '.join(chosen)}]", "topic == nothing")
+    )
+    with pytest.raises(MixError, match="no token shards labelled topic == nothing"):
+        plan(load_stage(stage_file), str(stage_file))

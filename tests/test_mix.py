@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,12 +128,22 @@ def test_shipped_stages_validate_plan_and_stream(tmp_path):
     tok.write_text('{"model": "demo"}')
     demo_sizes = {"zh_web": 8_000, "en_web": 40_000, "instruct": 27_000, "math": 20_000}  # make demo's
     folders = {name: token_folder(tmp_path / name, n, tok, docs=40) for name, n in demo_sizes.items()}
+    # `where` sources pick labelled folders under a parent (`tokenize --split-by topic`)
+    topics = tmp_path / "topics"
+    for topic in ("science", "tech", "food"):
+        token_folder(topics / topic, 12_000, tok, docs=20)
+        data = json.loads((topics / topic / "tokens.json").read_text())
+        (topics / topic / "tokens.json").write_text(json.dumps({**data, "labels": {"topic": topic}}))
+    folders["science_web"] = topics
     for f in files:
         stage = load_stage(f)
         assert stage.replay.share >= 0.05, f.name  # every stage replays old-domain data
         for s in [*stage.sources, *stage.replay.sources]:
             s.path = str(folders[s.name])
         manifest = plan(stage, f.name)
+        for s in manifest["sources"]:
+            if s["name"] == "science_web":  # science and tech, not food
+                assert {Path(f["path"]).parent.name for f in s["files"]} == {"science", "tech"}
         batches = list(PackedLoader(manifest, batch_size=4))
         sequences = sum(len(b["input_ids"]) for b in batches)
         assert sequences == round(stage.tokens / stage.seq_len), f.name

@@ -55,6 +55,19 @@ def resolve(source: Source, where: str) -> tuple[list[dict], str]:
         if any(c in source.path for c in "*?[")
         else [Path(source.path)]
     )
+    condition = source.condition()
+    if condition is not None:  # the labelled folders under path (`tokenize --split-by`) that match
+        key, allowed = condition
+        below = [c for f in folders for c in ([f] if (f / MANIFEST).is_file() else sorted(f.iterdir()))]
+        folders = [
+            f
+            for f in below
+            if (f / MANIFEST).is_file()
+            and str(json.loads((f / MANIFEST).read_text(encoding="utf-8")).get("labels", {}).get(key))
+            in allowed
+        ]
+        if not folders:
+            raise MixError(f"{where}: {source.path}: no token shards labelled {source.where}")
     folders = [f for f in folders if (f / MANIFEST).is_file()]
     if not folders:
         raise MixError(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import yaml
 
 from cpt.config import ConfigError, build, read_yaml
 
@@ -18,6 +21,24 @@ class Source:
     max_epochs: float = 4.0  # data-constrained scaling (Muennighoff et al. 2023): little gain past ~4
     packing: Literal["concat", "same_type"] = "concat"
     type: str | None = None  # same-type packing only packs sources of the same type together
+    # select among the token-shard folders under `path` by their labels (`run.py tokenize --split-by`):
+    # "topic in [math, science]" or "topic == math"
+    where: str | None = None
+
+    def condition(self) -> tuple[str, list[str]] | None:
+        """(key, allowed values) of `where`; ValueError when it cannot be read."""
+        if self.where is None:
+            return None
+        m = re.fullmatch(r"\s*(\w+)\s*(==|in)\s*(.+?)\s*", self.where)
+        if not m:
+            raise ValueError(f"{self.where!r} is not `KEY in [a, b]` or `KEY == a`")
+        key, op, raw = m.groups()
+        if op == "==":
+            return key, [raw.strip("'\"")]
+        values = yaml.safe_load(raw)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{self.where!r}: `in` takes a list such as [math, science]")
+        return key, [str(v) for v in values]
 
 
 @dataclass
@@ -69,6 +90,10 @@ class Stage:
                     problems.append(f"{key}.max_epochs: must be > 0 (got {s.max_epochs})")
                 if s.packing == "same_type" and not s.type:
                     problems.append(f"{key}.type: same_type packing needs a type tag")
+                try:
+                    s.condition()
+                except ValueError as e:
+                    problems.append(f"{key}.where: {e}")
         return problems
 
 

@@ -33,7 +33,10 @@ def tokenizer_hash(tokenizer: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(folder: str | Path, source: str, tokenizer: str | Path, token_size: int) -> dict:
+def write_manifest(
+    folder: str | Path, source: str, tokenizer: str | Path, token_size: int, labels: dict | None = None
+) -> dict:
+    """Write tokens.json; `labels` ({metadata key: value}) record what a `--split-by` folder holds."""
     folder = Path(folder)
     files = []
     for ds in sorted(folder.glob("*.ds")):
@@ -50,6 +53,7 @@ def write_manifest(folder: str | Path, source: str, tokenizer: str | Path, token
         "files": files,
         "tokens": sum(f["tokens"] for f in files),
         "documents": sum(f["documents"] for f in files),
+        "labels": labels or {},
     }
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -63,12 +67,14 @@ class TokensManifestStep(PipelineStep):
     type = "🔢 - TOKENIZER"
     name = "🧾 token shard manifest"
 
-    def __init__(self, folder: str, source: str, tokenizer: str, token_size: int):
+    def __init__(self, folder: str, source: str, tokenizer: str, token_size: int, labels: dict | None = None):
         super().__init__()
         self.folder, self.source, self.tokenizer, self.token_size = folder, source, tokenizer, token_size
+        self.labels = labels
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        manifest = write_manifest(self.folder, self.source, self.tokenizer, self.token_size)
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        manifest = write_manifest(self.folder, self.source, self.tokenizer, self.token_size, self.labels)
         self.stat_update("tokens", value=manifest["tokens"])
         self.stat_update("documents", value=manifest["documents"])
         if data:
@@ -92,8 +98,9 @@ class TokenShards:
                 f"not {tokenizer}"
             )
         dtype = np.dtype(self.manifest["dtype"])
-        self._tokens = [
-            np.memmap(self.folder / f["path"], dtype=dtype, mode="r") for f in self.manifest["files"]
+        self._tokens = [  # a task that got no document leaves an empty file, which cannot be mapped
+            np.memmap(self.folder / f["path"], dtype=dtype, mode="r") if f["tokens"] else np.empty(0, dtype)
+            for f in self.manifest["files"]
         ]
         self._ends = [
             np.fromfile(self.folder / f"{f['path']}.index", dtype=np.uint64) for f in self.manifest["files"]
