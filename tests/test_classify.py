@@ -210,3 +210,21 @@ def test_topic_folders_are_selected_by_a_stage_where(models, corpus, tmp_path):
     )
     with pytest.raises(MixError, match="no token shards labelled topic == nothing"):
         plan(load_stage(stage_file), str(stage_file))
+
+
+def test_clean_runs_the_kl_and_classify_steps(models, tmp_path):
+    out, _ = models
+    sample_warc.write_sample_warc(tmp_path / "warc" / "s.warc.gz", seed=3, n_articles=8)
+    reference = tmp_path / "ref.json"
+    clean_text = [r for lang in ("en", "zh") for r in sample_warc.sample_articles(8, 80, lang)]
+    build_kl_reference([(r["text"], r["lang"]) for r in clean_text], reference)
+    steps = "[url_filter,extract,langid,heuristics,dirty_words,pii,kl,classify]"
+    proc = run_cli(
+        "clean", "--input", str(tmp_path / "warc"), "--output", str(tmp_path / "clean"), "--no-progress",
+        "--set", f"steps={steps}", "--set", f"score.kl.reference={reference}", "--set", f"score.models={out}",
+        "--set", "score.classifiers.quality.action=tag", "--set", "score.classifiers.topic.action=tag",
+    )  # fmt: skip
+    assert "classify.quality" in proc.stdout and "\nkl " in proc.stdout
+    meta = pl.read_parquet(tmp_path / "clean" / "*" / "*.parquet")["metadata"].struct.unnest()
+    assert meta.height > 0 and meta["quality_score"].null_count() == 0 and meta["topic"].null_count() == 0
+    assert meta["kl_divergence"].null_count() < meta.height
