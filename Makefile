@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 DEMO    := runs/demo
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint bench clean-demo slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -62,6 +62,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_clean.py
 	$(PY) benchmarks/bench_dedup.py
+	$(PY) benchmarks/bench_tokenize.py
+	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_trainer.py
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# a single-node Slurm cluster on this machine (Debian's slurm-wlm and munge; needs root), for the Slurm
+# tests and for trying the Slurm executors: then `export SLURM_CONF=/tmp/cpt-slurm/slurm.conf`
+slurm-up:
+	bash deploy/slurm/up.sh
+
+slurm-down:
+	bash deploy/slurm/down.sh

@@ -129,9 +129,26 @@ def _print_funnel(funnel, output: Path) -> int:
     print(funnel.table())
     print(f"\nshards: {Path(output)}/<lang>/*.parquet   funnel: {Path(output)}/report/funnel.json")
     if funnel.tasks_done < funnel.tasks_total:
-        print("some tasks did not finish: run the same command again to complete them", file=sys.stderr)
+        for line in unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total):
+            print(line, file=sys.stderr)
+        print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
         return 1
     return 0
+
+
+def unfinished_tasks(logs: Path, tasks: int) -> list[str]:
+    """A line per task without a completion marker, naming its log files (datatrove's task log, and
+    Slurm's output of that array task when the run went through Slurm)."""
+    done = {int(p.name) for p in (logs / "completions").glob("*") if p.name.isdigit()}
+    lines = []
+    for rank in sorted(set(range(tasks)) - done):
+        paths = [logs / "logs" / f"task_{rank:05d}.log", *sorted((logs / "slurm").glob(f"*_{rank}.out"))]
+        found = [str(p) for p in paths if p.is_file()]
+        lines.append(
+            f"task {rank} did not complete: "
+            + (", ".join(found) if found else "no log yet (queued or running?)")
+        )
+    return lines
 
 
 def _add_dedup(sub) -> None:

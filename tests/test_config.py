@@ -49,10 +49,16 @@ def test_command_line_overrides_are_typed_and_validated():
 
 
 def test_every_shipped_pipeline_config_loads():
-    from pipelines import clean, dedup
+    from pipelines import clean, dedup, score
+    from trainer.config import load_config as load_trainer_config
 
-    loaders = {"clean": clean.load_config, "dedup": dedup.load_config}
+    loaders = {"clean": clean.load_config, "dedup": dedup.load_config, "score": score.load_config}
     configs = sorted(DEFAULT_CONFIG.parent.glob("*.yaml"))
-    assert len(configs) >= 3
+    assert len(configs) >= 4
     for path in configs:
         loaders[path.stem.split("_")[0]](path)
+    trainer_configs = sorted((DEFAULT_CONFIG.parent.parent.parent / "trainer" / "configs").glob("*.yaml"))
+    assert {p.stem for p in trainer_configs} == {"cpt", "demo"}
+    for path in trainer_configs:  # the run names its stage and model on the command line
+        cfg = load_trainer_config(path, ["mix=stage1", "model.path=some/model"])
+        assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.clip == 1.0
