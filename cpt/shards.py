@@ -7,6 +7,8 @@ run, can be concatenated by pandas, polars or pyarrow without schema merging.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 METADATA_FIELDS = [
@@ -67,3 +69,18 @@ def row_to_document(reader, row: dict, path: str, id_in_file: int | str) -> dict
         "id": row.get("id") or f"{path}/{id_in_file}",
         "metadata": metadata,
     }
+
+
+# what a pipeline output holds beside its shards: its report, removed documents, work files
+BOOKKEEPING = frozenset({"report", "removed", ".work"})
+
+
+def shard_files(folder: str | Path) -> list[Path]:
+    """The Parquet shards of a clean/dedup/score output, sorted; FileNotFoundError when there are none."""
+    folder = Path(folder)
+    files = [
+        p for p in sorted(folder.rglob("*.parquet")) if not BOOKKEEPING & set(p.relative_to(folder).parts)
+    ]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no Parquet shards (expected a clean or dedup output)")
+    return files

@@ -116,14 +116,6 @@ class ScoreRun:
     kl_reference: str | None
 
 
-def parquet_inputs(input_dir: Path) -> list[Path]:
-    return [
-        p
-        for p in sorted(input_dir.rglob("*.parquet"))
-        if not {"report", "removed", ".work"} & set(p.relative_to(input_dir).parts)
-    ]
-
-
 def prepare(
     input_dir: str | Path,
     output: str | Path,
@@ -135,15 +127,13 @@ def prepare(
     progress: bool = True,
     record: bool = True,
 ) -> ScoreRun:
-    from cpt.shards import row_to_document
+    from cpt.shards import row_to_document, shard_files
     from cpt.steps.classify import build_kl_reference
     from cpt.steps.read import CountingParquetReader
     from cpt.steps.write import ShardWriter
 
     input_dir, output = Path(input_dir), Path(output)
-    files = parquet_inputs(input_dir)
-    if not files:
-        raise FileNotFoundError(f"{input_dir}: no Parquet shards (expected a clean or dedup output)")
+    files = shard_files(input_dir)
     if not names and not cfg.kl.enabled:
         raise ConfigError("--classifiers", ["name at least one classifier, or enable kl"])
     tasks = tasks or len(files)

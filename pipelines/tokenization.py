@@ -39,18 +39,12 @@ def prepare(
 ) -> TokenizeRun:
     from datatrove.pipeline.tokens import DocumentTokenizer
 
-    from cpt.shards import row_to_document
+    from cpt.shards import row_to_document, shard_files
     from cpt.steps.read import CountingParquetReader
     from cpt.tokens import TokensManifestStep, tokenizer_hash
 
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
-    files = [
-        p
-        for p in sorted(input_dir.rglob("*.parquet"))
-        if not {"report", "removed", ".work"} & set(p.relative_to(input_dir).parts)
-    ]
-    if not files:
-        raise FileNotFoundError(f"{input_dir}: no Parquet shards (expected a clean or dedup output)")
+    files = shard_files(input_dir)
     tokenizer_json = tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer
     if not tokenizer_json.is_file():
         raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (use a folder written by `cpt-tok merge`)")

@@ -27,6 +27,8 @@ from pathlib import Path
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from cpt.shards import BOOKKEEPING
+
 CLASSIFIERS = ("quality", "code", "math", "topic")  # the names the shard schema has columns for
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -89,9 +91,10 @@ def read_examples(
     text files (one document a line)."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    skip = {"report", "removed", ".work"}  # a pipeline output's bookkeeping, not its documents
     files = [
-        p for p in files if p.suffix in (".parquet", ".jsonl", ".txt", ".utf8") and not skip & set(p.parts)
+        p
+        for p in files
+        if p.suffix in (".parquet", ".jsonl", ".txt", ".utf8") and not BOOKKEEPING & set(p.parts)
     ]
     if not files:
         raise ClassifierError(f"{path}: no .parquet, .jsonl or .txt files")

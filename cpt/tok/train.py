@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from cpt.shards import BOOKKEEPING
 from cpt.tok.merge import TokenizerError
 
 TRAIN_DEFAULTS = {
@@ -38,11 +39,7 @@ def iter_texts(source: str | Path) -> Iterator[str]:
         files = [source]
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix in (".parquet", ".txt", ".utf8"))
-        files = [
-            p
-            for p in files
-            if "report" not in p.parts and ".work" not in p.parts and "removed" not in p.parts
-        ]
+        files = [p for p in files if not BOOKKEEPING & set(p.parts)]
     else:
         raise TokenizerError(f"{source}: no such file or folder")
     if not files:
