@@ -36,6 +36,8 @@ class Funnel:
     tasks_done: int
     tasks_total: int
     outputs: dict[str, int] = field(default_factory=dict)  # language -> documents written
+    pipeline: str = ""  # clean, dedup, score: how a report names it
+    languages: dict[str, list[FunnelRow]] = field(default_factory=dict)  # per-language rows (dedup)
 
     def check(self) -> None:
         """Raise if any step's documents in differ from kept + removed, or a step loses documents."""
@@ -56,7 +58,13 @@ class Funnel:
             "tasks_total": self.tasks_total,
             "steps": [{**asdict(r), "removed_total": r.removed_total} for r in self.rows],
             "outputs": self.outputs,
+            "pipeline": self.pipeline,
         }
+        if self.languages:
+            data["languages"] = {
+                lang: [{**asdict(r), "removed_total": r.removed_total} for r in rows]
+                for lang, rows in self.languages.items()
+            }
         return json.dumps(data, indent=2, ensure_ascii=False)
 
     def save(self, path: str | Path) -> None:

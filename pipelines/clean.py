@@ -296,4 +296,6 @@ def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
 def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a (possibly still running or interrupted) clean run, from its saved stats."""
     meta = read_steps(output, "clean")
-    return build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
+    funnel = build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
+    funnel.pipeline = "clean"
+    return funnel

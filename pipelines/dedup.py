@@ -321,15 +321,18 @@ def funnel_of(output: str | Path) -> Funnel:
     meta = read_steps(output, "dedup")
     rows: dict[str, list[FunnelRow]] = {}
     outputs: dict[str, int] = {}
+    languages: dict[str, list[FunnelRow]] = {}
     done = total = 0
     for lang, entries in meta.items():
         for label, stage_name, step_idx, tasks in entries:
             totals, files = step_totals(report / "logs" / lang / stage_name, step_idx)
             row = row_from_stats(label, totals, reasonless=REMOVAL_REASON.get(label, "filtered"))
             rows.setdefault(label, []).append(row)
+            languages.setdefault(lang, []).append(row)
             if label == "write":
                 outputs[lang] = row.kept
                 done += files
                 total += tasks
-    ordered = [merge_rows(label, rows[label]) for label in ["read", *LEVELS, "write"] if label in rows]
-    return Funnel(rows=ordered, tasks_done=done, tasks_total=total, outputs=outputs)
+    order = ["read", *LEVELS, "write"]
+    ordered = [merge_rows(label, rows[label]) for label in order if label in rows]
+    return Funnel(ordered, done, total, outputs, pipeline="dedup", languages=languages)

@@ -181,4 +181,6 @@ def funnel_of(output: str | Path):
     from cpt.funnel import build_funnel
 
     meta = read_steps(output, "score")
-    return build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
+    funnel = build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
+    funnel.pipeline = "score"
+    return funnel
