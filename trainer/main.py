@@ -218,6 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json.tmp").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         os.replace(run_dir / "config.json.tmp", run_dir / "config.json")
+        if not args.resume:  # where the weights came from, so a report can chain stages
+            origin = {
+                "stage": manifest["stage"],
+                "manifest_hash": manifest["manifest_hash"],
+                "init_from": args.init_from,
+                "model": str(cfg.model.path),
+                "tokens_per_step": tokens_per_step,
+            }
+            (run_dir / "run.json.tmp").write_text(json.dumps(origin, indent=2) + "\n")
+            os.replace(run_dir / "run.json.tmp", run_dir / "run.json")
 
     # -- engine --------------------------------------------------------------------------------------
     groups = parameter_groups(model, cfg.optim.weight_decay)
@@ -230,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
             groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
         )
     s = cfg.schedule
+    restart = [0]  # the step the schedule starts from: 0, or the resumed step with schedule.rewarm
 
     def schedule(step: int) -> float:
         return lr_multiplier(
-            step, stage_steps, s.kind, s.warmup_ratio, s.min_lr / cfg.optim.lr, s.decay_ratio
+            step - restart[0],
+            stage_steps - restart[0],
+            s.kind,
+            s.warmup_ratio,
+            s.min_lr / cfg.optim.lr,
+            s.decay_ratio,
         )
 
     engine, _, _, scheduler = deepspeed.initialize(
@@ -264,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             ema.shadow = shadow
         step, tokens_seen = state["step"], state["tokens_seen"]
         log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
+        if s.rewarm:  # warm up again from here: the restored scheduler holds the LR of the old schedule
+            restart[0] = step
+            last = [base * schedule(step) for base in scheduler.base_lrs]
+            for group, lr in zip(scheduler.optimizer.param_groups, last, strict=True):
+                group["lr"] = lr
+            scheduler._last_lr = last
+            log.info("schedule.rewarm: warming up again over the remaining %d steps", stage_steps - step)
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
