@@ -102,7 +102,7 @@ max_steps: {args.steps}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"cpt trainer failed:\n{proc.stderr[-3000:]}")
-    from trainer.metrics import read_metrics
+    from cpt.report.collect import read_metrics
 
     metrics = read_metrics(root / "cpt_run")
     return [

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from trainer.metrics import read_metrics
+from cpt.report.collect import read_metrics
 from trainer.schedule import lr_multiplier
 from trainer_setup import SEQ_LEN, build_small_setup
 

@@ -3,7 +3,8 @@
 Every record has the step, loss, loss per source, learning rate, gradient norm, tokens seen, tokens/s,
 achieved TFLOP/s per device and MFU (when the device's peak is known), and evaluations add
 `eval/<set>/loss` and `eval/<set>/ppl`. A resumed run appends: when a step appears twice in
-`metrics.jsonl`, the later line is the one that counts (TensorBoard purges the overlap itself).
+`metrics.jsonl`, the later line is the one that counts (TensorBoard purges the overlap itself;
+`cpt.report.collect.read_metrics` reads the file that way).
 """
 
 from __future__ import annotations
@@ -61,14 +62,3 @@ class RunLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def read_metrics(run_dir: str | Path) -> dict[int, dict]:
-    """The run's metrics by step (the last line of a step wins: the resumed run's)."""
-    by_step = {}
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step.setdefault(record["step"], {}).update(record)
-    return by_step
