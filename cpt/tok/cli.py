@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -129,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                     {**r.__dict__, "tokens_per_char": r.tokens_per_char, "bytes_per_token": r.bytes_per_token}
                     for r in rows
                 ]
-                with open(args.json, "w", encoding="utf-8") as f:
-                    json.dump(data, f, indent=2, ensure_ascii=False)
+                path = Path(args.json)  # its folder is made; written whole or not at all
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                os.replace(tmp, path)
     except TokenizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
