@@ -219,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         (run_dir / "config.json.tmp").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         os.replace(run_dir / "config.json.tmp", run_dir / "config.json")
         if not args.resume:  # where the weights came from, so a report can chain stages
+            # the run folder, absolute: a report run from anywhere finds the run it came from
+            source = str(Path(args.init_from.partition(":")[0]).resolve()) if args.init_from else None
             origin = {
                 "stage": manifest["stage"],
                 "manifest_hash": manifest["manifest_hash"],
-                "init_from": args.init_from,
+                "init_from": source,
+                "init_from_arg": args.init_from,
                 "model": str(cfg.model.path),
                 "tokens_per_step": tokens_per_step,
             }
