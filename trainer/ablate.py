@@ -1,0 +1,431 @@
+"""`cpt ablate --grid mixes/ablations/forgetting.yaml`: a grid of short CPT runs from one base model,
+each evaluated on old-domain and new-domain held-out text, to weigh forgetting against learning.
+
+The grid file names a trainer config, a base (a model, optionally first trained on the old domain by
+a base stage), the CPT stage every run trains on, and the axes to vary:
+
+- `replay`: the stage's replay share (Ibrahim et al. 2024: replay lowers forgetting);
+- `lr_scale`: a multiple of the config's peak LR and floor (a higher LR learns more and forgets more);
+- `resume`: `continue` or `rewarm`: each run stops half-way and resumes on the same data, its schedule
+  either continuing (the trainer's default) or warming up again (Gupta et al. 2023: re-warming hurts).
+
+With `mode: one_at_a_time` (the default) each axis is varied alone around `center`; `mode: product`
+runs every combination. Every run is an ordinary trainer run (`trainer/main.py`, its own log, metrics
+and checkpoints under OUTPUT/runs/NAME), started `--init-from` the base, so the grid is traced and
+resumable like any run: a finished run is skipped when the grid is run again, an interrupted one
+resumes from its checkpoint. The summary goes to OUTPUT/ablation.json, with whether each claim above
+is reproduced at this size, and the report (forgetting against learning) to OUTPUT/report/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cpt.config import ConfigError
+from cpt.report.collect import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+AXES = {"replay": float, "lr_scale": float, "resume": str}
+RESUME = ("continue", "rewarm")
+
+
+@dataclass
+class Base:
+    model: str
+    stage: str | None = None  # trained on this stage first (the old domain), or used as it is
+    steps: int = 0
+
+
+@dataclass
+class Grid:
+    name: str
+    config: str
+    base: Base
+    stage: str
+    steps: int
+    eval_old: str
+    eval_new: str
+    axes: dict[str, list]
+    center: dict = field(default_factory=dict)
+    mode: str = "one_at_a_time"
+    eval_every: int = 0  # 0: at the start, the resume point and the end only
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file; every problem in one error naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read ({e.strerror})"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [f"not valid YAML ({str(e).splitlines()[0]})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["expected a mapping of keys"])
+    problems = []
+    known = {"name", "config", "base", "stage", "steps", "eval", "axes", "center", "mode", "eval_every"}
+    problems += [f"{k}: unknown key" for k in raw if k not in known]
+    for key in ("name", "config", "base", "stage", "steps", "eval", "axes"):
+        if key not in raw:
+            problems.append(f"{key}: missing")
+    if problems:
+        raise ConfigError(str(path), problems)
+    base = raw["base"] if isinstance(raw["base"], dict) else {}
+    evals = raw["eval"] if isinstance(raw["eval"], dict) else {}
+    axes = raw["axes"] if isinstance(raw["axes"], dict) else {}
+    for k, values in axes.items():
+        if k not in AXES:
+            problems.append(f"axes.{k}: unknown axis (one of {', '.join(AXES)})")
+        elif not isinstance(values, list) or not values:
+            problems.append(f"axes.{k}: a non-empty list")
+        elif k == "resume" and any(v not in RESUME for v in values):
+            problems.append(f"axes.resume: values are {' or '.join(RESUME)}")
+        elif k != "resume" and any(not isinstance(v, (int, float)) or v < 0 for v in values):
+            problems.append(f"axes.{k}: non-negative numbers")
+    if not axes:
+        problems.append("axes: a mapping of at least one axis to its values")
+    if "model" not in base:
+        problems.append("base.model: missing (the model every run starts from)")
+    if not {"old", "new"} <= set(evals):
+        problems.append("eval: needs `old` and `new`, the eval set names of the old and the new domain")
+    mode = raw.get("mode", "one_at_a_time")
+    if mode not in ("one_at_a_time", "product"):
+        problems.append("mode: one_at_a_time or product")
+    center = raw.get("center") or {}
+    if mode == "one_at_a_time":
+        missing = [k for k in axes if k not in center]
+        if missing:
+            problems.append(
+                f"center: give the value of {', '.join(missing)} that the other axes are varied around"
+            )
+    if not isinstance(raw["steps"], int) or raw["steps"] < 2:
+        problems.append("steps: an integer of at least 2")
+    if problems:
+        raise ConfigError(str(path), problems)
+    return Grid(
+        name=str(raw["name"]),
+        config=str(raw["config"]),
+        base=Base(model=str(base["model"]), stage=base.get("stage"), steps=int(base.get("steps", 0))),
+        stage=str(raw["stage"]),
+        steps=raw["steps"],
+        eval_old=str(evals["old"]),
+        eval_new=str(evals["new"]),
+        axes=axes,
+        center=center,
+        mode=mode,
+        eval_every=int(raw.get("eval_every", 0)),
+    )
+
+
+def points(grid: Grid) -> list[dict]:
+    """The runs' parameters, without repeats, the center first."""
+    if grid.mode == "product":
+        keys = list(grid.axes)
+        combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.axes.values())]
+    else:
+        combos = [dict(grid.center)]
+        for key, values in grid.axes.items():
+            combos += [{**grid.center, key: v} for v in values]
+    unique = []
+    for c in combos:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def run_name(params: dict) -> str:
+    parts = []
+    for key, value in params.items():
+        if key == "replay":
+            parts.append(f"replay{value:g}")
+        elif key == "lr_scale":
+            parts.append(f"lr{value:g}x")
+        else:
+            parts.append(str(value))
+    return "-".join(parts)
+
+
+def _build_mix(stage_file: str, name: str, output: Path, replay: float | None, tokens: int | None) -> Path:
+    """Plan the stage with this run's replay share and budget; the manifest goes to OUTPUT/mixes/NAME."""
+    from dataclasses import replace
+
+    from cpt.manifest import write_stage_manifest
+    from cpt.mix.plan import plan
+    from cpt.mix.stage import load_stage
+
+    stage = load_stage(stage_file)
+    stage = replace(stage, name=name, tokens=tokens or stage.tokens)
+    if replay is not None:
+        stage = replace(stage, replay=replace(stage.replay, share=replay))
+        problems = stage.validate()
+        if problems:
+            raise ConfigError(f"{stage_file} (replay {replay:g})", problems)
+    folder = output / "mixes" / name
+    write_stage_manifest(plan(stage, stage_file), folder)
+    return folder
+
+
+class _Trainer:
+    """Runs `trainer/main.py` in a child process, its output to the run's train.log."""
+
+    def __init__(self, config: str):
+        self.config = config
+        self.env = dict(os.environ)
+        import torch
+
+        if not torch.cuda.is_available():
+            self.env.setdefault("DS_ACCELERATOR", "cpu")
+
+    def __call__(self, run_dir: Path, *args: str) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            str(REPO / "trainer" / "main.py"),
+            "--config",
+            self.config,
+            "--output",
+            str(run_dir),
+            *args,
+        ]
+        with open(run_dir / "train.log", "a", encoding="utf-8") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env).returncode
+        if code:
+            tail = (
+                (run_dir / "train.log")
+                .read_text(encoding="utf-8", errors="replace")
+                .strip()
+                .splitlines()[-1:]
+            )
+            raise RuntimeError(
+                f"{run_dir}: the trainer failed (exit {code}): {tail[0] if tail else ''} (log: {run_dir / 'train.log'})"
+            )
+
+
+def _finished(run_dir: Path) -> bool:
+    """result.json is written only once a run's training has ended."""
+    return (run_dir / "result.json").is_file()
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from trainer.checkpoint import latest_tag
+
+    return latest_tag(run_dir) is not None
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    from trainer.checkpoint import latest_tag
+
+    tag = latest_tag(run_dir)
+    return int(tag.removeprefix("step_")) if tag else 0
+
+
+def _train_base(grid: Grid, output: Path, train: _Trainer, tokens_per_step: int) -> str:
+    if not grid.base.stage:
+        return grid.base.model
+    run_dir = output / "base"
+    if not _finished(run_dir):
+        mix = _build_mix(
+            grid.base.stage, f"{grid.name}-base", output, None, grid.base.steps * tokens_per_step
+        )
+        resume = ["--resume"] if _has_checkpoint(run_dir) else []
+        print(
+            f"[base] training {grid.base.model} on {grid.base.stage} for {grid.base.steps} steps -> {run_dir}",
+            flush=True,
+        )
+        train(run_dir, "--mix", str(mix), "--model", grid.base.model, *resume, f"max_steps={grid.base.steps}")
+        (run_dir / "result.json").write_text(json.dumps({"steps": grid.base.steps}) + "\n")
+    return str(run_dir)
+
+
+def _eval(metrics: dict[int, dict], name: str, at: int) -> float:
+    key = f"eval/{name}/loss"
+    if key not in metrics.get(at, {}):
+        raise RuntimeError(f"no {key} at step {at}: is `{name}` one of the trainer config's eval.sets?")
+    return metrics[at][key]
+
+
+def _findings(runs: list[dict], center: dict) -> list[dict]:
+    """Check the three claims on the runs that differ from the center in one axis only."""
+
+    def along(axis: str) -> list[dict]:
+        if axis not in center:
+            return []
+        return sorted(
+            (r for r in runs if all(r["params"].get(k) == v for k, v in center.items() if k != axis)),
+            key=lambda r: r["params"].get(axis),
+        )
+
+    found = []
+    replay = along("replay")
+    if len({r["params"]["replay"] for r in replay}) > 1:
+        low, high = replay[0], replay[-1]
+        found.append(
+            {
+                "claim": "replay lowers forgetting",
+                "reproduced": high["forgetting"] < low["forgetting"],
+                "evidence": f"forgetting {low['forgetting']:+.3f} at replay {low['params']['replay']:g}, "
+                f"{high['forgetting']:+.3f} at {high['params']['replay']:g}",
+            }
+        )
+    lr = along("lr_scale")
+    if len({r["params"]["lr_scale"] for r in lr}) > 1:
+        low, high = lr[0], lr[-1]
+        found.append(
+            {
+                "claim": "a higher LR learns more and forgets more",
+                "reproduced": high["learning"] > low["learning"] and high["forgetting"] > low["forgetting"],
+                "evidence": f"LR x{low['params']['lr_scale']:g}: learning {low['learning']:.3f}, forgetting "
+                f"{low['forgetting']:+.3f}; x{high['params']['lr_scale']:g}: learning {high['learning']:.3f}, "
+                f"forgetting {high['forgetting']:+.3f}",
+            }
+        )
+    resume = {r["params"]["resume"]: r for r in along("resume")}
+    if {"continue", "rewarm"} <= set(resume):
+        cont, warm = resume["continue"], resume["rewarm"]
+        # "hurts": a worse end on the data being trained on (the new domain) or more forgetting
+        end = {k: r["new_loss"][1] + r["old_loss"][1] for k, r in resume.items()}
+        found.append(
+            {
+                "claim": "re-warming the LR when resuming on the same data hurts",
+                "reproduced": end["rewarm"] > end["continue"],
+                "evidence": f"end loss new+old {end['continue']:.3f} continuing, {end['rewarm']:.3f} re-warmed "
+                f"(new {cont['new_loss'][1]:.3f} vs {warm['new_loss'][1]:.3f}, old {cont['old_loss'][1]:.3f} vs "
+                f"{warm['old_loss'][1]:.3f})",
+            }
+        )
+    return found
+
+
+def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
+    grid = load_grid(grid_file)
+    output = Path(output or Path("runs") / "ablate" / grid.name)
+    output.mkdir(parents=True, exist_ok=True)
+    from trainer.config import load_config
+
+    cfg = load_config(grid.config, ["mix=grid"])  # each run names its own mix
+    names = {s.name for s in cfg.eval.sets}
+    for key in (grid.eval_old, grid.eval_new):
+        if key not in names:
+            sets = ", ".join(sorted(names)) or "none"
+            raise ConfigError(str(grid_file), [f"eval: `{key}` is not an eval set of {grid.config} ({sets})"])
+    tokens_per_step = cfg.data.micro_batch_size * cfg.data.gradient_accumulation  # sequences, one rank
+    from cpt.mix.stage import load_stage
+
+    tokens_per_step *= load_stage(grid.stage).seq_len
+    train = _Trainer(grid.config)
+    base = _train_base(grid, output, train, tokens_per_step)
+
+    from tqdm import tqdm
+
+    runs = []
+    todo = points(grid)
+    for params in tqdm(todo, desc=f"ablate {grid.name}", unit="run"):
+        name = run_name(params)
+        run_dir = output / "runs" / name
+        if not _finished(run_dir):
+            mix = _build_mix(
+                grid.stage, f"{grid.name}-{name}", output, params.get("replay"), grid.steps * tokens_per_step
+            )
+            scale = params.get("lr_scale", 1.0)
+            common = [
+                "--mix",
+                str(mix),
+                f"optim.lr={cfg.optim.lr * scale!r}",
+                f"schedule.min_lr={cfg.schedule.min_lr * scale!r}",
+                f"eval.every={grid.eval_every}",
+                f"max_steps={grid.steps}",
+            ]
+            origin = ["--init-from", base] if grid.base.stage else ["--model", base]
+            start = ["--resume"] if _has_checkpoint(run_dir) else origin
+            half = grid.steps // 2
+            split = "resume" in params  # stop half-way, then resume on the same data
+            done = _checkpoint_step(run_dir)
+            if split and done < half:
+                tqdm.write(f"[{name}] steps {done + 1}-{half} -> {run_dir}")
+                train(run_dir, *start, *common, f"max_steps={half}", f"checkpoint.every={half}")
+                start, done = ["--resume"], half
+            how = f" ({params['resume']} after step {half})" if split else ""
+            tqdm.write(f"[{name}] steps {done + 1}-{grid.steps}{how} -> {run_dir}")
+            rewarm = ["schedule.rewarm=true"] if params.get("resume") == "rewarm" else []
+            train(run_dir, *start, *common, f"checkpoint.every={grid.steps}", *rewarm)
+        metrics = read_metrics(run_dir)
+        end = max(metrics)
+        result = {
+            "name": name,
+            "params": params,
+            "run": str(run_dir.relative_to(output)),  # relative: the grid's folder can move
+            "steps": end,
+            "old_loss": [_eval(metrics, grid.eval_old, 0), _eval(metrics, grid.eval_old, end)],
+            "new_loss": [_eval(metrics, grid.eval_new, 0), _eval(metrics, grid.eval_new, end)],
+        }
+        result["forgetting"] = result["old_loss"][1] - result["old_loss"][0]
+        result["learning"] = result["new_loss"][0] - result["new_loss"][1]
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        runs.append(result)
+
+    summary = {
+        "name": grid.name,
+        "grid": str(grid_file),
+        "base": base,
+        "steps": grid.steps,
+        "mode": grid.mode,
+        "center": grid.center,
+        "eval": {"old": grid.eval_old, "new": grid.eval_new},
+        "runs": runs,
+        "findings": _findings(runs, grid.center) if grid.mode == "one_at_a_time" else [],
+    }
+    tmp = output / "ablation.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, output / "ablation.json")
+    return summary
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'run':<28} {'old loss':>17} {'forgetting':>10} {'new loss':>17} {'learning':>9}"]
+    for r in summary["runs"]:
+        lines.append(
+            f"{r['name']:<28} {r['old_loss'][0]:>7.3f} -> {r['old_loss'][1]:<7.3f} {r['forgetting']:>+10.3f} "
+            f"{r['new_loss'][0]:>7.3f} -> {r['new_loss'][1]:<7.3f} {r['learning']:>9.3f}"
+        )
+    for f in summary["findings"]:
+        lines.append(
+            f"{'reproduced' if f['reproduced'] else 'NOT reproduced'}: {f['claim']} ({f['evidence']})"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", required=True, help="a grid file, e.g. mixes/ablations/forgetting.yaml")
+    parser.add_argument("--output", help="folder for the runs and ablation.json (default runs/ablate/<name>)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs the grid makes, then exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.dry_run:
+            grid = load_grid(args.grid)
+            for params in points(grid):
+                print(f"{run_name(params):<28} {params}")
+            return 0
+        summary = run_grid(args.grid, args.output)
+    except (ConfigError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(summary))
+    output = Path(args.output or Path("runs") / "ablate" / summary["name"])
+    from cpt.report.page import write_report
+
+    page = write_report([output], output / "report", f"ablation {summary['name']}")
+    print(f"wrote {output / 'ablation.json'} and {page}")
+    return 0
