@@ -1,0 +1,238 @@
+"""`cpt ablate` and `cpt report` end to end: a 2-point grid of real trainer runs from one base, then the
+HTML report over real clean, dedup, mix, tokenizer and training outputs, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+from cpt.report.collect import chains, collect, read_metrics
+from cpt.sample_warc import write_sample_warc
+from trainer_setup import SEQ_LEN, build_small_setup
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+
+
+def cpt(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`cpt ARGS` as a user runs it, from the repository root."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return build_small_setup(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def ablation(setup):
+    """A 2-point grid (continue vs re-warm on resume) of 8-step runs from a base first trained on English."""
+    root = setup["root"]
+    tokens = root / "tokens"
+    (root / "base.yaml").write_text(
+        f"name: base\nseq_len: {SEQ_LEN}\ntokens: 1000\nseed: 3\n"
+        f"sources:\n  - {{name: en_web, path: {tokens / 'en_web'}, weight: 1.0}}\n"
+    )
+    (root / "cpt.yaml").write_text(
+        f"name: cpt\nseq_len: {SEQ_LEN}\ntokens: 1000\nseed: 4\n"
+        f"sources:\n  - {{name: zh_web, path: {tokens / 'zh_web'}, weight: 1.0}}\n"
+        f"replay:\n  share: 0.25\n  sources:\n    - {{name: en_web, path: {tokens / 'en_web'}}}\n"
+    )
+    grid = root / "grid.yaml"
+    grid.write_text(
+        f"name: two\nconfig: {setup['config']}\n"
+        f"base: {{model: {setup['model']}, stage: {root / 'base.yaml'}, steps: {STEPS}}}\n"
+        f"stage: {root / 'cpt.yaml'}\nsteps: {STEPS}\neval: {{old: en_old, new: zh_new}}\n"
+        "center: {resume: continue}\naxes: {resume: [continue, rewarm]}\n"
+    )
+    out = root / "ablate"
+    proc = cpt("ablate", "--grid", str(grid), "--output", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_ablation_runs_the_grid_from_one_base_and_summarises_it(ablation):
+    out, proc = ablation
+    summary = json.loads((out / "ablation.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["continue", "rewarm"]
+    base = read_metrics(out / "base")
+    assert max(base) == STEPS
+    for r in summary["runs"]:
+        metrics = read_metrics(out / r["run"])
+        assert max(metrics) == STEPS
+        # every run starts from the base's weights: the same held-out losses at step 0
+        assert r["old_loss"][0] == pytest.approx(summary["runs"][0]["old_loss"][0], rel=1e-5)
+        assert r["forgetting"] == pytest.approx(r["old_loss"][1] - r["old_loss"][0])
+        assert r["learning"] == pytest.approx(r["new_loss"][0] - r["new_loss"][1])
+    claims = [f["claim"] for f in summary["findings"]]
+    assert claims == ["re-warming the LR when resuming on the same data hurts"]
+    assert "re-warming" in proc.stdout and (out / "report" / "index.html").is_file()
+
+
+def test_rewarm_differs_from_continue_only_after_the_resume(ablation):
+    out, _ = ablation
+    cont = read_metrics(out / "runs" / "continue")
+    warm = read_metrics(out / "runs" / "rewarm")
+    half = STEPS // 2
+    for step in range(1, half + 1):  # same base, data and schedule up to the stop
+        assert warm[step]["loss"] == pytest.approx(cont[step]["loss"], rel=1e-5)
+        assert warm[step]["lr"] == pytest.approx(cont[step]["lr"])
+    # after it, the continued schedule goes on decaying; the re-warmed one is back at the peak (its warmup
+    # of 10% of the 4 remaining steps is one step), then decays again over those steps
+    assert warm[half + 1]["lr"] == pytest.approx(3e-3)
+    assert warm[half + 1]["lr"] > cont[half + 1]["lr"]
+    assert warm[STEPS - 1]["lr"] > cont[STEPS - 1]["lr"]  # both reach the floor at the last step
+    assert json.loads((out / "runs" / "rewarm" / "config.json").read_text())["schedule"]["rewarm"] is True
+
+
+def test_ablation_skips_finished_runs_when_run_again(ablation, setup):
+    out, _ = ablation
+    before = (out / "runs" / "rewarm" / "metrics.jsonl").read_text()
+    proc = cpt("ablate", "--grid", str(setup["root"] / "grid.yaml"), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "runs" / "rewarm" / "metrics.jsonl").read_text() == before
+
+
+def test_ablate_rejects_a_bad_grid_naming_file_and_keys(tmp_path):
+    bad = tmp_path / "grid.yaml"
+    bad.write_text(
+        "name: x\nconfig: c.yaml\nbase: {}\nstage: s.yaml\nsteps: 1\neval: {old: a}\naxes: {speed: [1]}\n"
+    )
+    proc = cpt("ablate", "--grid", str(bad), "--dry-run")
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith(f"error: {bad}: 5 problems")
+    for key in ("axes.speed", "base.model", "eval:", "steps:"):
+        assert key in err, err
+
+
+def test_shipped_forgetting_grid_varies_each_axis_around_the_center():
+    proc = cpt("ablate", "--grid", "mixes/ablations/forgetting.yaml", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names[0] == "replay0.05-lr1x-continue" and len(names) == len(set(names)) == 6
+    assert {"replay0-lr1x-continue", "replay0.25-lr1x-continue", "replay0.05-lr2x-continue"} <= set(names)
+
+
+@pytest.fixture(scope="module")
+def project(setup, ablation, tmp_path_factory):
+    """Real outputs of every part: clean and dedup of a generated WARC, a tokenizer comparison, the
+    setup's stage manifest, and the ablation's runs (a base and the two runs started from it)."""
+    root = tmp_path_factory.mktemp("project")
+    write_sample_warc(root / "warc" / "sample.warc.gz", seed=1, n_articles=10)
+    run_cli("clean", "--input", str(root / "warc"), "--output", str(root / "clean"), "--no-progress")
+    run_cli("dedup", "--input", str(root / "clean"), "--output", str(root / "dedup"), "--no-progress")
+    tok = subprocess.run(
+        [sys.executable, "-m", "cpt.tok.cli", "report", "--tokenizer", str(setup["root"] / "sp"),
+         "--tokenizer", str(setup["root"] / "tok"), "--input", str(root / "dedup"),
+         "--json", str(root / "tok" / "compression.json")],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert tok.returncode == 0, tok.stderr
+    out, _ = ablation
+    return [root, setup["root"] / "mix", out / "base", out / "runs", out]
+
+
+def test_collect_finds_every_part_and_chains_runs_started_from_a_base(project):
+    found = collect(project)
+    assert {f.get("pipeline") for _, f in found.funnels} == {"clean", "dedup"}
+    dedup = next(f for _, f in found.funnels if f["pipeline"] == "dedup")
+    assert set(dedup["languages"]) == {"en", "zh"}
+    for lang_rows in dedup["languages"].values():
+        assert [r["step"] for r in lang_rows] == [s["step"] for s in dedup["steps"]]
+    for i, step in enumerate(dedup["steps"]):  # the languages add up to the total
+        assert step["docs_in"] == sum(rows[i]["docs_in"] for rows in dedup["languages"].values())
+    assert [m["stage"] for _, m in found.manifests] == ["t"]
+    assert len(found.ablations) == 1 and len(found.compression) == 1
+    linked = chains(found.runs)
+    assert [[r.name for r in c] for c in linked] == [["base", "continue"], ["base", "rewarm"]]
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def _open(page: Path, screenshot: Path) -> dict:
+    """Load the page in headless Chromium: its images that failed to load, console errors, headings."""
+    from selenium import webdriver
+
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        driver.get(page.as_uri())
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+        )
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1280, min(height, 16000))
+        driver.save_screenshot(str(screenshot))
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        headings = [h.text for h in driver.find_elements("tag name", "h2")]
+    finally:
+        driver.quit()
+    return {"images": images, "errors": errors, "headings": headings}
+
+
+def test_report_page_opens_in_chromium_with_every_section_and_image(project, tmp_path):
+    output = tmp_path / "report"
+    proc = cpt("report", *map(str, project), "--output", str(output), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = output / "index.html"
+    assert f"wrote {page}" in proc.stdout
+    if _chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are not installed (.ci/run installs them)")
+        pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    seen = _open(page, tmp_path / "report.png")
+    assert seen["errors"] == []
+    assert seen["headings"] == [
+        "Pipeline funnels",
+        "Dedup rates per level and language",
+        "Mix composition of each stage",
+        "Tokenizer compression before and after extension",
+        "Training curves across stages",
+        "Forgetting against learning",
+    ]
+    # clean, dedup funnels; dedup rates; one stage; tokenizers; two chains; the ablation and its curves
+    assert len(seen["images"]) == 9 and all(ok for _, ok in seen["images"]), seen["images"]
+    shot = (tmp_path / "report.png").read_bytes()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 50_000
+
+    # the check can fail: a missing plot is a broken image and a console error
+    missing = output / seen["images"][0][0]
+    missing.unlink()
+    broken = _open(page, tmp_path / "broken.png")
+    assert [src for src, ok in broken["images"] if not ok] == [seen["images"][0][0]]
+    assert any("ERR_FILE_NOT_FOUND" in e for e in broken["errors"]), broken["errors"]
+
+
+def test_report_of_nothing_is_a_one_line_error(tmp_path):
+    proc = cpt("report", str(tmp_path), "--output", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "nothing to report" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = cpt("report", str(tmp_path / "absent"), "--output", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+    assert not (tmp_path / "r").exists()
