@@ -34,7 +34,7 @@ demo: $(STAMP)
 	.venv/bin/cpt-tok train --input $(DEMO)/dedup/en --vocab-size 1000 --output $(DEMO)/tok/base
 	.venv/bin/cpt-tok train --input $(DEMO)/dedup/zh --vocab-size 3000 --output $(DEMO)/tok/zh --option hard_vocab_limit=false
 	.venv/bin/cpt-tok merge --base $(DEMO)/tok/base --add $(DEMO)/tok/zh --output $(DEMO)/tok/merged
-	.venv/bin/cpt-tok report --tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --input $(DEMO)/dedup
+	.venv/bin/cpt-tok report --tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --input $(DEMO)/dedup --json $(DEMO)/tok/compression.json
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/en_web
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/zh_web
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/instruct --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/instruct
@@ -50,9 +50,23 @@ demo: $(STAMP)
 	# a tiny random Llama with the English base vocabulary stands in for LLaMA, extended to the merged one
 	$(PY) trainer/tiny_model.py --tokenizer $(DEMO)/tok/base --output $(DEMO)/model/base
 	.venv/bin/cpt-tok init-embeddings --model $(DEMO)/model/base --base-tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --output $(DEMO)/model/extended
-	rm -rf $(DEMO)/train/stage1
+	# stage 1 (Chinese web with English replay), then stage 2 (instructions) from stage 1's weights
+	rm -rf $(DEMO)/train/stage1 $(DEMO)/train/stage2
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage1 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage1
-	$(PY) trainer/export.py --checkpoint $(DEMO)/train/stage1 --output $(DEMO)/export/stage1 --prompt "科学家"
+	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage2 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage2 --init-from $(DEMO)/train/stage1
+	$(PY) trainer/export.py --checkpoint $(DEMO)/train/stage2 --output $(DEMO)/export/stage2 --prompt "科学家"
+	.venv/bin/cpt report $(DEMO) runs/mixes --output runs/report --title "cpt demo"
+	@echo
+	@echo "make demo: done. Where everything is:"
+	@echo "  clean / dedup / scored shards   $(DEMO)/clean  $(DEMO)/dedup  $(DEMO)/scored   (funnels: */report/funnel.json)"
+	@echo "  classifiers                     $(DEMO)/models/{quality,math,topic}.bin"
+	@echo "  tokenizers                      $(DEMO)/tok/{base,zh,merged}   (compression: $(DEMO)/tok/compression.json)"
+	@echo "  token shards                    $(DEMO)/tokens/"
+	@echo "  stage manifests                 runs/mixes/{stage1,stage2,stage3,anneal}/manifest.json"
+	@echo "  training runs                   $(DEMO)/train/stage1  $(DEMO)/train/stage2   (tensorboard --logdir $(DEMO)/train)"
+	@echo "  exported model                  $(DEMO)/export/stage2   (Hugging Face, bf16 safetensors)"
+	@echo "  report                          runs/report/index.html"
+	@echo "  next: cpt ablate --grid mixes/ablations/forgetting.yaml   (forgetting against learning)"
 
 test: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import yaml
 
 from cpt.config import ConfigError
 from cpt.report.collect import read_metrics
+from pipelines.common import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 AXES = {"replay": float, "lr_scale": float, "resume": str}
@@ -244,7 +244,7 @@ def _train_base(grid: Grid, output: Path, train: _Trainer, tokens_per_step: int)
             flush=True,
         )
         train(run_dir, "--mix", str(mix), "--model", grid.base.model, *resume, f"max_steps={grid.base.steps}")
-        (run_dir / "result.json").write_text(json.dumps({"steps": grid.base.steps}) + "\n")
+        write_json(run_dir / "result.json", {"steps": grid.base.steps})
     return str(run_dir)
 
 
@@ -371,7 +371,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
         }
         result["forgetting"] = result["old_loss"][1] - result["old_loss"][0]
         result["learning"] = result["new_loss"][0] - result["new_loss"][1]
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_json(run_dir / "result.json", result)
         runs.append(result)
 
     summary = {
@@ -385,9 +385,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
         "runs": runs,
         "findings": _findings(runs, grid.center) if grid.mode == "one_at_a_time" else [],
     }
-    tmp = output / "ablation.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, output / "ablation.json")
+    write_json(output / "ablation.json", summary)
     return summary
 
 

@@ -35,14 +35,15 @@ def funnel_chart(funnel: dict, title: str, path: Path) -> Path:
     reasons = sorted(
         {r for s in steps for r in s["removed"]}, key=lambda r: -sum(s["removed"].get(r, 0) for s in steps)
     )
-    colors = plt.get_cmap("tab20").colors
+    # distinct colours for up to 39 reasons, none the blue of `kept`
+    colors = plt.get_cmap("tab20").colors[1:] + plt.get_cmap("tab20b").colors
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.38 * max(len(steps), len(reasons) / 2)))
     names = [s["step"] for s in steps]
     ax.barh(names, [s["kept"] for s in steps], color="#4c72b0", label="kept")
     left = [s["kept"] for s in steps]
     for i, reason in enumerate(reasons):
         widths = [s["removed"].get(reason, 0) for s in steps]
-        ax.barh(names, widths, left=left, color=colors[(2 * i + 1) % len(colors)], label=reason)
+        ax.barh(names, widths, left=left, color=colors[i % len(colors)], label=reason)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_xlabel("documents (bar = documents in: kept, then removed by reason)")
     ax.set_title(title, fontsize=10)
