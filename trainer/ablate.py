@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from cpt.config import ConfigError
+from cpt.mix.plan import MixError
 from cpt.report.collect import read_metrics
 from pipelines.common import write_json
 
@@ -95,6 +96,8 @@ def load_grid(path: str | Path) -> Grid:
         problems.append("axes: a mapping of at least one axis to its values")
     if "model" not in base:
         problems.append("base.model: missing (the model every run starts from)")
+    if base.get("stage") and (not isinstance(base.get("steps"), int) or base["steps"] < 1):
+        problems.append("base.steps: how many steps to train the base on base.stage (at least 1)")
     if not {"old", "new"} <= set(evals):
         problems.append("eval: needs `old` and `new`, the eval set names of the old and the new domain")
     mode = raw.get("mode", "one_at_a_time")
@@ -417,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{run_name(params):<28} {params}")
             return 0
         summary = run_grid(args.grid, args.output)
-    except (ConfigError, RuntimeError) as e:
+    except (ConfigError, MixError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(summary))
