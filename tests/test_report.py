@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ablation(setup):
-    """A 2-point grid (continue vs re-warm on resume) of 8-step runs from a base first trained on English."""
+    """A 2-point grid (constant LR vs re-warm on resume) of 8-step runs from a base first trained on English."""
     root = setup["root"]
     tokens = root / "tokens"
     (root / "base.yaml").write_text(
@@ -60,7 +60,7 @@ def ablation(setup):
         f"name: two\nconfig: {setup['config']}\n"
         f"base: {{model: {setup['model']}, stage: {root / 'base.yaml'}, steps: {STEPS}}}\n"
         f"stage: {root / 'cpt.yaml'}\nsteps: {STEPS}\neval: {{old: en_old, new: zh_new}}\n"
-        "center: {resume: continue}\naxes: {resume: [continue, rewarm]}\n"
+        "center: {resume: constant}\naxes: {resume: [constant, rewarm]}\n"
     )
     out = root / "ablate"
     proc = cpt("ablate", "--grid", str(grid), "--output", str(out))
@@ -71,7 +71,7 @@ def ablation(setup):
 def test_ablation_runs_the_grid_from_one_base_and_summarises_it(ablation):
     out, proc = ablation
     summary = json.loads((out / "ablation.json").read_text())
-    assert [r["name"] for r in summary["runs"]] == ["continue", "rewarm"]
+    assert [r["name"] for r in summary["runs"]] == ["constant", "rewarm"]
     base = read_metrics(out / "base")
     assert max(base) == STEPS
     for r in summary["runs"]:
@@ -86,20 +86,25 @@ def test_ablation_runs_the_grid_from_one_base_and_summarises_it(ablation):
     assert "re-warming" in proc.stdout and (out / "report" / "index.html").is_file()
 
 
-def test_rewarm_differs_from_continue_only_after_the_resume(ablation):
+def test_rewarm_and_constant_differ_only_after_the_resume(ablation):
+    from trainer.schedule import lr_multiplier
+
     out, _ = ablation
-    cont = read_metrics(out / "runs" / "continue")
+    held = read_metrics(out / "runs" / "constant")
     warm = read_metrics(out / "runs" / "rewarm")
     half = STEPS // 2
     for step in range(1, half + 1):  # same base, data and schedule up to the stop
-        assert warm[step]["loss"] == pytest.approx(cont[step]["loss"], rel=1e-5)
-        assert warm[step]["lr"] == pytest.approx(cont[step]["lr"])
-    # after it, the continued schedule goes on decaying; the re-warmed one is back at the peak (its warmup
-    # of 10% of the 4 remaining steps is one step), then decays again over those steps
+        assert warm[step]["loss"] == pytest.approx(held[step]["loss"], rel=1e-5)
+        assert warm[step]["lr"] == pytest.approx(held[step]["lr"])
+    # after it (peak 3e-3, floor 3e-4, cosine over the 8 steps, warmup 10%): `constant` holds the LR the
+    # schedule had reached; `rewarm` is back at the peak (its warmup of 10% of 4 steps is one step), then
+    # decays again to the floor
+    reached = 3e-3 * lr_multiplier(half, STEPS, "cosine", 0.1, 0.1)
+    assert [held[s]["lr"] for s in range(half + 1, STEPS + 1)] == pytest.approx([reached] * half)
     assert warm[half + 1]["lr"] == pytest.approx(3e-3)
-    assert warm[half + 1]["lr"] > cont[half + 1]["lr"]
-    assert warm[STEPS - 1]["lr"] > cont[STEPS - 1]["lr"]  # both reach the floor at the last step
-    assert json.loads((out / "runs" / "rewarm" / "config.json").read_text())["schedule"]["rewarm"] is True
+    assert warm[STEPS]["lr"] == pytest.approx(3e-4)
+    config = json.loads((out / "runs" / "rewarm" / "config.json").read_text())
+    assert config["schedule"]["on_resume"] == "rewarm"
 
 
 def test_ablation_skips_finished_runs_when_run_again(ablation, setup):
@@ -127,8 +132,8 @@ def test_shipped_forgetting_grid_varies_each_axis_around_the_center():
     proc = cpt("ablate", "--grid", "mixes/ablations/forgetting.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names[0] == "replay0.05-lr1x-continue" and len(names) == len(set(names)) == 6
-    assert {"replay0-lr1x-continue", "replay0.25-lr1x-continue", "replay0.05-lr2x-continue"} <= set(names)
+    assert names[0] == "replay0.05-lr1x-continue" and len(names) == len(set(names)) == 7
+    assert {"replay0-lr1x-continue", "replay0.05-lr2x-continue", "replay0.05-lr1x-constant"} <= set(names)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +167,7 @@ def test_collect_finds_every_part_and_chains_runs_started_from_a_base(project):
     assert [m["stage"] for _, m in found.manifests] == ["t"]
     assert len(found.ablations) == 1 and len(found.compression) == 1
     linked = chains(found.runs)
-    assert [[r.name for r in c] for c in linked] == [["base", "continue"], ["base", "rewarm"]]
+    assert [[r.name for r in c] for c in linked] == [["base", "constant"], ["base", "rewarm"]]
 
 
 def _chromium() -> tuple[str, str] | None:

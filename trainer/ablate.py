@@ -6,8 +6,9 @@ a base stage), the CPT stage every run trains on, and the axes to vary:
 
 - `replay`: the stage's replay share (Ibrahim et al. 2024: replay lowers forgetting);
 - `lr_scale`: a multiple of the config's peak LR and floor (a higher LR learns more and forgets more);
-- `resume`: `continue` or `rewarm`: each run stops half-way and resumes on the same data, its schedule
-  either continuing (the trainer's default) or warming up again (Gupta et al. 2023: re-warming hurts).
+- `resume`: `continue`, `rewarm` or `constant`: each run stops half-way and resumes on the same data,
+  its schedule continuing (the trainer's default), warming up and decaying again, or holding the LR it
+  had reached (`schedule.on_resume`; Gupta et al. 2023: re-warming hurts).
 
 With `mode: one_at_a_time` (the default) each axis is varied alone around `center`; `mode: product`
 runs every combination. Every run is an ordinary trainer run (`trainer/main.py`, its own log, metrics
@@ -36,7 +37,7 @@ from pipelines.common import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 AXES = {"replay": float, "lr_scale": float, "resume": str}
-RESUME = ("continue", "rewarm")
+RESUME = ("continue", "rewarm", "constant")  # schedule.on_resume
 
 
 @dataclass
@@ -294,17 +295,19 @@ def _findings(runs: list[dict], center: dict) -> list[dict]:
             }
         )
     resume = {r["params"]["resume"]: r for r in along("resume")}
-    if {"continue", "rewarm"} <= set(resume):
-        cont, warm = resume["continue"], resume["rewarm"]
-        # "hurts": a worse end on the data being trained on (the new domain) or more forgetting
+    others = [k for k in RESUME if k != "rewarm" and k in resume]
+    if "rewarm" in resume and others:
+        # "hurts": a worse end on the two domains together than resuming without re-warming
         end = {k: r["new_loss"][1] + r["old_loss"][1] for k, r in resume.items()}
+        described = "; ".join(
+            f"{k}: {end[k]:.3f} (new {resume[k]['new_loss'][1]:.3f}, old {resume[k]['old_loss'][1]:.3f})"
+            for k in ["rewarm", *others]
+        )
         found.append(
             {
                 "claim": "re-warming the LR when resuming on the same data hurts",
-                "reproduced": end["rewarm"] > end["continue"],
-                "evidence": f"end loss new+old {end['continue']:.3f} continuing, {end['rewarm']:.3f} re-warmed "
-                f"(new {cont['new_loss'][1]:.3f} vs {warm['new_loss'][1]:.3f}, old {cont['old_loss'][1]:.3f} vs "
-                f"{warm['old_loss'][1]:.3f})",
+                "reproduced": all(end["rewarm"] > end[k] for k in others),
+                "evidence": f"end loss new+old, {described}",
             }
         )
     return found
@@ -360,8 +363,8 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
                 start, done = ["--resume"], half
             how = f" ({params['resume']} after step {half})" if split else ""
             tqdm.write(f"[{name}] steps {done + 1}-{grid.steps}{how} -> {run_dir}")
-            rewarm = ["schedule.rewarm=true"] if params.get("resume") == "rewarm" else []
-            train(run_dir, *start, *common, f"checkpoint.every={grid.steps}", *rewarm)
+            on_resume = [f"schedule.on_resume={params['resume']}"] if split else []
+            train(run_dir, *start, *common, f"checkpoint.every={grid.steps}", *on_resume)
         metrics = read_metrics(run_dir)
         end = max(metrics)
         result = {

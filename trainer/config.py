@@ -56,9 +56,10 @@ class ScheduleConfig:
     warmup_ratio: float = 0.01
     min_lr: float = 1e-5  # cosine floor (Ziya2) and the end of wsd's decay
     decay_ratio: float = 0.1  # wsd: the last share of steps decays linearly to min_lr
-    # on --resume, start the warmup and decay again over the remaining steps. Off by default: re-warming
-    # when continuing on the same data hurts (Gupta et al. 2023); `cpt ablate` uses it to show that
-    rewarm: bool = False
+    # what the LR does on --resume: `continue` the schedule exactly (the default: re-warming when
+    # continuing on the same data hurts, Gupta et al. 2023); `rewarm`: warm up and decay again over the
+    # remaining steps; `constant`: hold the LR it had reached. The last two are for `cpt ablate`
+    on_resume: Literal["continue", "rewarm", "constant"] = "continue"
 
 
 @dataclass

@@ -243,17 +243,15 @@ def main(argv: list[str] | None = None) -> int:
             groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
         )
     s = cfg.schedule
-    restart = [0]  # the step the schedule starts from: 0, or the resumed step with schedule.rewarm
+    restart = [0]  # the step the schedule starts from: 0, or the resumed step (schedule.on_resume)
 
     def schedule(step: int) -> float:
-        return lr_multiplier(
-            step - restart[0],
-            stage_steps - restart[0],
-            s.kind,
-            s.warmup_ratio,
-            s.min_lr / cfg.optim.lr,
-            s.decay_ratio,
-        )
+        start = restart[0]
+        if start and s.on_resume == "constant":
+            step, start = start, 0  # held at the LR of the step the run resumed at
+        # from step 0, or with on_resume=rewarm a new warmup and decay over the steps after `start`
+        ratio = s.min_lr / cfg.optim.lr
+        return lr_multiplier(step - start, stage_steps - start, s.kind, s.warmup_ratio, ratio, s.decay_ratio)
 
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
@@ -283,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             ema.shadow = shadow
         step, tokens_seen = state["step"], state["tokens_seen"]
         log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
-        if s.rewarm:  # warm up again from here: the restored scheduler holds the LR of the old schedule
+        if s.on_resume != "continue" and step:  # the restored scheduler holds the old schedule's LR
             restart[0] = step
             last = [base * schedule(step) for base in scheduler.base_lrs]
             for group, lr in zip(scheduler.optimizer.param_groups, last, strict=True):
                 group["lr"] = lr
             scheduler._last_lr = last
-            log.info("schedule.rewarm: warming up again over the remaining %d steps", stage_steps - step)
+            log.info("schedule.on_resume=%s from step %d (LR %.3g)", s.on_resume, step, last[0])
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
