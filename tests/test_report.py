@@ -82,7 +82,9 @@ def test_ablation_runs_the_grid_from_one_base_and_summarises_it(ablation):
         assert r["forgetting"] == pytest.approx(r["old_loss"][1] - r["old_loss"][0])
         assert r["learning"] == pytest.approx(r["new_loss"][0] - r["new_loss"][1])
     claims = [f["claim"] for f in summary["findings"]]
-    assert claims == ["re-warming the LR when resuming on the same data hurts"]
+    assert claims == [
+        "re-warming the LR when resuming on the same data hurts, against holding the LR constant"
+    ]
     assert "re-warming" in proc.stdout and (out / "report" / "index.html").is_file()
 
 
