@@ -29,6 +29,9 @@ class FunnelRow:
     def removed_total(self) -> int:
         return sum(self.removed.values())
 
+    def to_dict(self) -> dict:
+        return {**asdict(self), "removed_total": self.removed_total}
+
 
 @dataclass
 class Funnel:
@@ -56,15 +59,12 @@ class Funnel:
         data = {
             "tasks_done": self.tasks_done,
             "tasks_total": self.tasks_total,
-            "steps": [{**asdict(r), "removed_total": r.removed_total} for r in self.rows],
+            "steps": [r.to_dict() for r in self.rows],
             "outputs": self.outputs,
             "pipeline": self.pipeline,
         }
         if self.languages:
-            data["languages"] = {
-                lang: [{**asdict(r), "removed_total": r.removed_total} for r in rows]
-                for lang, rows in self.languages.items()
-            }
+            data["languages"] = {lang: [r.to_dict() for r in rows] for lang, rows in self.languages.items()}
         return json.dumps(data, indent=2, ensure_ascii=False)
 
     def save(self, path: str | Path) -> None:
@@ -149,7 +149,7 @@ def merge_rows(step: str, rows: list[FunnelRow]) -> FunnelRow:
 
 
 def build_funnel(
-    logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1
+    logging_dir: str | Path, step_names: list[str], tasks_total: int, n_readers: int = 1, pipeline: str = ""
 ) -> Funnel:
     """Sum every task's saved stats; `step_names` names the pipeline's steps in order."""
     totals, files = task_totals(logging_dir)
@@ -168,4 +168,4 @@ def build_funnel(
         rows = [merge_rows("read", rows[:n_readers]), *rows[n_readers:]]
     elif rows:
         rows[0].step = "read"
-    return Funnel(rows=rows, tasks_done=len(files), tasks_total=tasks_total, outputs=outputs)
+    return Funnel(rows, len(files), tasks_total, outputs, pipeline=pipeline)

@@ -296,6 +296,5 @@ def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
 def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a (possibly still running or interrupted) clean run, from its saved stats."""
     meta = read_steps(output, "clean")
-    funnel = build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
-    funnel.pipeline = "clean"
-    return funnel
+    logs = Path(output) / "report" / "logs"
+    return build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="clean")

@@ -181,6 +181,5 @@ def funnel_of(output: str | Path):
     from cpt.funnel import build_funnel
 
     meta = read_steps(output, "score")
-    funnel = build_funnel(Path(output) / "report" / "logs", meta["labels"], meta["tasks"], meta["n_readers"])
-    funnel.pipeline = "score"
-    return funnel
+    logs = Path(output) / "report" / "logs"
+    return build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="score")
