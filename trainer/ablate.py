@@ -221,13 +221,8 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "result.json").is_file()
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    from trainer.checkpoint import latest_tag
-
-    return latest_tag(run_dir) is not None
-
-
 def _checkpoint_step(run_dir: Path) -> int:
+    """The step of the run's latest complete checkpoint, 0 when it has none."""
     from trainer.checkpoint import latest_tag
 
     tag = latest_tag(run_dir)
@@ -242,7 +237,7 @@ def _train_base(grid: Grid, output: Path, train: _Trainer, tokens_per_step: int)
         mix = _build_mix(
             grid.base.stage, f"{grid.name}-base", output, None, grid.base.steps * tokens_per_step
         )
-        resume = ["--resume"] if _has_checkpoint(run_dir) else []
+        resume = ["--resume"] if _checkpoint_step(run_dir) else []
         print(
             f"[base] training {grid.base.model} on {grid.base.stage} for {grid.base.steps} steps -> {run_dir}",
             flush=True,
@@ -313,7 +308,8 @@ def _findings(runs: list[dict], center: dict) -> list[dict]:
     return found
 
 
-def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
+def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[dict, Path]:
+    """Train what the grid still lacks; the summary, and the folder holding it and the runs."""
     grid = load_grid(grid_file)
     output = Path(output or Path("runs") / "ablate" / grid.name)
     output.mkdir(parents=True, exist_ok=True)
@@ -353,10 +349,10 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
                 f"max_steps={grid.steps}",
             ]
             origin = ["--init-from", base] if grid.base.stage else ["--model", base]
-            start = ["--resume"] if _has_checkpoint(run_dir) else origin
+            done = _checkpoint_step(run_dir)
+            start = ["--resume"] if done else origin
             half = grid.steps // 2
             split = "resume" in params  # stop half-way, then resume on the same data
-            done = _checkpoint_step(run_dir)
             if split and done < half:
                 tqdm.write(f"[{name}] steps {done + 1}-{half} -> {run_dir}")
                 train(run_dir, *start, *common, f"max_steps={half}", f"checkpoint.every={half}")
@@ -392,7 +388,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> dict:
         "findings": _findings(runs, grid.center) if grid.mode == "one_at_a_time" else [],
     }
     write_json(output / "ablation.json", summary)
-    return summary
+    return summary, output
 
 
 def table(summary: dict) -> str:
@@ -422,12 +418,11 @@ def run(args: argparse.Namespace) -> int:
             for params in points(grid):
                 print(f"{run_name(params):<28} {params}")
             return 0
-        summary = run_grid(args.grid, args.output)
+        summary, output = run_grid(args.grid, args.output)
     except (ConfigError, MixError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(summary))
-    output = Path(args.output or Path("runs") / "ablate" / summary["name"])
     from cpt.report.page import write_report
 
     page = write_report([output], output / "report", f"ablation {summary['name']}")

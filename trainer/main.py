@@ -26,6 +26,7 @@ import torch
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
 from cpt.manifest import ManifestError, read_stage_manifest
+from pipelines.common import write_json
 from trainer import checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
@@ -216,21 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s (%s attention): %s", model_path, attention, trainable_summary(model))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json.tmp").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        os.replace(run_dir / "config.json.tmp", run_dir / "config.json")
+        write_json(run_dir / "config.json", asdict(cfg))
         if not args.resume:  # where the weights came from, so a report can chain stages
-            # the run folder, absolute: a report run from anywhere finds the run it came from
-            source = str(Path(args.init_from.partition(":")[0]).resolve()) if args.init_from else None
+            source = None
+            if args.init_from:  # RUN[:step_N], the run folder made absolute: found from any folder
+                folder, _, tag = args.init_from.partition(":")
+                source = str(Path(folder).resolve()) + (f":{tag}" if tag else "")
             origin = {
                 "stage": manifest["stage"],
                 "manifest_hash": manifest["manifest_hash"],
                 "init_from": source,
-                "init_from_arg": args.init_from,
                 "model": str(cfg.model.path),
                 "tokens_per_step": tokens_per_step,
             }
-            (run_dir / "run.json.tmp").write_text(json.dumps(origin, indent=2) + "\n")
-            os.replace(run_dir / "run.json.tmp", run_dir / "run.json")
+            write_json(run_dir / "run.json", origin)
 
     # -- engine --------------------------------------------------------------------------------------
     groups = parameter_groups(model, cfg.optim.weight_decay)
