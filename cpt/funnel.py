@@ -41,6 +41,7 @@ class Funnel:
     outputs: dict[str, int] = field(default_factory=dict)  # language -> documents written
     pipeline: str = ""  # clean, dedup, score: how a report names it
     languages: dict[str, list[FunnelRow]] = field(default_factory=dict)  # per-language rows (dedup)
+    warnings: list[str] = field(default_factory=list)  # what a user must look at, e.g. many timeouts
 
     def check(self) -> None:
         """Raise if any step's documents in differ from kept + removed, or a step loses documents."""
@@ -62,6 +63,7 @@ class Funnel:
             "steps": [r.to_dict() for r in self.rows],
             "outputs": self.outputs,
             "pipeline": self.pipeline,
+            "warnings": self.warnings,
         }
         if self.languages:
             data["languages"] = {lang: [r.to_dict() for r in rows] for lang, rows in self.languages.items()}
@@ -92,6 +94,23 @@ class Funnel:
         if self.tasks_done < self.tasks_total:
             lines.append(f"(partial: {self.tasks_done}/{self.tasks_total} tasks finished)")
         return "\n".join(lines)
+
+
+def loss_warning(
+    row: FunnelRow, reasons: dict[str, str], threshold: float = 0.01, what: str = "documents"
+) -> str | None:
+    """One line when more than `threshold` of a step's input was removed for `reasons` (reason -> the
+    setting that governs it): losses that say more about the run's settings than about the data."""
+    counts = {r: row.removed.get(r, 0) for r in reasons if row.removed.get(r, 0)}
+    lost = sum(counts.values())
+    if not row.docs_in or lost <= threshold * row.docs_in:
+        return None
+    detail = ", ".join(f"{n:,} {r}" for r, n in counts.items())
+    settings = " or ".join(dict.fromkeys(reasons[r] for r in counts))
+    return (
+        f"{lost:,} of {row.docs_in:,} {what} ({100 * lost / row.docs_in:.1f}%) were dropped at {row.step} "
+        f"({detail}), over {100 * threshold:g}%: raise {settings} if they are not pathological"
+    )
 
 
 def task_totals(logging_dir: str | Path) -> tuple[list[dict[str, int]], list[Path]]:

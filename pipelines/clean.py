@@ -12,12 +12,13 @@ skipped, unfinished ones start over and overwrite their own `.tmp` shards.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
-from cpt.funnel import Funnel, build_funnel
+from cpt.funnel import Funnel, build_funnel, loss_warning
 from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
 from pipelines.score import ScoreConfig, scoring_steps
 
@@ -35,7 +36,10 @@ class UrlFilterConfig:
 @dataclass
 class ExtractConfig:
     backend: Literal["trafilatura", "resiliparse"] = "trafilatura"
-    timeout: float = 1.0
+    max_chars: int = 5_000_000  # longer pages are dropped as too_large, before any work
+    cpu_timeout: float = 30.0  # CPU seconds one page may use in the extractor, not wall-clock seconds
+    stall_timeout: float = 120.0  # safety net: an extractor that uses no CPU this long hangs
+    retries: int = 1  # a page that times out, stalls or crashes the extractor gets one more try
     favour_precision: bool = True
     include_tables: bool = False
 
@@ -117,6 +121,10 @@ class CleanConfig:
             ("dirty_words.max_share", self.dirty_words.max_share, 0, 1),
             ("write.max_file_size_mb", self.write.max_file_size_mb, 1, None),
             ("write.rows_per_group", self.write.rows_per_group, 1, None),
+            ("extract.max_chars", self.extract.max_chars, 1, None),
+            ("extract.cpu_timeout", self.extract.cpu_timeout, 0.1, None),
+            ("extract.stall_timeout", self.extract.stall_timeout, 1, None),
+            ("extract.retries", self.extract.retries, 0, 5),
         ]:
             if not isinstance(value, (int, float)):
                 continue  # a value of the wrong type is reported by the loader
@@ -162,7 +170,17 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
             steps.append(OfflineURLFilter(cfg.url_filter.block_list, cfg.url_filter.soft_word_threshold))
         elif name == "extract":
             e = cfg.extract
-            steps.append(make_extractor(e.backend, e.timeout, e.favour_precision, e.include_tables))
+            steps.append(
+                make_extractor(
+                    e.backend,
+                    e.favour_precision,
+                    e.include_tables,
+                    e.max_chars,
+                    e.cpu_timeout,
+                    e.stall_timeout,
+                    e.retries,
+                )
+            )
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
@@ -297,4 +315,25 @@ def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a (possibly still running or interrupted) clean run, from its saved stats."""
     meta = read_steps(output, "clean")
     logs = Path(output) / "report" / "logs"
-    return build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="clean")
+    funnel = build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="clean")
+    extract = next((row for row in funnel.rows if row.step == "extract"), None)
+    if extract is not None:
+        settings = Path(output) / "report" / "settings.json"
+        limits = (
+            json.loads(settings.read_text(encoding="utf-8"))["config"]["extract"]
+            if settings.is_file()
+            else {}
+        )
+
+        def setting(key: str) -> str:
+            return f"extract.{key} (now {limits[key]:g})" if key in limits else f"extract.{key}"
+
+        governs = {
+            "timeout": setting("cpu_timeout"),
+            "stalled": setting("stall_timeout"),
+            "extractor_crashed": "the memory of each task",
+        }
+        warning = loss_warning(extract, governs, what="pages")
+        if warning:
+            funnel.warnings.append(warning)
+    return funnel

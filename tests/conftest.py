@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,28 @@ def run_cli_until(marker: Path, *args: str, timeout: float = 300) -> None:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@dataclass
+class Load:
+    processes: int
+
+
+@contextlib.contextmanager
+def busy_cores(per_core: int = 2):
+    """Keep every core busy with `per_core` CPU-bound child processes while the block runs, as other
+    work on a shared machine would; they are killed when it ends."""
+    n = per_core * (os.cpu_count() or 1)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
+    try:
+        time.sleep(0.5)  # let them reach the run queue
+        assert all(p.poll() is None for p in procs), "a load process exited early"
+        yield Load(n)
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

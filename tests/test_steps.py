@@ -148,7 +148,7 @@ def test_extractors_keep_the_article_and_drop_navigation_and_footer():
     from cpt.steps.extract import ResiliparseExtractor, TrafilaturaExtractor
 
     html = PAGE.format("".join(f"<p>{line}</p>" for line in EN_ARTICLE.split("\n")))
-    for extractor in (TrafilaturaExtractor(timeout=10), ResiliparseExtractor(timeout=10)):
+    for extractor in (TrafilaturaExtractor(), ResiliparseExtractor()):
         html_doc = doc(html, format="html")
         text_doc = doc("already plain text <b>kept as is</b>", format="text")
         out = list(extractor.run([html_doc, text_doc]))

@@ -1,0 +1,71 @@
+"""The same command on the same input gives the same output however busy the machine is.
+
+clean (on the real WARCs of ../shared/data/warc, four tasks), then dedup and tokenize on its output, each
+run once on a quiet machine and once while every core is kept busy by CPU-bound processes that the test
+starts and stops itself: the documents (id and text), the funnels and the token shards are identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import busy_cores, run_cli, shared_data
+
+pytestmark = pytest.mark.slow
+
+
+def documents(out: Path) -> list[dict]:
+    frame = pl.read_parquet(out / "*" / "*.parquet")
+    return sorted(frame.select("id", "text", "lang", "url").to_dicts(), key=lambda r: r["id"])
+
+
+def funnel(out: Path) -> dict:
+    return json.loads((out / "report" / "funnel.json").read_text(encoding="utf-8"))
+
+
+def token_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.ds*"))}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from cpt.tok.merge import merge
+
+    folder = tmp_path_factory.mktemp("tok") / "merged"
+    merge(
+        shared_data("tokenizers", "llama-32k.model"),
+        shared_data("tokenizers", "chinese-llama-20k.model"),
+        folder,
+    )
+    return folder
+
+
+def run_chain(root: Path, warcs: Path, tokenizer: Path) -> Path:
+    run_cli("clean", "--input", str(warcs), "--output", str(root / "clean"), "--tasks", "4", "--no-progress")
+    run_cli("dedup", "--input", str(root / "clean"), "--output", str(root / "dedup"), "--no-progress")
+    run_cli("tokenize", "--input", str(root / "dedup"), "--tokenizer", str(tokenizer),
+            "--output", str(root / "tokens"), "--no-progress")  # fmt: skip
+    return root
+
+
+def test_clean_dedup_and_tokenize_give_the_same_output_on_a_busy_machine(tmp_path, tokenizer):
+    warcs = shared_data("warc")
+    quiet = run_chain(tmp_path / "quiet", warcs, tokenizer)
+    with busy_cores(per_core=2) as load:  # twice as many CPU-bound processes as cores, beside the run
+        busy = run_chain(tmp_path / "busy", warcs, tokenizer)
+    assert load.processes >= 2
+
+    extract = next(s for s in funnel(quiet / "clean")["steps"] if s["step"] == "extract")
+    assert extract["docs_in"] > 100 and "timeout" not in extract["removed"]
+    for stage in ("clean", "dedup"):
+        assert documents(busy / stage) == documents(quiet / stage), stage
+        assert funnel(busy / stage) == funnel(quiet / stage), stage
+    assert len(documents(quiet / "dedup")) > 20
+    assert token_files(busy / "tokens") == token_files(quiet / "tokens")
+    assert json.loads((busy / "tokens" / "tokens.json").read_text()) == json.loads(
+        (quiet / "tokens" / "tokens.json").read_text()
+    )
