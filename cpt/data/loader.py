@@ -317,6 +317,10 @@ class PackedLoader:
             collate_fn=_as_is,  # they are tensors already; the state stays a plain dict
             num_workers=self.workers,
             persistent_workers=False,
+            # without its own generator the DataLoader draws its workers' base seed from torch's global
+            # RNG, even with no workers: a resumed run (whose RNG state is restored before this) would
+            # then draw dropout one number behind the uninterrupted run
+            generator=torch.Generator().manual_seed(0),
         )
         for batch in loader:
             self._state = batch.pop("state")

@@ -11,7 +11,6 @@ report never leaves half a page.
 
 from __future__ import annotations
 
-import datetime
 import html
 import os
 import shutil
@@ -292,12 +291,12 @@ def write_report(folders: list[str | Path], output: str | Path, title: str = "cp
     for part in (_funnels, _dedup, _mixes, _compression, _training, _ablations):
         part(page, found)
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in page.sections)
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # no time stamp: the same inputs give the same page, byte for byte
     sources = ", ".join(html.escape(str(f)) for f in folders)
     doc = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f'<p class="note">from {sources}, written {stamp}</p><nav>{nav}</nav>{"".join(page.parts)}</body></html>\n'
+        f'<p class="note">from {sources}</p><nav>{nav}</nav>{"".join(page.parts)}</body></html>\n'
     )
     (tmp / "index.html").write_text(doc, encoding="utf-8")
     if output.exists():  # swap in the new page: never half a report

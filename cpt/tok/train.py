@@ -27,7 +27,10 @@ TRAIN_DEFAULTS = {
     "remove_extra_whitespaces": False,
     "add_dummy_prefix": True,
     "max_sentence_length": 16384,
-    "num_threads": os.cpu_count() or 1,
+    # a fixed count, not this machine's: SentencePiece's unigram trainer gives other pieces with other
+    # thread counts (BPE does not, but the count is written into the model file either way); 16 is
+    # SentencePiece's own default
+    "num_threads": 16,
     "minloglevel": 1,  # warnings and errors only
 }
 
