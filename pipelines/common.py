@@ -4,8 +4,12 @@ safely, and the datatrove executors (local processes or Slurm array jobs)."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,14 +100,80 @@ def make_executor(
         )
     from datatrove.executor import LocalPipelineExecutor
 
+    # never more tasks at once than this process may use CPUs, unless --workers asks for more: each
+    # extra one only slows the others down
     return LocalPipelineExecutor(
         pipeline,
         tasks=tasks,
-        workers=min(workers or tasks, tasks, os.cpu_count() or 1),
+        workers=min(workers or available_cpus(), tasks),
         logging_dir=str(logging_dir),
         skip_completed=True,
         depends=depends,
     )
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (containers, Slurm
+    steps), which `os.cpu_count()` ignores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+class SlurmError(RuntimeError):
+    """squeue does not answer, or a job could not be followed."""
+
+
+def slurm_job_ids(executors) -> list[str]:
+    """The Slurm job ids the executors submitted (none for one whose tasks had all finished already)."""
+    return [str(e.job_id) for e in executors if getattr(e, "job_id", None) not in (None, -1)]
+
+
+def _queued_jobs() -> list[tuple[str, str, str, str]]:
+    """This user's queued jobs as (array job id, state, reason, dependency)."""
+    for attempt in range(5):
+        proc = subprocess.run(
+            ["squeue", "-h", "--me", "-o", "%F|%T|%r|%E"], capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode == 0:
+            return [tuple(line.split("|", 3)) for line in proc.stdout.splitlines() if line.count("|") >= 3]
+        time.sleep(2 + 4 * attempt)  # slurmctld busy or restarting
+    raise SlurmError(f"squeue failed: {proc.stderr.strip() or f'exit code {proc.returncode}'}")
+
+
+def wait_for_slurm(job_ids: list[str], poll: float = 10.0) -> None:
+    """Block until the jobs, and every job that depends on them (datatrove's stats merge, the next stage),
+    have left the queue. A job whose dependency failed can never start (unless the cluster cancels such
+    jobs itself): it is cancelled, so the caller can report the failed task instead of waiting forever."""
+    ours = set(job_ids)
+    if not ours:
+        return
+    print(f"waiting for Slurm job{'s' if len(ours) > 1 else ''} {', '.join(sorted(ours, key=int))} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    while True:
+        queued = _queued_jobs()
+        grew = True
+        while grew:  # follow dependencies: a job that waits on one of ours is ours too
+            before = len(ours)
+            ours |= {job for job, _, _, dep in queued if set(re.findall(r"\d+", dep)) & ours}
+            grew = len(ours) > before
+        mine = [(job, state, reason) for job, state, reason, _ in queued if job in ours]
+        if not mine:
+            return
+        if all(state == "PENDING" and reason == "DependencyNeverSatisfied" for _, state, reason in mine):
+            subprocess.run(
+                ["scancel", *sorted({job for job, _, _ in mine})], capture_output=True, timeout=120
+            )
+            return
+        time.sleep(poll)
 
 
 def sbatch_script(executor) -> str:

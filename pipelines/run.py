@@ -38,7 +38,29 @@ def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_h
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
     )
+    _add_wait(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_wait(p) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --executor slurm: block until the jobs (and the jobs they chain) have ended, then report "
+        "as a local run does; exit 1 naming each failed task and its logs",
+    )
+
+
+def _submitted(args, executors, output: Path, command: str) -> bool:
+    """After a Slurm submission: without --wait say how to follow it and return False; with --wait
+    block until its jobs have left the queue and return True (the caller then reports as for a local run)."""
+    from pipelines.common import slurm_job_ids, wait_for_slurm
+
+    if not args.wait:
+        print(f"submitted; {command}")
+        return False
+    wait_for_slurm(slurm_job_ids(executors))
+    return True
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -117,37 +139,55 @@ def _clean(args) -> int:
             print("\n# sbatch script:\n" + sbatch_script(launcher))
         return 0
     launcher.run()
-    if args.executor == "slurm":
-        print(f"submitted; when the array job ends: python pipelines/run.py funnel {run.output}")
+    if args.executor == "slurm" and not _submitted(
+        args, [launcher], run.output, f"when the array job ends: python pipelines/run.py funnel {run.output}"
+    ):
         return 0
     return _print_funnel(funnel_of(run.output), run.output)
 
 
 def _print_funnel(funnel, output: Path) -> int:
-    funnel.check()
+    if funnel.tasks_done == funnel.tasks_total:  # a partial run's stages need not chain up yet
+        funnel.check()
     funnel.save(Path(output) / "report" / "funnel.json")
     print(funnel.table())
     print(f"\nshards: {Path(output)}/<lang>/*.parquet   funnel: {Path(output)}/report/funnel.json")
-    if funnel.tasks_done < funnel.tasks_total:
-        for line in unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total):
+    for warning in funnel.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    failed = unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total)
+    if funnel.tasks_done < funnel.tasks_total or failed:
+        for line in failed:
             print(line, file=sys.stderr)
         print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
         return 1
     return 0
 
 
-def unfinished_tasks(logs: Path, tasks: int) -> list[str]:
+def unfinished_tasks(logs: Path, tasks: int | None = None) -> list[str]:
     """A line per task without a completion marker, naming its log files (datatrove's task log, and
-    Slurm's output of that array task when the run went through Slurm)."""
-    done = {int(p.name) for p in (logs / "completions").glob("*") if p.name.isdigit()}
+    Slurm's output of that array task when the run went through Slurm). Every datatrove logging folder
+    under `logs` counts (dedup and tokenize run several stages, each in its own); `tasks` is the task
+    count of a run whose single stage has not been launched yet."""
+    stages = {}
+    for marker in sorted(logs.rglob("executor.json")):
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        stages[marker.parent] = int(meta.get("world_size") or meta.get("tasks") or 1)
+    if not stages and tasks:
+        stages[logs] = tasks
     lines = []
-    for rank in sorted(set(range(tasks)) - done):
-        paths = [logs / "logs" / f"task_{rank:05d}.log", *sorted((logs / "slurm").glob(f"*_{rank}.out"))]
-        found = [str(p) for p in paths if p.is_file()]
-        lines.append(
-            f"task {rank} did not complete: "
-            + (", ".join(found) if found else "no log yet (queued or running?)")
-        )
+    for folder, n in stages.items():
+        name = "" if folder == logs else f"{folder.relative_to(logs)}: "
+        done = {int(p.name) for p in (folder / "completions").glob("*") if p.name.isdigit()}
+        for rank in sorted(set(range(n)) - done):
+            paths = [
+                folder / "logs" / f"task_{rank:05d}.log",
+                *sorted((folder / "slurm").glob(f"*_{rank}.out")),
+            ]
+            found = [str(p) for p in paths if p.is_file()]
+            lines.append(
+                f"{name}task {rank} did not complete: "
+                + (", ".join(found) if found else "no log yet (queued, running or never started)")
+            )
     return lines
 
 
@@ -209,8 +249,12 @@ def _dedup(args) -> int:
         return 0
     for chain in run.chains:
         chain.executors[-1].run()  # runs (or submits) its dependencies first
-    if args.executor == "slurm":
-        print(f"submitted; when the jobs end: python pipelines/run.py funnel {run.output}")
+    if args.executor == "slurm" and not _submitted(
+        args,
+        [e for chain in run.chains for e in chain.executors],
+        run.output,
+        f"when the jobs end: python pipelines/run.py funnel {run.output}",
+    ):
         return 0
     return _print_funnel(funnel_of(run.output), run.output)
 
@@ -250,6 +294,7 @@ def _add_tokenize(sub) -> None:
     p.add_argument(
         "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
     )
+    _add_wait(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -271,9 +316,16 @@ def _tokenize(args) -> int:
         split_by=args.split_by,
     )
     run.executors[-1].run()
-    if args.executor == "slurm":
-        print(f"submitted; {run.output}/tokens.json appears when the jobs end")
+    if args.executor == "slurm" and not _submitted(
+        args, run.executors, run.output, f"{run.output}/tokens.json appears when the jobs end"
+    ):
         return 0
+    failed = unfinished_tasks(run.output / "report" / "logs")
+    if failed:
+        for line in failed:
+            print(line, file=sys.stderr)
+        print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
+        return 1
     for folder in run.folders:
         m = TokenShards(folder, args.tokenizer).manifest
         print(
@@ -317,6 +369,12 @@ def _train_classifier(args) -> int:
 
     if args.name not in CLASSIFIERS:
         raise ConfigError("--name", [f"{args.name!r}: the shard schema holds {', '.join(CLASSIFIERS)}"])
+    if args.threads > 1:
+        print(
+            f"warning: --threads {args.threads}: fastText's threads race over the updates, so each run gives "
+            "another model and other scores; --threads 1 gives the same model every run",
+            file=sys.stderr,
+        )
     result = train_classifier(
         args.output or Path("models") / f"{args.name}.bin",
         args.positive,
@@ -383,8 +441,9 @@ def _score(args) -> int:
         print(f"score {args.input} -> {run.output}: {run.tasks} tasks, steps {', '.join(run.labels)}")
         return 0
     run.executor.run()
-    if args.executor == "slurm":
-        print(f"submitted; `python pipelines/run.py funnel {run.output}` shows progress")
+    if args.executor == "slurm" and not _submitted(
+        args, [run.executor], run.output, f"`python pipelines/run.py funnel {run.output}` shows progress"
+    ):
         return 0
     return _print_funnel(funnel_of(run.output), run.output)
 

@@ -5,6 +5,7 @@ These run where `sbatch` answers; in CI (`CI` set) a missing Slurm is a failure,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from cpt.sample_warc import write_sample_warc
+from cpt.tok.merge import merge
 
 
 def _slurm_up() -> bool:
@@ -30,10 +32,6 @@ if not _slurm_up():
     pytestmark = pytest.mark.skip(
         reason="no Slurm controller answers here (bash deploy/slurm/up.sh starts one)"
     )
-
-
-# a generous extraction timeout: whether a page times out must not depend on the machine's load
-SAME = ["--set", "extract.timeout=60"]
 
 
 def wait_for_queue(timeout: float = 900) -> None:
@@ -68,14 +66,23 @@ def warcs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_clean(warcs):
     out = warcs.parent / "clean_local"
-    run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--no-progress", *SAME)
+    run_cli(
+        "clean",
+        "--input",
+        str(warcs),
+        "--output",
+        str(out),
+        "--tasks",
+        "4",
+        "--no-progress",
+    )
     return out
 
 
 def test_clean_as_a_slurm_array_job_matches_local(warcs, local_clean):
     out = warcs.parent / "clean_slurm"
     proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
-                   "--no-progress", *SAME)  # fmt: skip
+                   "--no-progress",)  # fmt: skip
     assert "submitted" in proc.stdout
     wait_for_queue()
     assert len(list((out / "report" / "logs" / "completions").iterdir())) == 4
@@ -84,14 +91,56 @@ def test_clean_as_a_slurm_array_job_matches_local(warcs, local_clean):
     assert run_cli("funnel", str(out)).returncode == 0
 
 
-def test_dedup_stages_as_dependent_slurm_jobs_match_local(local_clean):
+def queue_is_empty() -> bool:
+    return not subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_clean_with_wait_returns_when_the_job_has_ended_with_the_local_output(warcs, local_clean):
+    out = warcs.parent / "clean_wait"
+    proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
+                   "--wait", "--no-progress")  # fmt: skip
+    assert queue_is_empty()  # it returned only once the array job and datatrove's stats merge had ended
+    assert "written by language" in proc.stdout and json.loads((out / "report" / "funnel.json").read_text())
+    assert shards(out) == shards(local_clean)
+
+
+def test_dedup_stages_as_dependent_slurm_jobs_match_local_and_tokenize_waits_for_them(local_clean, tmp_path):
+    from cpt.tok.train import train
+
     local, slurm = local_clean.parent / "dedup_local", local_clean.parent / "dedup_slurm"
     run_cli("dedup", "--input", str(local_clean), "--output", str(local), "--no-progress")
-    run_cli(
-        "dedup", "--input", str(local_clean), "--output", str(slurm), "--executor", "slurm", "--no-progress"
-    )
-    wait_for_queue()
+    proc = run_cli("dedup", "--input", str(local_clean), "--output", str(slurm), "--executor", "slurm",
+                   "--wait", "--no-progress")  # fmt: skip
+    assert queue_is_empty() and "written by language" in proc.stdout
     assert shards(slurm) == shards(local)
+
+    train(local / "en", tmp_path / "tok", 1000, options={"hard_vocab_limit": "false"})
+    merge(tmp_path / "tok", tmp_path / "tok", tmp_path / "merged")
+    tokens = {}
+    for kind in ("local", "slurm"):
+        out = tmp_path / f"tokens_{kind}"
+        proc = run_cli("tokenize", "--input", str(local), "--tokenizer", str(tmp_path / "merged"), "--output",
+                       str(out), "--executor", kind, "--wait", "--no-progress")  # fmt: skip
+        assert "documents" in proc.stdout
+        files = sorted(out.glob("*.ds"))
+        assert files
+        tokens[kind] = (
+            [(f.name, f.read_bytes()) for f in files],
+            json.loads((out / "tokens.json").read_text())["tokens"],
+        )
+    assert tokens["slurm"] == tokens["local"] and queue_is_empty()
+
+
+def test_wait_exits_non_zero_naming_the_failed_task_and_its_log(warcs):
+    out = warcs.parent / "clean_fail_wait"
+    blocker = out / "en" / "000_00002.parquet.tmp"
+    blocker.mkdir(parents=True)  # task 2 cannot open its output file
+    proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
+                   "--wait", "--no-progress", check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "task 2 did not complete" in proc.stderr and "task_00002.log" in proc.stderr
+    assert "task 0 " not in proc.stderr and "task 1 " not in proc.stderr
+    assert queue_is_empty()  # the stats merge that waited on the failed array was cancelled, not left behind
 
 
 def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
@@ -99,7 +148,7 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     blocker = out / "en" / "000_00001.parquet.tmp"
     blocker.mkdir(parents=True)  # task 1 cannot open its output file: it fails, the others finish
     args = ["clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
-            "--no-progress", *SAME]  # fmt: skip
+            "--no-progress"]  # fmt: skip
     run_cli(*args)
     wait_for_queue()
     completions = out / "report" / "logs" / "completions"
