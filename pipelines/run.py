@@ -68,9 +68,11 @@ def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _check_tasks(tasks: int | None) -> None:
+def _check_tasks(tasks: int | None, workers: int | None = None) -> None:
     if tasks is not None and tasks < 1:
         raise ConfigError("--tasks", [f"must be >= 1 (got {tasks})"])
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers", [f"must be >= 1 (got {workers})"])
 
 
 def _add_clean(sub) -> None:
@@ -119,7 +121,7 @@ def _clean(args) -> int:
     from pipelines.common import sbatch_script
 
     cfg = load_config(args.config, args.overrides)
-    _check_tasks(args.tasks)
+    _check_tasks(args.tasks, args.workers)
     run = prepare(
         args.input,
         args.output,
@@ -224,7 +226,7 @@ def _dedup(args) -> int:
     from pipelines.dedup import funnel_of, load_config, prepare
 
     cfg = load_config(args.config, args.overrides)
-    _check_tasks(args.tasks)
+    _check_tasks(args.tasks, args.workers)
     run = prepare(
         args.input,
         args.output,
@@ -302,7 +304,7 @@ def _tokenize(args) -> int:
     from cpt.tokens import TokenShards
     from pipelines.tokenization import prepare
 
-    _check_tasks(args.tasks)
+    _check_tasks(args.tasks, args.workers)
     run = prepare(
         args.input,
         args.tokenizer,
@@ -424,7 +426,7 @@ def _add_score(sub) -> None:
 def _score(args) -> int:
     from pipelines.score import funnel_of, load_config, prepare
 
-    _check_tasks(args.tasks)
+    _check_tasks(args.tasks, args.workers)
     cfg = load_config(args.config, args.overrides)
     run = prepare(
         args.input,

@@ -219,3 +219,17 @@ def test_jsonl_and_parquet_inputs_in_one_folder(tmp_path):
     df = read_shards(out)
     assert {i[0] for i in df["id"]} == {"j", "p"}
     assert set(df["lang"]) == {"en", "zh"}
+
+
+def test_many_timeouts_are_reported_with_the_setting_to_change(tmp_path):
+    """A CPU limit far too low for real pages (the shared WARCs hold several that need 0.3-1.1 s):
+    over 1% of pages time out, and the run says so on stderr and in funnel.json."""
+    folder = shared_data("warc")
+    proc = run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--steps", "extract",
+                   "--set", "extract.cpu_timeout=0.1", "--no-progress")  # fmt: skip
+    extract = next(s for s in funnel(tmp_path)["steps"] if s["step"] == "extract")
+    assert extract["removed"]["timeout"] >= 2
+    assert extract["counters"]["retried_timeout"] >= extract["removed"]["timeout"]  # each was tried twice
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "extract.cpu_timeout (now 0.1)" in warnings[0]
+    assert funnel(tmp_path)["warnings"] == [warnings[0].removeprefix("warning: ")]

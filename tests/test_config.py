@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cpt.config import ConfigError
@@ -62,3 +64,18 @@ def test_every_shipped_pipeline_config_loads():
     for path in trainer_configs:  # the run names its stage and model on the command line
         cfg = load_trainer_config(path, ["mix=stage1", "model.path=some/model"])
         assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.clip == 1.0
+
+
+def test_local_runs_use_at_most_the_cpus_the_process_may_use_unless_asked(tmp_path):
+    from pipelines.common import SlurmConfig, available_cpus, make_executor
+
+    cpus = available_cpus()
+    assert 1 <= cpus <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert cpus <= len(os.sched_getaffinity(0))
+    many = make_executor("local", [], cpus + 6, tmp_path / "a", SlurmConfig())
+    assert many.workers == cpus
+    asked = make_executor("local", [], cpus + 6, tmp_path / "b", SlurmConfig(), workers=cpus + 3)
+    assert asked.workers == cpus + 3  # more than the CPUs, because the user asked
+    few = make_executor("local", [], 1, tmp_path / "c", SlurmConfig(), workers=4)
+    assert few.workers == 1  # never more workers than tasks

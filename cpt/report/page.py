@@ -110,6 +110,8 @@ def _funnels(page: _Page, found: Found) -> None:
         if funnel.get("outputs"):
             written = ", ".join(f"{k}: {v:,}" for k, v in sorted(funnel["outputs"].items()))
             page.parts.append(f'<p class="note">written by language: {html.escape(written)}</p>')
+        for warning in funnel.get("warnings", []):
+            page.parts.append(f'<p class="note">warning: {html.escape(warning)}</p>')
         if funnel.get("tasks_done", 0) < funnel.get("tasks_total", 0):
             page.parts.append(
                 f'<p class="note">partial: {funnel["tasks_done"]}/{funnel["tasks_total"]} tasks finished</p>'
