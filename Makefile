@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	# the WARC, plus instruction pairs and worked math problems for stages 2 and 3
-	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet \
+	# from an empty folder every time: a demo left by another version of cpt (other settings) would be refused
+	rm -rf $(DEMO)
+	# the WARC (80 articles a language: stage 1 reads its Chinese under 2 epochs, far from max_epochs 4,
+	# so a few pages less never fails the plan), plus instruction pairs and worked math problems for stages 2 and 3
+	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --articles 80 --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet \
 		--heldout $(DEMO)/heldout --topics $(DEMO)/topics/topics.parquet --low-quality $(DEMO)/lowq/lowq.parquet
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
 	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
@@ -51,7 +54,6 @@ demo: $(STAMP)
 	$(PY) trainer/tiny_model.py --tokenizer $(DEMO)/tok/base --output $(DEMO)/model/base
 	.venv/bin/cpt-tok init-embeddings --model $(DEMO)/model/base --base-tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --output $(DEMO)/model/extended
 	# stage 1 (Chinese web with English replay), then stage 2 (instructions) from stage 1's weights
-	rm -rf $(DEMO)/train/stage1 $(DEMO)/train/stage2
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage1 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage1
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage2 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage2 --init-from $(DEMO)/train/stage1
 	$(PY) trainer/export.py --checkpoint $(DEMO)/train/stage2 --output $(DEMO)/export/stage2 --prompt "科学家"
