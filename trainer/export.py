@@ -41,8 +41,9 @@ def full_state_dict(run_dir: Path, tag: str) -> dict:
     folder = checkpoint.checkpoint_dir(run_dir)
     if any((folder / tag).glob("*optim_states.pt")) and any((folder / tag).glob("*zero_pp_rank_*")):
         return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
-    # ZeRO stage 0 keeps whole weights in the model-states file (our own file, not untrusted input)
-    states = torch.load(folder / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    # ZeRO stage 0 keeps whole weights in the model-states file; weights only: a checkpoint handed to
+    # export is a file like any other, and unpickling a crafted one would run its code
+    states = torch.load(folder / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in states["module"].items()}
 
 
