@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,9 +21,11 @@ if __package__ in (None, ""):
 import torch
 
 from cpt.config import build
+from cpt.io import OutputError, check_replaceable, holds, written_dir
 from trainer import checkpoint
 from trainer.config import TrainConfig
 
+EXPORTED = holds("cpt_export.json")  # an --output is replaced only when it is an earlier export
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
@@ -77,21 +78,17 @@ def trained_model(run_dir: str | Path, tag: str | None = None):
 
 
 def export(run_dir: str | Path, output: str | Path, tag: str | None = None, dtype=torch.bfloat16) -> Path:
-    model, base, tag = trained_model(run_dir, tag)
     output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (base / name).is_file():
-            shutil.copy2(base / name, tmp / name)
-    (tmp / "cpt_export.json").write_text(
-        json.dumps({"run": str(run_dir), "checkpoint": tag}, indent=2) + "\n"
-    )
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    check_replaceable(output, EXPORTED, "trainer/export.py")  # before the work: not the model it started from
+    model, base, tag = trained_model(run_dir, tag)
+    with written_dir(output, EXPORTED, "trainer/export.py") as tmp:
+        model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, tmp / name)
+        (tmp / "cpt_export.json").write_text(
+            json.dumps({"run": str(run_dir), "checkpoint": tag}, indent=2) + "\n"
+        )
     return output
 
 
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         path = export(
             args.checkpoint, args.output, f"step_{args.step:08d}" if args.step is not None else None
         )
-    except (FileNotFoundError, RuntimeError) as e:
+    except (FileNotFoundError, RuntimeError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

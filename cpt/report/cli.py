@@ -19,12 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cpt.io import OutputError
     from cpt.report.collect import ReportError
     from cpt.report.page import write_report
 
     try:
         page = write_report(args.folders, args.output, args.title)
-    except ReportError as e:
+    except (ReportError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {page} (open it in a browser; it needs no server)")

@@ -12,13 +12,15 @@ report never leaves half a page.
 from __future__ import annotations
 
 import html
-import os
-import shutil
 from pathlib import Path
 
+from cpt.io import holds_only, written_dir
 from cpt.mix.chart import composition_chart
 from cpt.report import figures
 from cpt.report.collect import Found, ReportError, chains, collect
+
+# what `cpt report` writes: an --output that holds anything else is not replaced
+REPORT_FOLDER = holds_only("index.html", "img")
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", "Noto Sans CJK SC", sans-serif; margin: 2em auto;
@@ -286,28 +288,18 @@ def write_report(folders: list[str | Path], output: str | Path, title: str = "cp
             "compression.json, metrics.jsonl or ablation.json)"
         )
     output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "img").mkdir(parents=True)
-    page = _Page(tmp)
-    for part in (_funnels, _dedup, _mixes, _compression, _training, _ablations):
-        part(page, found)
-    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in page.sections)
-    # no time stamp: the same inputs give the same page, byte for byte
-    sources = ", ".join(html.escape(str(f)) for f in folders)
-    doc = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f'<p class="note">from {sources}</p><nav>{nav}</nav>{"".join(page.parts)}</body></html>\n'
-    )
-    (tmp / "index.html").write_text(doc, encoding="utf-8")
-    if output.exists():  # swap in the new page: never half a report
-        old = output.with_name(output.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, output)
+    with written_dir(output, REPORT_FOLDER, "cpt report") as tmp:  # never half a report
+        (tmp / "img").mkdir()
+        page = _Page(tmp)
+        for part in (_funnels, _dedup, _mixes, _compression, _training, _ablations):
+            part(page, found)
+        nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in page.sections)
+        # no time stamp: the same inputs give the same page, byte for byte
+        sources = ", ".join(html.escape(str(f)) for f in folders)
+        doc = (
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<p class="note">from {sources}</p><nav>{nav}</nav>{"".join(page.parts)}</body></html>\n'
+        )
+        (tmp / "index.html").write_text(doc, encoding="utf-8")
     return output / "index.html"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from cpt.io import OutputError
 from cpt.tok.merge import TokenizerError
 
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
                 os.replace(tmp, path)
-    except TokenizerError as e:
+    except (TokenizerError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

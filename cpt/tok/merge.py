@@ -9,13 +9,17 @@ models then give 49,953 pieces), at the cost of changing the encoding of some En
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cpt.io import OutputError, check_replaceable, holds_only, written_dir
+
+# what a merge writes: an --output that holds anything else (a model's weights, a trained tokenizer's
+# train.json, a corpus) is not replaced
+TOKENIZER_FOLDER = holds_only(
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+)
 NORMAL = 1  # sentencepiece ModelProto.SentencePiece.Type.NORMAL
 
 
@@ -101,10 +105,7 @@ def save_tokenizer(proto, output: str | Path) -> None:
 
     from transformers import LlamaTokenizer
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with written_dir(output, TOKENIZER_FOLDER, "cpt-tok merge") as tmp:
         (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
         LlamaTokenizer.from_pretrained(str(tmp)).save_pretrained(str(tmp))
         tokenizer_json = json.loads((tmp / "tokenizer.json").read_text(encoding="utf-8"))
@@ -115,15 +116,16 @@ def save_tokenizer(proto, output: str | Path) -> None:
         (tmp / "tokenizer_config.json").write_text(
             json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8"
         )
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def merge(base: str | Path, add: str | Path, output: str | Path, pieces: str = "non-ascii") -> MergeResult:
+    for role, source in (("--base", base), ("--add", add)):
+        folder = Path(source).resolve()
+        if Path(output).resolve() == (folder.parent if folder.is_file() else folder):
+            raise OutputError(
+                f"{output}: is the {role} tokenizer's folder; write the merge to another --output"
+            )
+    check_replaceable(output, TOKENIZER_FOLDER, "cpt-tok merge")  # before the work
     merged, result = merge_protos(load_model_proto(base), load_model_proto(add), pieces)  # type: ignore[arg-type]
     save_tokenizer(merged, output)
     return result
