@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from cpt.config import ConfigError  # noqa: E402
 from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
+from pipelines.common import SlurmError  # noqa: E402
 
 
 def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
@@ -51,7 +52,7 @@ def _add_wait(p) -> None:
     )
 
 
-def _submitted(args, executors, output: Path, command: str) -> bool:
+def _submitted(args, executors, command: str) -> bool:
     """After a Slurm submission: without --wait say how to follow it and return False; with --wait
     block until its jobs have left the queue and return True (the caller then reports as for a local run)."""
     from pipelines.common import slurm_job_ids, wait_for_slurm
@@ -142,7 +143,7 @@ def _clean(args) -> int:
         return 0
     launcher.run()
     if args.executor == "slurm" and not _submitted(
-        args, [launcher], run.output, f"when the array job ends: python pipelines/run.py funnel {run.output}"
+        args, [launcher], f"when the array job ends: python pipelines/run.py funnel {run.output}"
     ):
         return 0
     return _print_funnel(funnel_of(run.output), run.output)
@@ -156,9 +157,8 @@ def _print_funnel(funnel, output: Path) -> int:
     print(f"\nshards: {Path(output)}/<lang>/*.parquet   funnel: {Path(output)}/report/funnel.json")
     for warning in funnel.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    failed = unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total)
-    if funnel.tasks_done < funnel.tasks_total or failed:
-        for line in failed:
+    if funnel.tasks_done < funnel.tasks_total:
+        for line in unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total):
             print(line, file=sys.stderr)
         print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
         return 1
@@ -254,7 +254,6 @@ def _dedup(args) -> int:
     if args.executor == "slurm" and not _submitted(
         args,
         [e for chain in run.chains for e in chain.executors],
-        run.output,
         f"when the jobs end: python pipelines/run.py funnel {run.output}",
     ):
         return 0
@@ -319,7 +318,7 @@ def _tokenize(args) -> int:
     )
     run.executors[-1].run()
     if args.executor == "slurm" and not _submitted(
-        args, run.executors, run.output, f"{run.output}/tokens.json appears when the jobs end"
+        args, run.executors, f"{run.output}/tokens.json appears when the jobs end"
     ):
         return 0
     failed = unfinished_tasks(run.output / "report" / "logs")
@@ -444,7 +443,7 @@ def _score(args) -> int:
         return 0
     run.executor.run()
     if args.executor == "slurm" and not _submitted(
-        args, [run.executor], run.output, f"`python pipelines/run.py funnel {run.output}` shows progress"
+        args, [run.executor], f"`python pipelines/run.py funnel {run.output}` shows progress"
     ):
         return 0
     return _print_funnel(funnel_of(run.output), run.output)
@@ -485,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             "funnel": _funnel,
         }
         return commands[args.command](args)
-    except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError) as e:
+    except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError, SlurmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

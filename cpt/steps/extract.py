@@ -118,7 +118,6 @@ class ExtractionSandbox:
         self.conn: Connection | None = None
         self._idle_cpu = 0.0  # the child's CPU time when it last finished a page (or its start-up)
         self._ps = None
-        self.starts = 0
 
     def __enter__(self) -> ExtractionSandbox:
         return self
@@ -151,7 +150,6 @@ class ExtractionSandbox:
         self.process.start()
         child.close()
         self.conn = parent
-        self.starts += 1
         try:
             kind, _, cpu = self._wait(start_cpu=0.0, limit=None)
         except (ExtractorStalled, ExtractorCrashed) as e:
