@@ -7,6 +7,8 @@ bad value and what is allowed, so a broken config fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +17,25 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-4`, `1E5`, `.5` are numbers, as users write them
+    (YAML 1.1, which PyYAML follows, reads an exponent without a dot, `1e-4`, as a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Parse YAML safely (no Python objects), numbers read as YAML 1.2 reads them. Every YAML cpt reads
+    (configs, stages, grids, `--set` values) goes through here."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 class ConfigError(ValueError):
@@ -38,7 +59,7 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read the file ({e.strerror})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -66,7 +87,13 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
                 problems.append(f"override {item!r}: {part} is not a section")
                 break
         else:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            try:
+                node[parts[-1]] = parse_yaml(raw) if raw.strip() else None
+            except yaml.YAMLError as e:
+                problems.append(
+                    f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                    "quote it, or close its brackets"
+                )
     if problems:
         raise ConfigError(source, problems)
     return data
@@ -79,7 +106,12 @@ def build(cls: type[T], data: dict | None, source: str, path: str = "") -> T:
     post = getattr(obj, "validate", None)
     if post is not None:
         reported = {q.split(":")[0] for q in problems}
-        problems += [p for p in post() if p.split(":")[0] not in reported]
+        try:
+            problems += [p for p in post() if p.split(":")[0] not in reported]
+        except (TypeError, ValueError):
+            if not problems:
+                raise
+            # a value of the wrong type (reported above) broke a cross-key check: those wait for the fix
     if problems:
         raise ConfigError(source, problems)
     return obj
@@ -150,11 +182,31 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float) and isinstance(value, str):  # "1.0", "1e-4", "100": a number written as a string
+        number = _number(value, tp)
+        if number is None:
+            problems.append(f"{path}: expected {tp.__name__}, got {value!r}")
+            return value
+        return number
     if tp in (int, float, str, bool) and (
         not isinstance(value, tp) or (tp is int and isinstance(value, bool))
     ):
         problems.append(f"{path}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _number(text: str, tp: type) -> int | float | None:
+    """A numeric string as `tp` (float: any finite decimal; int: a whole number); None if it is not one."""
+    text = text.strip().replace("_", "")
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if tp is float:
+        return number
+    return int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else None
 
 
 def _join(path: str, key: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from cpt.config import ConfigError
+from cpt.config import ConfigError, parse_yaml
 from cpt.mix.plan import MixError
 from cpt.report.collect import read_metrics
 from pipelines.common import write_json
@@ -66,7 +66,7 @@ def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file; every problem in one error naming the file and the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read ({e.strerror})"]) from None
     except yaml.YAMLError as e:
