@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, build_funnel, loss_warning
-from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
+from pipelines.common import (
+    SlurmConfig,
+    WriteConfig,
+    check_paths,
+    check_settings,
+    make_executor,
+    read_steps,
+    write_json,
+)
 from pipelines.score import ScoreConfig, scoring_steps
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
@@ -259,9 +267,10 @@ def prepare(
 
     With `record=False` (a dry run) the settings are checked against an earlier run but not saved.
     """
-    from cpt.steps.read import make_readers
+    from cpt.steps.read import list_inputs, make_readers
 
     output = Path(output)
+    check_paths([input_path], output)
     if steps:
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
@@ -274,9 +283,10 @@ def prepare(
             cfg, source=Path(input_path.split("*")[0].rstrip("/") or ".").resolve().name
         )
     report = output / "report"
-    readers = make_readers(input_path, report / "inputs", limit=limit, progress=progress)
-    n_files = sum(len(Path(r.paths_file).read_text().splitlines()) for r in readers)
-    tasks = tasks or max(1, n_files)
+    folder, by_kind = list_inputs(input_path)
+    readers = make_readers(folder, by_kind, report / "inputs", limit, progress, write=False)
+    files = [Path(folder) / f for kind_files in by_kind.values() for f in kind_files]
+    tasks = tasks or len(files)
     processing, labels = build_steps(cfg, output)
     run = CleanRun(
         cfg=cfg,
@@ -287,11 +297,13 @@ def prepare(
         n_readers=len(readers),
         tasks=tasks,
     )
-    _check_settings(run, limit, record)
+    _check_settings(run, limit, record, files, Path(folder))
+    if record:  # the input lists the tasks shard, written only once the run is accepted
+        make_readers(folder, by_kind, report / "inputs", limit, progress)
     return run
 
 
-def _check_settings(run: CleanRun, limit: int, record: bool) -> None:
+def _check_settings(run: CleanRun, limit: int, record: bool, files: list[Path], root: Path) -> None:
     settings = {
         "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
         "config": dataclasses.asdict(run.cfg),
@@ -299,7 +311,7 @@ def _check_settings(run: CleanRun, limit: int, record: bool) -> None:
         "limit": limit,
         "steps": run.labels,
     }
-    check_settings(run.report_dir, run.output, settings, record)
+    check_settings(run.report_dir, run.output, settings, record, inputs=files, root=root)
     if record:
         write_json(
             run.report_dir / "steps.json",

@@ -35,13 +35,36 @@ class SlurmConfig:
     sbatch_args: dict[str, Any] = field(default_factory=dict)
 
 
-def check_settings(report_dir: Path, output: Path, settings: dict, record: bool = True) -> None:
-    """Record a run's settings; a rerun into the same output must use the same ones (it resumes).
+def check_settings(
+    report_dir: Path,
+    output: Path,
+    settings: dict,
+    record: bool = True,
+    inputs: list[Path] | None = None,
+    root: Path | None = None,
+) -> None:
+    """Record a run's settings, and the files it reads with their sizes (`inputs`); a rerun into the
+    same output must use the same settings and find the same files (it resumes what was started: a file
+    added, removed or changed in between would be read twice, or never).
 
-    With `record=False` (a dry run) the settings are checked against an earlier run but not saved.
+    Nothing is written before both checks pass, and nothing at all with `record=False` (a dry run).
     """
     settings = json.loads(json.dumps(settings))
     path = report_dir / "settings.json"
+    pinned = report_dir / "inputs.json"
+    current = None
+    if inputs is not None:  # named relative to the input folder: the run may resume from another folder
+        current = [{"path": _relative(f, root), "size": Path(f).stat().st_size} for f in inputs]
+    if current is not None and pinned.is_file():
+        difference = _first_difference(json.loads(pinned.read_text(encoding="utf-8"))["files"], current)
+        if difference:
+            raise ConfigError(
+                str(pinned),
+                [
+                    f"the inputs changed since this run started ({difference}): resuming would read "
+                    "some twice or never; restore them, or write to a new --output"
+                ],
+            )
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != settings:
@@ -55,7 +78,108 @@ def check_settings(report_dir: Path, output: Path, settings: dict, record: bool 
             )
         return
     if record:
+        if current is not None:
+            write_json(pinned, {"files": current})
         write_json(path, settings)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    try:
+        return str(Path(path).relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _first_difference(before: list[dict], now: list[dict]) -> str | None:
+    """The first file added, removed or resized between two input lists, in words; None if equal."""
+    old = {f["path"]: f["size"] for f in before}
+    new = {f["path"]: f["size"] for f in now}
+    for name in sorted(old.keys() | new.keys()):
+        if name not in new:
+            return f"{name} is gone"
+        if name not in old:
+            return f"{name} is new"
+        if old[name] != new[name]:
+            return f"{name} was {old[name]:,} bytes, now {new[name]:,}"
+    return None
+
+
+def check_paths(inputs: list[str | Path], output: str | Path) -> None:
+    """Refuse, before any work, an --output that would write over or into what the run reads: an
+    existing file, an input folder itself, or a folder inside one (a rerun would read its own shards)."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError("--output", [f"{output} is a file, not a folder: name a folder for the run"])
+    target = output.resolve()
+    for given in inputs:
+        source = Path(str(given).split("*")[0] or ".").resolve()
+        if target == source or source in target.parents:
+            raise ConfigError(
+                "--output",
+                [
+                    f"{output} is {'the input' if target == source else f'inside the input {given}'}: the run "
+                    "would write into what it reads; name another folder"
+                ],
+            )
+
+
+def unfinished_tasks(logs: Path, tasks: int | None = None) -> list[str]:
+    """A line per task without a completion marker, naming its log files (datatrove's task log, and
+    Slurm's output of that array task when the run went through Slurm). Every datatrove logging folder
+    under `logs` counts (dedup and tokenize run several stages, each in its own); `tasks` is the task
+    count of a run whose single stage has not been launched yet."""
+    stages = {}
+    for marker in sorted(logs.rglob("executor.json")):
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        stages[marker.parent] = int(meta.get("world_size") or meta.get("tasks") or 1)
+    if not stages and tasks:
+        stages[logs] = tasks
+    lines = []
+    for folder, n in stages.items():
+        name = "" if folder == logs else f"{folder.relative_to(logs)}: "
+        done = {int(p.name) for p in (folder / "completions").glob("*") if p.name.isdigit()}
+        for rank in sorted(set(range(n)) - done):
+            paths = [
+                folder / "logs" / f"task_{rank:05d}.log",
+                *sorted((folder / "slurm").glob(f"*_{rank}.out")),
+            ]
+            found = [str(p) for p in paths if p.is_file()]
+            lines.append(
+                f"{name}task {rank} did not complete: "
+                + (", ".join(found) if found else "no log yet (queued, running or never started)")
+            )
+    return lines
+
+
+def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
+    """The input of dedup, score and tokenize: the shards of a finished run (a run with unfinished tasks
+    holds only part of its documents) whose files have a `text` column."""
+    import pyarrow.parquet as pq
+
+    report = input_dir / "report"
+    if (report / "steps.json").is_file():
+        missing = unfinished_tasks(
+            report / "logs", json.loads((report / "steps.json").read_text()).get("tasks")
+        )
+        if missing:
+            raise ConfigError(
+                str(input_dir),
+                [
+                    f"its run has {len(missing)} unfinished task{'s' if len(missing) > 1 else ''} ({missing[0]}"
+                    f"{', ...' if len(missing) > 1 else ''}), so it holds only part of its documents: finish it "
+                    f"(run its command again) before `{command}`"
+                ],
+            )
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except Exception as e:  # noqa: BLE001 - any unreadable footer: pyarrow raises several kinds
+            raise ConfigError(str(f), [f"not a readable Parquet file ({str(e).splitlines()[0]})"]) from None
+        if "text" not in names:
+            raise ConfigError(
+                str(f),
+                [f"no `text` column (columns: {', '.join(names)}): `{command}` reads clean or dedup shards"],
+            )
 
 
 def write_json(path: Path, data: Any) -> None:

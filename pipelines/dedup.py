@@ -23,7 +23,16 @@ from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, FunnelRow, merge_rows, row_from_stats, step_totals
-from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
+from pipelines.common import (
+    SlurmConfig,
+    WriteConfig,
+    check_paths,
+    check_settings,
+    check_shard_input,
+    make_executor,
+    read_steps,
+    write_json,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dedup.yaml"
 LEVELS = ("url", "minhash", "lines")
@@ -156,10 +165,13 @@ def prepare(
                 "--levels", [f"unknown level {lv!r} (allowed: {', '.join(LEVELS)})" for lv in unknown]
             )
         cfg = dataclasses.replace(cfg, levels=[lv for lv in LEVELS if lv in levels])
+    check_paths([input_dir], output)
     langs = languages_of(input_dir)
+    files = [f for lang_files in langs.values() for f in lang_files]
+    check_shard_input(input_dir, files, "dedup")
     task_counts = {lang: tasks or len(files) for lang, files in langs.items()}
     settings = {"input": str(input_dir.resolve()), "config": dataclasses.asdict(cfg), "tasks": task_counts}
-    check_settings(output / "report", output, settings, record)
+    check_settings(output / "report", output, settings, record, inputs=files, root=input_dir)
     chains = [
         _language_chain(
             lang, input_dir / lang, files, output, cfg, task_counts[lang], executor, workers, progress

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from cpt.config import ConfigError  # noqa: E402
 from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
-from pipelines.common import SlurmError  # noqa: E402
+from pipelines.common import SlurmError, unfinished_tasks  # noqa: E402
 
 
 def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
@@ -163,34 +163,6 @@ def _print_funnel(funnel, output: Path) -> int:
         print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
         return 1
     return 0
-
-
-def unfinished_tasks(logs: Path, tasks: int | None = None) -> list[str]:
-    """A line per task without a completion marker, naming its log files (datatrove's task log, and
-    Slurm's output of that array task when the run went through Slurm). Every datatrove logging folder
-    under `logs` counts (dedup and tokenize run several stages, each in its own); `tasks` is the task
-    count of a run whose single stage has not been launched yet."""
-    stages = {}
-    for marker in sorted(logs.rglob("executor.json")):
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-        stages[marker.parent] = int(meta.get("world_size") or meta.get("tasks") or 1)
-    if not stages and tasks:
-        stages[logs] = tasks
-    lines = []
-    for folder, n in stages.items():
-        name = "" if folder == logs else f"{folder.relative_to(logs)}: "
-        done = {int(p.name) for p in (folder / "completions").glob("*") if p.name.isdigit()}
-        for rank in sorted(set(range(n)) - done):
-            paths = [
-                folder / "logs" / f"task_{rank:05d}.log",
-                *sorted((folder / "slurm").glob(f"*_{rank}.out")),
-            ]
-            found = [str(p) for p in paths if p.is_file()]
-            lines.append(
-                f"{name}task {rank} did not complete: "
-                + (", ".join(found) if found else "no log yet (queued, running or never started)")
-            )
-    return lines
 
 
 def _add_dedup(sub) -> None:

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
-from pipelines.common import SlurmConfig, WriteConfig, check_settings, make_executor, read_steps, write_json
+from pipelines.common import (
+    SlurmConfig,
+    WriteConfig,
+    check_paths,
+    check_settings,
+    check_shard_input,
+    make_executor,
+    read_steps,
+    write_json,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "score.yaml"
 
@@ -133,7 +142,9 @@ def prepare(
     from cpt.steps.write import ShardWriter
 
     input_dir, output = Path(input_dir), Path(output)
+    check_paths([input_dir], output)
     files = shard_files(input_dir)
+    check_shard_input(input_dir, files, "score")
     if not names and not cfg.kl.enabled:
         raise ConfigError("--classifiers", ["name at least one classifier, or enable kl"])
     tasks = tasks or len(files)
@@ -141,19 +152,23 @@ def prepare(
     reference = None
     if cfg.kl.enabled:
         reference = cfg.kl.reference or str(report / "kl_reference.json")
-        if not Path(reference).is_file():
-            if cfg.kl.reference:
-                raise FileNotFoundError(f"{reference}: no KL reference (kl.reference)")
-            if record:
-                build_kl_reference(sample_for_reference(files, cfg.kl.sample_docs), reference)
-    steps, labels = scoring_steps(cfg, names, reference)
+        if cfg.kl.reference and not Path(reference).is_file():
+            raise FileNotFoundError(f"{reference}: no KL reference (kl.reference)")
+    for name in names:  # a missing classifier model fails before anything is written
+        if not Path(cfg.model_path(name)).is_file():
+            raise FileNotFoundError(
+                f"{cfg.model_path(name)}: no {name} classifier (train it with `run.py train-classifier --name {name}`)"
+            )
     settings = {
         "input": str(input_dir.resolve()),
         "classifiers": names,
         "config": asdict(cfg),
         "tasks": tasks,
     }
-    check_settings(report, output, settings, record)
+    check_settings(report, output, settings, record, inputs=files, root=input_dir)
+    if reference and not Path(reference).is_file() and record:
+        build_kl_reference(sample_for_reference(files, cfg.kl.sample_docs), reference)
+    steps, labels = scoring_steps(cfg, names, reference)
     paths_file = report / "inputs.txt"
     labels = ["read", *labels, "write"]
     if record:

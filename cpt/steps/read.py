@@ -259,12 +259,9 @@ class CountingParquetReader(_CountingReader, ParquetReader):
             self.drop("broken_parquet")
 
 
-def make_readers(input_path: str, lists_dir: str | Path, limit: int = -1, progress: bool = True) -> list:
-    """One reader per kind of input found under a folder or glob (kinds detected by file name).
-
-    The files of each kind are listed, sorted, in `lists_dir/<kind>.txt`: tasks shard that list, and
-    the run keeps a record of exactly what it read.
-    """
+def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:
+    """(folder, {kind: sorted files relative to it}) of the inputs under a folder or glob, kinds
+    detected by file name; FileNotFoundError naming the path when there are none."""
     from datatrove.io import get_datafolder
 
     folder, pattern = split_glob(input_path)
@@ -282,16 +279,31 @@ def make_readers(input_path: str, lists_dir: str | Path, limit: int = -1, progre
         raise FileNotFoundError(
             f"{input_path}: no input files found (looked for .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet)"
         )
+    return folder, dict(sorted(by_kind.items()))
+
+
+def make_readers(
+    folder: str,
+    by_kind: dict[str, list[str]],
+    lists_dir: str | Path,
+    limit: int = -1,
+    progress: bool = True,
+    write: bool = True,
+) -> list:
+    """One reader per kind of input `list_inputs` found. The files of each kind are listed, sorted, in
+    `lists_dir/<kind>.txt`: tasks shard that list, and the run keeps a record of exactly what it read.
+    With `write=False` the lists are not written (yet): a run that is refused writes nothing."""
     lists_dir = Path(lists_dir)
-    lists_dir.mkdir(parents=True, exist_ok=True)
     readers = []
     common = dict(limit=limit, file_progress=progress, doc_progress=progress)
     classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
     for kind, kind_files in sorted(by_kind.items()):
         paths_file = lists_dir / f"{kind}.txt"
-        tmp = paths_file.with_suffix(".tmp")
-        tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
-        tmp.replace(paths_file)
+        if write:
+            lists_dir.mkdir(parents=True, exist_ok=True)
+            tmp = paths_file.with_suffix(".tmp")
+            tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
+            tmp.replace(paths_file)
         cls = classes.get(kind, CountingParquetReader)
         readers.append(cls(folder, paths_file=str(paths_file), **common))
     return readers

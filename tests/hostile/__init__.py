@@ -1,0 +1,1 @@
+"""Hostile-input probes: every command against bad input, interruption and misuse."""

@@ -1,0 +1,209 @@
+"""Misuse of the pipeline commands (clean, dedup, score) and of their settings: each probe runs the real
+command and expects one line naming the file, key or value (exit 2), before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from cpt.config import ConfigError, apply_overrides, parse_yaml
+
+CLEAN = ["--no-progress", "--steps", "pii"]  # a cheap step: these probes are about the run, not the filters
+
+
+def _jsonl(path: Path, n: int, start: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"id": f"d{i}", "text": f"Document number {i} says something of its own, {i * 7} times."})
+        for i in range(start, start + n)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _one_line_error(proc, expected: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict:
+    """A finished two-file clean run (two tasks) and the folders around it."""
+    root = tmp_path_factory.mktemp("runs")
+    _jsonl(root / "in" / "a.jsonl", 6)
+    _jsonl(root / "in" / "b.jsonl", 6, start=6)
+    run_cli("clean", "--input", str(root / "in"), "--output", str(root / "clean"), *CLEAN)
+    return {"root": root, "input": root / "in", "clean": root / "clean"}
+
+
+def _copy_run(finished: dict, tmp_path: Path) -> tuple[Path, Path]:
+    shutil.copytree(finished["input"], tmp_path / "in")
+    shutil.copytree(finished["clean"], tmp_path / "clean")
+    return tmp_path / "in", tmp_path / "clean"
+
+
+def test_output_that_is_a_file_is_refused(finished, tmp_path):
+    target = tmp_path / "out.parquet"
+    target.write_bytes(b"mine")
+    proc = run_cli("clean", "--input", str(finished["input"]), "--output", str(target), *CLEAN, check=False)
+    _one_line_error(proc, "is a file, not a folder")
+    assert target.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    "command, output",
+    [
+        ("clean", "input"),  # --output = --input
+        ("clean", "input/out"),  # inside it: a rerun would read its own shards
+        ("dedup", "clean"),  # dedup over the clean shards it reads
+        ("score", "clean/scored"),
+    ],
+)
+def test_output_inside_the_input_is_refused(finished, tmp_path, command, output):
+    source, clean = _copy_run(finished, tmp_path)
+    folders = {"input": source, "clean": clean}
+    given = folders["input"] if command == "clean" else clean
+    head, _, tail = output.partition("/")
+    target = folders[head] / tail if tail else folders[head]
+    before = _digest(given)
+    extra = ["--classifiers", "", "--set", "kl.enabled=true"] if command == "score" else []
+    proc = run_cli(
+        command, "--input", str(given), "--output", str(target), "--no-progress", *extra, check=False
+    )
+    _one_line_error(proc, "would write into what it reads")
+    assert _digest(given) == before
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [("add", "c.jsonl is new"), ("remove", "b.jsonl is gone"), ("grow", "a.jsonl was ")],
+)
+def test_resume_with_changed_inputs_is_refused_and_writes_nothing(finished, tmp_path, change, expected):
+    source, clean = _copy_run(finished, tmp_path)
+    if change == "add":
+        _jsonl(source / "c.jsonl", 3, start=50)
+    elif change == "remove":
+        (source / "b.jsonl").unlink()
+    else:
+        with (source / "a.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"text": "one more line"}) + "\n")
+    before = _digest(clean)
+    # the same --tasks as the first run: only the inputs differ
+    proc = run_cli(
+        "clean", "--input", str(source), "--output", str(clean), *CLEAN, "--tasks", "2", check=False
+    )
+    _one_line_error(proc, expected)
+    assert _digest(clean) == before  # report/inputs/jsonl.txt included: a refused rerun writes nothing
+
+
+def test_rerun_with_the_same_inputs_is_accepted(finished, tmp_path):
+    _, clean = _copy_run(finished, tmp_path)
+    proc = run_cli("clean", "--input", str(finished["input"]), "--output", str(clean), *CLEAN, check=False)
+    assert proc.returncode == 0, proc.stderr
+    pinned = json.loads((clean / "report" / "inputs.json").read_text())["files"]
+    assert [(f["path"], f["size"]) for f in pinned] == [
+        (name, (finished["input"] / name).stat().st_size) for name in ("a.jsonl", "b.jsonl")
+    ]
+
+
+def test_dedup_of_an_unfinished_clean_run_is_refused(finished, tmp_path):
+    _, clean = _copy_run(finished, tmp_path)
+    (clean / "report" / "logs" / "completions" / "00001").unlink()  # task 1 as a kill leaves it
+    proc = run_cli("dedup", "--input", str(clean), "--output", str(tmp_path / "dedup"), check=False)
+    _one_line_error(proc, "1 unfinished task (task 1 did not complete")
+    assert not (tmp_path / "dedup").exists()
+
+
+@pytest.mark.parametrize("command", ["dedup", "score"])
+def test_shards_without_a_text_column_are_refused(tmp_path, command):
+    (tmp_path / "mine" / "en").mkdir(parents=True)
+    shard = tmp_path / "mine" / "en" / "part.parquet"
+    pq.write_table(pa.table({"content": ["a b c"] * 5}), shard)
+    extra = ["--classifiers", "", "--set", "kl.enabled=true"] if command == "score" else []
+    proc = run_cli(command, "--input", str(tmp_path / "mine"), "--output", str(tmp_path / "out"), *extra,
+                   check=False)  # fmt: skip
+    _one_line_error(proc, "part.parquet: no `text` column (columns: content)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_shard_is_refused_before_dedup(finished, tmp_path):
+    _, clean = _copy_run(finished, tmp_path)
+    shard = next(clean.glob("*/*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:200])
+    proc = run_cli("dedup", "--input", str(clean), "--output", str(tmp_path / "dedup"), check=False)
+    _one_line_error(proc, f"{shard.name}: not a readable Parquet file")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("languages=[en", "override 'languages=[en': the value is not valid YAML"),
+        ("langid.min_score=high", "langid.min_score: expected float, got 'high'"),
+        ("write.rows_per_group=1.5", "write.rows_per_group: expected int, got 1.5"),
+        ("langid", "must look like key.sub=value"),
+    ],
+)
+def test_bad_overrides_are_one_line(finished, tmp_path, override, expected):
+    proc = run_cli("clean", "--input", str(finished["input"]), "--output", str(tmp_path / "out"), "--set", override,
+                   "--dry-run", check=False)  # fmt: skip
+    _one_line_error(proc, expected)
+    assert not (tmp_path / "out" / "report" / "settings.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override", ["dirty_words.max_share=1e-3", "langid.min_score=5e-1", 'langid.min_score="0.5"']
+)
+def test_numbers_are_read_as_users_write_them(finished, tmp_path, override):
+    proc = run_cli("clean", "--input", str(finished["input"]), "--output", str(tmp_path / "out"), "--set", override,
+                   "--dry-run", check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_yaml_numbers_in_every_loader(tmp_path):
+    from cpt.mix.stage import load_stage
+    from trainer.config import load_config
+
+    assert parse_yaml("a: 1e-4\nb: 1E5\nc: .5e1\nd: 1_000\ne: 1e-4x") == {
+        "a": 1e-4,
+        "b": 1e5,
+        "c": 5.0,
+        "d": 1000,
+        "e": "1e-4x",
+    }
+    # the README's own example and its neighbours
+    cfg = load_config(None, ["mix=m", "model.path=p", "optim.lr=1e-4", "schedule.min_lr=1e-5"])
+    assert (cfg.optim.lr, cfg.schedule.min_lr) == (1e-4, 1e-5)
+    with pytest.raises(ConfigError, match="optim.lr: expected float, got 'fast'"):
+        load_config(None, ["mix=m", "model.path=p", "optim.lr=fast"])
+    stage = tmp_path / "s.yaml"
+    stage.write_text('name: s\nseq_len: 8\ntokens: 1e3\nsources: [{name: a, path: x, weight: "1.0"}]\n')
+    with pytest.raises(ConfigError, match=r"tokens: expected int, got 1000\.0"):
+        load_stage(stage)  # 1e3 is a float: a token count must be written as a whole number
+    stage.write_text('name: s\nseq_len: 8\ntokens: 1000\nsources: [{name: a, path: x, weight: "1.0"}]\n')
+    assert load_stage(stage).sources[0].weight == 1.0
+    with pytest.raises(ConfigError, match="override 'a=\\{b': the value is not valid YAML"):
+        apply_overrides({}, ["a={b"])
+
+
+def test_dry_run_writes_nothing(finished, tmp_path):
+    proc = run_cli("clean", "--input", str(finished["input"]), "--output", str(tmp_path / "out"), *CLEAN,
+                   "--dry-run", check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "out" / "report").exists()
