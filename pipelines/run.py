@@ -425,7 +425,11 @@ def _funnel(args) -> int:
     from pipelines import clean, dedup, score
 
     report = Path(args.output) / "report" / "steps.json"
-    meta = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    if not report.is_file():
+        raise FileNotFoundError(
+            f"{report}: not found; is {args.output} the --output of a clean, dedup or score run?"
+        )
+    meta = json.loads(report.read_text(encoding="utf-8"))
     if meta.get("pipeline") == "score":
         funnel = score.funnel_of(args.output)
     else:
