@@ -47,21 +47,31 @@ def read_stage_manifest(path: str | Path, check_shards: bool = True) -> dict:
         raise ManifestError(f"{path}: no stage manifest; build one with `cpt-mix build STAGE.yaml`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot be read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or "manifest_hash" not in manifest:
+        raise ManifestError(
+            f"{path}: not a stage manifest (no manifest_hash); build one with `cpt-mix build`"
+        )
     if manifest.get("manifest_hash") != manifest_hash(manifest):
         raise ManifestError(f"{path}: its content does not match its manifest_hash (edited by hand?)")
+    # The build checked every shard against its tokens.json and recorded what is on disk, so a
+    # difference here means the shard changed after the build: rebuilding re-reads the folder.
     for source in manifest["sources"] if check_shards else []:
         for f in source["files"]:
             shard = Path(f["path"])
-            size = np.dtype(f["dtype"]).itemsize * f["tokens"]
-            if not shard.is_file() or shard.stat().st_size != size:
-                raise ManifestError(
-                    f"{path}: {source['name']}: {shard} is missing or changed since the build"
-                )
-            index = Path(f"{shard}.index")
-            if not index.is_file() or index.stat().st_size != 8 * f["documents"]:
-                raise ManifestError(
-                    f"{path}: {source['name']}: {index} is missing or changed since the build"
-                )
+            for file, size, what in (
+                (shard, np.dtype(f["dtype"]).itemsize * f["tokens"], f"{f['tokens']:,} tokens"),
+                (Path(f"{shard}.index"), 8 * f["documents"], f"{f['documents']:,} documents"),
+            ):
+                found = file.stat().st_size if file.is_file() else None
+                if found != size:
+                    now = (
+                        "is missing"
+                        if found is None
+                        else f"holds {found:,} bytes, not the {size:,} of {what}"
+                    )
+                    raise ManifestError(f"{path}: {source['name']}: {file} {now}: changed since the build")
     return manifest

@@ -201,7 +201,6 @@ def _language_chain(
         ExactFindDedups,
         MinhashDedupBuckets,
         MinhashDedupCluster,
-        MinhashDedupSignature,
     )
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
     from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -213,6 +212,7 @@ def _language_chain(
         LineDedupFilter,
         LineHashCounter,
         MinhashClusterFilter,
+        MinhashSignature,
         MinhashVerifyPairs,
         RemovedWriter,
         longest_text_first,
@@ -289,14 +289,16 @@ def _language_chain(
             )
             tokenizer = word_tokenizers([lang])[lang]  # zh: jieba words, so shingles are word 5-grams
             sigs, buckets, clusters = work / "mh_sigs", work / "mh_buckets", work / "mh_clusters"
-            signature = MinhashDedupSignature(str(sigs), config=mh, language=tokenizer)
+            # datatrove's signature, plus one for a document shorter than n_grams words (else its exact
+            # copies would all be kept)
+            signature = MinhashSignature(str(sigs), config=mh, language=tokenizer)
             stage("minhash_1_signatures", [reader(current), signature], tasks)
             stage(
                 "minhash_2_buckets", [MinhashDedupBuckets(str(sigs), str(buckets), config=mh)], m.num_buckets
             )
             if m.verify_jaccard is not None:
                 verified = work / "mh_verified"
-                shingler = MinhashDedupSignature(str(work / "mh_unused"), config=mh, language=tokenizer)
+                shingler = MinhashSignature(str(work / "mh_unused"), config=mh, language=tokenizer)
                 check = MinhashVerifyPairs(
                     str(buckets), str(verified), reader(current), shingler, tasks, m.verify_jaccard
                 )

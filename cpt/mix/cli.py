@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from cpt.config import ConfigError
-from cpt.manifest import ManifestError, read_stage_manifest, write_stage_manifest
+from cpt.manifest import STAGE_MANIFEST, ManifestError, read_stage_manifest, write_stage_manifest
 from cpt.mix.chart import composition_chart
 from cpt.mix.plan import MixError, plan, table
 from cpt.mix.stage import load_stage
+from cpt.tokens import MANIFEST
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +43,49 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stage = load_stage(args.stage)
         manifest = plan(stage, args.stage)
+        output = Path(args.output or Path("runs") / "mixes" / stage.name)
+        if not args.dry_run:
+            _check_output(output, stage.name)
     except (ConfigError, MixError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that exists but cannot be read (permissions, a folder in its place)
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     print(table(manifest))
     if not args.dry_run:
-        path = write_stage_manifest(manifest, args.output or Path("runs") / "mixes" / stage.name)
+        try:
+            path = write_stage_manifest(manifest, output)
+        except OSError as e:
+            print(f"error: {output}: cannot write the manifest there ({e.strerror})", file=sys.stderr)
+            return 2
         print(f"wrote {path}")
     return 0
+
+
+def _check_output(output: Path, stage: str) -> None:
+    """--output is a folder for this stage's manifest: a file, a token-shard folder or a folder holding
+    another stage's (or anything else's) manifest.json is refused rather than written into."""
+    if output.exists() and not output.is_dir():
+        raise MixError(f"--output {output}: a file, not a folder; give a folder for manifest.json")
+    if (output / MANIFEST).is_file():
+        raise MixError(f"--output {output}: a token-shard folder; give a folder of its own for the manifest")
+    existing = output / STAGE_MANIFEST
+    if existing.exists():
+        try:  # a stage manifest, even a stale or edited one, is what a rebuild replaces
+            old = json.loads(existing.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        ours = isinstance(old, dict) and "manifest_hash" in old
+        if not ours or old.get("stage") != stage:
+            what = (
+                f"the manifest of stage {old.get('stage')!r}"
+                if ours
+                else "a manifest.json that is no stage's"
+            )
+            raise MixError(
+                f"--output {output}: holds {what}; give another folder (this one is left as it is)"
+            )
 
 
 def _show(manifest_path: str, chart: str | None) -> int:

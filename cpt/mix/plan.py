@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpt.manifest import manifest_hash
 from cpt.mix.stage import Source, Stage
-from cpt.tokens import MANIFEST
+from cpt.tokens import MANIFEST, RESUME, TOKEN_SIZES, TokenShardError, check_files, read_manifest
 
 EPOCH_WARNING = 4.0  # Muennighoff et al. 2023: repeated data stops paying off after about 4 epochs
 REPLAY_WARNING = 0.05  # Ibrahim et al. 2024: replay of 5% or more is what prevents forgetting
@@ -41,57 +40,107 @@ class PlannedSource:
     warnings: list[str] = field(default_factory=list)
 
 
-def _file_digest(folder: Path, entry: dict) -> str:
+def _file_digest(index: bytes, size: int) -> str:
     """Content hash of a shard: its document index (small) and its size, so planning stays cheap."""
-    h = hashlib.sha256((folder / f"{entry['path']}.index").read_bytes())
-    h.update(str((folder / entry["path"]).stat().st_size).encode())
+    h = hashlib.sha256(index)
+    h.update(str(size).encode())
     return h.hexdigest()
 
 
-def resolve(source: Source, where: str) -> tuple[list[dict], str]:
-    """Shard files of a source and their tokenizer hash."""
-    folders = (
-        sorted(Path(p) for p in glob.glob(source.path))
-        if any(c in source.path for c in "*?[")
-        else [Path(source.path)]
-    )
+def _unfinished(folder: Path) -> bool:
+    """A folder a tokenize run is still writing (or that died): shards, but no tokens.json yet."""
+    return not (folder / MANIFEST).is_file() and any(folder.glob("*.ds"))
+
+
+def _folders(source: Source, where: str) -> list[Path]:
+    """The token-shard folders a source names: its path (or what its glob matches) and, with `where`,
+    the labelled folders under them that match."""
+    pattern = any(c in source.path for c in "*?[")
+    folders = sorted(Path(p) for p in glob.glob(source.path)) if pattern else [Path(source.path)]
+    folders = [f for f in folders if f.is_dir()]
+    if not folders:
+        what = (
+            "no folder matches it"
+            if pattern
+            else "a file, not a folder"
+            if Path(source.path).exists()
+            else "no such folder"
+        )
+        raise MixError(
+            f"{where}: {source.path}: {what}, so no token shards; point path at the --output of `run.py tokenize`"
+        )
     condition = source.condition()
     if condition is not None:  # the labelled folders under path (`tokenize --split-by`) that match
         key, allowed = condition
-        below = [c for f in folders for c in ([f] if (f / MANIFEST).is_file() else sorted(f.iterdir()))]
-        folders = [
-            f
-            for f in below
-            if (f / MANIFEST).is_file()
-            and str(json.loads((f / MANIFEST).read_text(encoding="utf-8")).get("labels", {}).get(key))
-            in allowed
+        below = [
+            c
+            for f in folders
+            for c in ([f] if (f / MANIFEST).is_file() else sorted(f.iterdir()))
+            if c.is_dir()
         ]
+        folders, found = [], set()
+        for f in below:
+            if _unfinished(f):
+                raise MixError(f"{where}: {f}: no {MANIFEST}: its tokenize run has not finished; {RESUME}")
+            if (f / MANIFEST).is_file():
+                value = str(_read(f, where).get("labels", {}).get(key))
+                found.add(value)
+                if value in allowed:
+                    folders.append(f)
         if not folders:
-            raise MixError(f"{where}: {source.path}: no token shards labelled {source.where}")
+            seen = f" (found {key}: {', '.join(sorted(found))})" if found - {"None"} else ""
+            raise MixError(f"{where}: {source.path}: no token shards labelled {source.where}{seen}")
+    for f in folders:
+        if _unfinished(f):  # never planned without: its data would be silently missing from the stage
+            raise MixError(f"{where}: {f}: no {MANIFEST}: its tokenize run has not finished; {RESUME}")
     folders = [f for f in folders if (f / MANIFEST).is_file()]
     if not folders:
         raise MixError(
             f"{where}: {source.path}: no token shards (a folder with {MANIFEST}, from `run.py tokenize`)"
         )
-    files, tokenizers = [], set()
-    for folder in folders:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        tokenizers.add(manifest["tokenizer_sha256"])
-        for entry in manifest["files"]:
-            if not (folder / entry["path"]).is_file():
-                raise MixError(f"{where}: {folder / entry['path']} is listed in {MANIFEST} but missing")
-            files.append(
-                {
-                    "path": str((folder / entry["path"]).resolve()),
-                    "tokens": entry["tokens"],
-                    "documents": entry["documents"],
-                    "dtype": manifest["dtype"],
-                    "sha256": _file_digest(folder, entry),
-                }
-            )
+    return folders
+
+
+def _read(folder: Path, where: str) -> dict:
+    try:
+        return read_manifest(folder)
+    except TokenShardError as e:
+        raise MixError(f"{where}: {e}") from None
+
+
+def resolve(source: Source, where: str) -> tuple[list[dict], str]:
+    """Shard files of a source and their tokenizer hash. Every shard is checked against its folder's
+    tokens.json (sizes, index; see `cpt.tokens.check_files`): the counts written into the manifest are
+    the ones the loader finds on disk."""
+    files, tokenizers = [], {}
+    for folder in _folders(source, where):
+        manifest = _read(folder, where)
+        tokenizers.setdefault(manifest["tokenizer_sha256"], folder)
+        size = TOKEN_SIZES[manifest["dtype"]]
+        try:
+            for entry, index in check_files(folder, manifest):
+                files.append(
+                    {
+                        "path": str((folder / entry["path"]).resolve()),
+                        "tokens": entry["tokens"],
+                        "documents": entry["documents"],
+                        "dtype": manifest["dtype"],
+                        "sha256": _file_digest(index, entry["tokens"] * size),
+                    }
+                )
+        except TokenShardError as e:
+            raise MixError(f"{where}: {e}") from None
     if len(tokenizers) > 1:
-        raise MixError(f"{where}: {source.path}: shards from {len(tokenizers)} different tokenizers")
-    return files, tokenizers.pop()
+        detail = "; ".join(f"{f}: {t[:12]}…" for t, f in tokenizers.items())
+        raise MixError(
+            f"{where}: {source.path}: shards from {len(tokenizers)} different tokenizers ({detail})"
+        )
+    if not sum(f["tokens"] for f in files):
+        raise MixError(
+            f"{where}: {source.path}: its token shards hold no tokens (tokenize had no text to read); "
+            "give it data or drop the source"
+        )
+    return files, next(iter(tokenizers))
 
 
 def plan(stage: Stage, stage_file: str = "stage") -> dict:

@@ -6,6 +6,8 @@
   document's bucket; counts are spilled to disk sharded by hash (`LineHashCounter`), summed one shard
   at a time (`FrequentLines`), and lines counted more than `max_count` times in their bucket are
   removed (`LineDedupFilter`). No stage holds more than one task's lines or one shard's counts.
+- MinHash: datatrove's stages, with a signature for documents too short to shingle (`MinhashSignature`:
+  exact copies of them are removed too) and an optional check of each candidate pair's real overlap.
 - Removed documents go to a Parquet side table (`RemovedWriter`) naming the level and what they
   duplicated.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup import MinhashDedupFilter
+from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.writers import ParquetWriter
 from datatrove.utils.typeshelper import StatHints
 
@@ -219,6 +221,31 @@ class LineDedupFilter(PipelineStep):
                 doc.metadata["lines_removed"] = removed
                 self.stat_update(StatHints.forwarded)
                 yield doc
+
+
+SHORT_TEXT = "\x00short\x00"  # sets a short document's one shingle apart from word n-grams
+
+
+class MinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signatures, and one for a document too short to shingle.
+
+    datatrove shingles a document into word n-grams; one with fewer than `n_grams` words has none, so
+    it gets no signature and its copies are all kept. Here such a document's one shingle is its whole
+    text (whitespace collapsed, case and digits kept: these are matched exactly, not fuzzily), so its
+    exact copies share a signature and MinHash clusters them like any other duplicates. The marker
+    keeps that shingle from ever equalling a longer document's n-gram.
+    """
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        from datatrove.utils.text import ngrams, simplify_text
+
+        words = self.word_tokenizer.word_tokenize(simplify_text(text, self.config.norm_config))
+        if len(words) >= self.config.n_grams:  # as datatrove does, without splitting the words twice
+            hashes = [self._hash_func(" ".join(x)) for x in ngrams(words, self.config.n_grams)]
+        else:
+            whole = " ".join(text.split())
+            hashes = [self._hash_func(SHORT_TEXT + whole)] if whole else []
+        return np.fromiter(hashes, dtype=np.uint64).reshape((-1, 1))
 
 
 _PAIR_DTYPE = np.dtype([("f1", "<u4"), ("d1", "<u4"), ("f2", "<u4"), ("d2", "<u4")])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,30 +83,142 @@ class TokensManifestStep(PipelineStep):
             yield from data
 
 
+# what to do about a folder whose files do not match its tokens.json: a rerun of the same command into
+# it skips the tasks it finished, so it keeps their damaged files
+REDO = "re-run `run.py tokenize` into a new --output folder (a rerun into this one keeps its finished files)"
+RESUME = "run the same `run.py tokenize` command again to finish it"
+TOKEN_SIZES = {"uint16": 2, "uint32": 4}
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """A folder's tokens.json, checked for the keys and types its readers rely on (not yet its files:
+    see `check_files`); a TokenShardError names the file and the fix."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise TokenShardError(
+            f"{folder}: no {MANIFEST}: its tokenize run has not finished ({RESUME}) or this is not "
+            "a token-shard folder"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TokenShardError(f"{path}: cannot be read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenShardError(f"{path}: not valid JSON ({e}); {REDO}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise TokenShardError(f"{path}: {problem}; {REDO}")
+    return manifest
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_problem(m) -> str | None:
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}, not the object tokenize writes"
+    missing = [k for k in ("tokenizer_sha256", "dtype", "files") if k not in m]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(m["tokenizer_sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", m["tokenizer_sha256"]):
+        return f"tokenizer_sha256 {m['tokenizer_sha256']!r} is not a SHA-256"
+    if m["dtype"] not in TOKEN_SIZES:
+        return f"dtype {m['dtype']!r} is not one of {', '.join(TOKEN_SIZES)}"
+    if "token_size" in m and m["token_size"] != TOKEN_SIZES[m["dtype"]]:
+        return f"token_size {m['token_size']!r} does not match dtype {m['dtype']}"
+    if not isinstance(m.get("labels", {}), dict):
+        return "labels is not a mapping"
+    if not isinstance(m["files"], list):
+        return "files is not a list"
+    seen = set()
+    for i, f in enumerate(m["files"]):
+        if not isinstance(f, dict) or not {"path", "tokens", "documents"} <= f.keys():
+            return f"files[{i}] is not {{path, tokens, documents}}"
+        name = f["path"]
+        # a plain file name: the shards of a folder are in it, and nothing it lists may lead out of it
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".ds") or name == ".ds":
+            return f"files[{i}].path {name!r} is not the name of a .ds file in this folder"
+        if name in seen:
+            return f"files[{i}].path {name!r} is listed twice"
+        seen.add(name)
+        for key in ("tokens", "documents"):
+            if not _count(f[key]):
+                return f"files[{i}].{key} {f[key]!r} is not a count"
+    for key in ("tokens", "documents"):
+        if key in m and m[key] != sum(f[key] for f in m["files"]):
+            return f"{key} {m[key]!r} is not the sum over its files ({sum(f[key] for f in m['files']):,})"
+    return None
+
+
+def check_files(folder: str | Path, manifest: dict) -> Iterator[tuple[dict, bytes]]:
+    """Each file entry of a (read_manifest-checked) tokens.json with its document index, once its shard
+    is shown to hold what the entry counts: the shard's size is tokens x token size, the index holds
+    one end offset per document, never decreasing, the last one the shard's end; and no shard lies in
+    the folder unlisted. Reads the indexes (8 bytes a document), never the tokens."""
+    folder = Path(folder)
+    listed = {f["path"] for f in manifest["files"]}
+    unlisted = sorted(p.name for p in folder.glob("*.ds") if p.name not in listed)
+    if unlisted:
+        raise TokenShardError(
+            f"{folder / unlisted[0]}: a shard that {MANIFEST} does not list (written by another run?); {REDO}"
+        )
+    size = TOKEN_SIZES[manifest["dtype"]]
+    for f in manifest["files"]:
+        ds = folder / f["path"]
+        index = Path(f"{ds}.index")
+        tokens, documents = f["tokens"], f["documents"]
+        for path in (ds, index):
+            if not path.is_file():
+                raise TokenShardError(f"{path}: listed in {MANIFEST} but missing; {REDO}")
+        if ds.stat().st_size != tokens * size:
+            raise TokenShardError(
+                f"{ds}: {ds.stat().st_size:,} bytes, but {MANIFEST} counts {tokens:,} tokens of {size} bytes "
+                f"({tokens * size:,}): cut short or rewritten since tokenize; {REDO}"
+            )
+        try:
+            raw = index.read_bytes()
+        except OSError as e:
+            raise TokenShardError(f"{index}: cannot be read ({e.strerror})") from None
+        if len(raw) != 8 * documents:
+            raise TokenShardError(
+                f"{index}: {len(raw):,} bytes, but {MANIFEST} counts {documents:,} documents of 8 bytes "
+                f"({8 * documents:,}): cut short or rewritten since tokenize; {REDO}"
+            )
+        ends = np.frombuffer(raw, dtype="<u8")
+        last = int(ends[-1]) if documents else 0
+        if last != tokens:
+            raise TokenShardError(
+                f"{index}: its documents end at token {last:,}, but {ds.name} holds {tokens:,}; {REDO}"
+            )
+        back = np.flatnonzero(ends[1:] < ends[:-1])
+        if len(back):
+            raise TokenShardError(
+                f"{index}: document {int(back[0]) + 1} ends before document {int(back[0])} (a damaged "
+                f"index); {REDO}"
+            )
+        yield f, raw
+
+
 class TokenShards:
     """Random access to the documents of a token-shard folder, memory-mapped (nothing is read up front)."""
 
     def __init__(self, folder: str | Path, tokenizer: str | Path | None = None):
         self.folder = Path(folder)
-        path = self.folder / MANIFEST
-        if not path.is_file():
-            raise TokenShardError(
-                f"{self.folder}: no {MANIFEST}; the tokenize run is incomplete or this is not one"
-            )
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        self.manifest = read_manifest(self.folder)
         if tokenizer is not None and tokenizer_hash(tokenizer) != self.manifest["tokenizer_sha256"]:
             raise TokenShardError(
                 f"{self.folder}: written with another tokenizer (sha256 {self.manifest['tokenizer_sha256'][:12]}…), "
                 f"not {tokenizer}"
             )
         dtype = np.dtype(self.manifest["dtype"])
-        self._tokens = [  # a task that got no document leaves an empty file, which cannot be mapped
-            np.memmap(self.folder / f["path"], dtype=dtype, mode="r") if f["tokens"] else np.empty(0, dtype)
-            for f in self.manifest["files"]
-        ]
-        self._ends = [
-            np.fromfile(self.folder / f"{f['path']}.index", dtype=np.uint64) for f in self.manifest["files"]
-        ]
+        self._tokens, self._ends = [], []
+        for f, index in check_files(self.folder, self.manifest):
+            # a task that got no document leaves an empty file, which cannot be mapped
+            path = self.folder / f["path"]
+            self._tokens.append(np.memmap(path, dtype=dtype, mode="r") if f["tokens"] else np.empty(0, dtype))
+            self._ends.append(np.frombuffer(index, dtype="<u8"))
         self._first = np.cumsum([0] + [len(e) for e in self._ends])
 
     def __len__(self) -> int:
