@@ -247,12 +247,12 @@ class PackedSequences:
 def heldout_batches(folder: str | Path, seq_len: int, sequences: int, batch_size: int, pad_id: int = 0):
     """Packed, document-masked batches of a held-out token-shard folder, always the same ones (for
     perplexity): its documents in a fixed seeded order, concatenated to `seq_len`."""
-    import json
-
-    from cpt.tokens import MANIFEST
+    from cpt.tokens import check_files, read_manifest
 
     folder = Path(folder)
-    meta = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    meta = read_manifest(folder)  # a damaged or unfinished held-out set is a TokenShardError naming the file
+    for _ in check_files(folder, meta):
+        pass
     source = {
         "name": f"heldout:{folder.name}",
         "packing": "concat",
