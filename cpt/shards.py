@@ -43,6 +43,39 @@ CLEAN_SCHEMA = pa.schema(
 
 UNKNOWN_LANG = "und"  # ISO 639-2 "undetermined": documents written before language ID ran
 
+# the metadata keys the schema gives a type: top-level columns and the `metadata` struct's fields
+_TYPED = {
+    **{f.name: f.type for f in CLEAN_SCHEMA if f.name in ("url", "lang", "lang_score", "source")},
+    **{f.name: f.type for f in METADATA_FIELDS},
+}
+
+
+def fit_metadata(meta: dict) -> dict:
+    """An input record's metadata, in place, with every key the schema types made to fit it: a number
+    where a string belongs becomes its text; a value that cannot have the type (a list, a word where a
+    number belongs, an integer out of range) is dropped, not left to crash a filter or the writer."""
+    for key, kind in _TYPED.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if pa.types.is_string(kind):
+            fits = isinstance(value, str) or number
+            if fits and not isinstance(value, str):
+                meta[key] = str(value)
+        elif pa.types.is_integer(kind):
+            bound = 2 ** (kind.bit_width - 1)
+            fits = number and float(value).is_integer() and -bound <= value < bound
+            if fits:
+                meta[key] = int(value)
+        else:  # float32: out-of-range magnitudes become inf, as in numpy
+            fits = number
+            if fits:
+                meta[key] = float(value)
+        if not fits:
+            del meta[key]
+    return meta
+
 
 def document_row(doc, source: str) -> dict:
     """Map a datatrove Document onto a CLEAN_SCHEMA row."""
@@ -51,7 +84,7 @@ def document_row(doc, source: str) -> dict:
         "id": doc.id,
         "text": doc.text,
         "url": meta.get("url"),
-        "lang": meta.get("lang", UNKNOWN_LANG),
+        "lang": meta.get("lang") or UNKNOWN_LANG,
         "lang_score": meta.get("lang_score"),
         "source": meta.get("source", source),
         "metadata": {f.name: meta.get(f.name) for f in METADATA_FIELDS},
@@ -60,7 +93,8 @@ def document_row(doc, source: str) -> dict:
 
 def row_to_document(reader, row: dict, path: str, id_in_file: int | str) -> dict:
     """Adapter for datatrove's ParquetReader: a CLEAN_SCHEMA row back into a Document's fields."""
-    metadata = {k: v for k, v in (row.get("metadata") or {}).items() if v is not None}
+    struct = row.get("metadata")
+    metadata = {k: v for k, v in struct.items() if v is not None} if isinstance(struct, dict) else {}
     for key in ("url", "lang", "lang_score", "source"):
         if row.get(key) is not None:
             metadata[key] = row[key]

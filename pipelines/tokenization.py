@@ -7,13 +7,14 @@ decides the order) -> one last task writes tokens.json (files, counts, source, t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from cpt.config import ConfigError
-from pipelines.common import SlurmConfig, check_settings, make_executor
+from pipelines.common import SlurmConfig, check_settings, check_shard_input, make_executor
 
 
 @dataclass
@@ -45,6 +46,12 @@ def prepare(
 
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
     files = shard_files(input_dir)
+    check_shard_input(input_dir, files, "tokenize")
+    if not any(_may_hold_documents(f) for f in files):  # else: a 0-document tokens.json, and exit 0
+        raise ConfigError(
+            str(input_dir),
+            [f"no documents to tokenize: its {len(files)} Parquet shard(s) hold no row with text"],
+        )
     tokenizer_json = tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer
     if not tokenizer_json.is_file():
         raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (use a folder written by `cpt-tok merge`)")
@@ -70,9 +77,14 @@ def prepare(
     paths_file = report / "inputs.txt"
     paths_file.parent.mkdir(parents=True, exist_ok=True)
     paths_file.write_text("".join(str(p.relative_to(input_dir)) + "\n" for p in files), encoding="utf-8")
-    # --split-by topic: one token-shard folder per value (OUTPUT/<value>/, its tokens.json labelled with
-    # it), so a stage can select them (`where: topic in [math, science]`)
-    groups = {None: output} if split_by is None else {v: output / v for v in metadata_values(files, split_by)}
+    # --split-by topic: one token-shard folder per value (OUTPUT/<value>/, or its encoded name when the
+    # value is no plain name; its tokens.json labelled with the value), so a stage can select them
+    # (`where: topic in [math, science]`)
+    groups = (
+        {None: output}
+        if split_by is None
+        else {v: output / folder_name(v) for v in metadata_values(files, split_by)}
+    )
     executors = []
     for value, folder in groups.items():
         reader = CountingParquetReader(
@@ -84,7 +96,7 @@ def prepare(
         steps.append(
             DocumentTokenizer(str(folder), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False)
         )
-        logs = report / "logs" if value is None else report / "logs" / value
+        logs = report / "logs" if value is None else report / "logs" / folder_name(value)
         slurm = SlurmConfig(job_name=f"cpt-tokenize-{source}")
         first = make_executor(
             executor,
@@ -112,6 +124,58 @@ def prepare(
 
 OTHER = "other"  # the folder of documents without a value of the --split-by key
 
+_RESERVED = {"report"}  # the run's own folder beside the value folders
+
+
+def _kept(c: str) -> bool:
+    return c.isalnum() or c in "_-"  # letters and digits of any script: Chinese labels stay readable
+
+
+def folder_name(value: str) -> str:
+    """The folder under OUTPUT of a --split-by value: the value itself when it is a plain name (letters,
+    digits, `_`, `-` and `.`, not starting with `.`, at most 200 bytes), else the value with every other
+    character percent-encoded (`Sci/Tech` -> `Sci%2FTech`, `..` -> `%2E%2E`, `report` -> `%72eport`).
+
+    The values are data (a classifier's labels, any metadata field), so they must never name a path
+    outside OUTPUT or the run's `report/`. Encoding rather than refusing keeps labels such as
+    `Sci/Tech` usable: distinct values get distinct folders (every encoded name holds a `%`, no plain
+    one does, and the encoding is reversible), and a stage selects by the exact value recorded in each
+    folder's tokens.json labels, not by the folder name."""
+    raw = value.encode("utf-8")
+    plain = all(_kept(c) or c == "." for c in value) and not value.startswith(".") and len(raw) <= 200
+    if value and plain and value not in _RESERVED:
+        return value
+    first = 1 if value in _RESERVED else 0  # `report`: its first letter encoded, so it is not the folder
+    name = "".join(
+        c if i >= first and _kept(c) else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
+        for i, c in enumerate(value)
+    )
+    if not name:
+        return "%"  # the empty value
+    if len(name.encode("utf-8")) > 200:  # a file-system name has at most 255 bytes; `%~` is no encoding
+        name = (
+            name.encode("utf-8")[:180].decode("utf-8", "ignore") + "%~" + hashlib.sha256(raw).hexdigest()[:16]
+        )
+    return name
+
+
+def _may_hold_documents(path: Path) -> bool:
+    """False when the footer of a shard shows that no row has text (no rows, or every text null or
+    empty); True when its statistics cannot tell. Reading the footer costs nothing next to the data."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    column = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == "text")
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            if group.num_rows > (stats.null_count if stats is not None and stats.has_null_count else 0):
+                return True
+        elif stats.max not in ("", b""):
+            return True
+    return False
+
 
 def metadata_values(files: list[Path], key: str) -> list[str]:
     """The distinct values of `metadata.<key>` in the shards (documents without one: `other`)."""
@@ -119,9 +183,12 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
 
     values = set()
     for path in files:
+        if "metadata" not in pq.read_schema(path).names:  # shards from elsewhere: no value anywhere
+            values.add(OTHER)
+            continue
         table = pq.read_table(path, columns=["metadata"])
         for meta in table.column("metadata").to_pylist():
-            value = (meta or {}).get(key)
+            value = meta.get(key) if isinstance(meta, dict) else None
             values.add(str(value) if value is not None else OTHER)
     if not values:
         raise FileNotFoundError(f"no documents to split by {key}")

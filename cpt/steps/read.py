@@ -8,12 +8,17 @@ resynchronise at the next record after a broken one.
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from pathlib import Path
 
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
+from datatrove.utils.logging import logger
 from datatrove.utils.typeshelper import StatHints
+from warcio.bufferedreaders import DecompressingBufferedReader
+
+from cpt.shards import fit_metadata
 
 # Plain-text inputs (WET conversions, jsonl, parquet) are marked so the extractor lets them through.
 FORMAT_KEY = "format"
@@ -58,19 +63,35 @@ class _CountingReader:
             self.stat_update(StatHints.total, StatHints.forwarded)
             yield doc
 
-    def drop(self, reason: str) -> None:
-        self.stat_update(StatHints.total, StatHints.dropped, f"dropped_{reason}")
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.stat_update(StatHints.total, StatHints.dropped, f"dropped_{reason}", value=n)
 
     def to_document(self, data: dict, filepath: str, index: int):
-        """datatrove's Document for a parsed record, or None (counted as `empty`) when it has no text."""
+        """datatrove's Document for a parsed record, or None, counted, when its text is missing, null or
+        blank (`empty`) or not a string (`bad_text`, e.g. a number in a jsonl `text` field)."""
         document = self.get_document_from_dict(data, filepath, index)
-        if document is None:
+        if document is None or (isinstance(document.text, str) and not document.text.strip()):
             self.drop("empty")
+            return None
+        if not isinstance(document.text, str):
+            self.drop("bad_text")
+            return None
+        # the shard schema's id is a non-null string: a number or null from the input is not one
+        if document.id is None or document.id == "":
+            document.id = f"{filepath}/{index}"
+        elif not isinstance(document.id, str):
+            document.id = str(document.id)
+        fit_metadata(document.metadata)
         return document
 
 
 class RobustWarcReader(_CountingReader, WarcReader):
-    """WARC/WET reader: HTML responses (and WET conversions) become documents; the rest is counted."""
+    """WARC/WET reader: HTML responses (and WET conversions) become documents; the rest is counted.
+
+    Both gzip layouts are read: one member per record (what crawlers write, resynchronised member by
+    member after damage) and one stream for the whole file (`gzip file.warc`). A file that holds no
+    WARC record at all (a page or text under a .warc name) is one `not_warc`, not records.
+    """
 
     name = "🕷 Warc (cpt)"
 
@@ -79,54 +100,204 @@ class RobustWarcReader(_CountingReader, WarcReader):
         super().__init__(data_folder, compression=None, **kwargs)
 
     def read_file(self, filepath: str):
+        with self.data_folder.open(filepath, "rb") as f:
+            if not _looks_like_warc(f):
+                self.drop("not_warc")  # once per file: its bytes are no records to count one by one
+                logger.warning(f"{filepath}: not a WARC file (no WARC header in its first MiB): skipped")
+                return
+            f.seek(0)
+            gzipped = f.read(3) == _GZIP_MAGIC
+            yield from self._read_records(f, filepath, _GZIP_MAGIC if gzipped else _WARC_MAGIC)
+
+    def _read_records(self, f, filepath: str, magic: bytes, ri: int = 0, skip: int = 0, stream: bool = False):
+        """Records from `f`; after a broken one, go on at the next `magic` (gzip member or WARC header).
+
+        `stream`: `f` is the inflated view of a whole-file gzip, whose first `skip` records were read
+        already, as one member, before the layout showed.
+        """
         from warcio.archiveiterator import ArchiveIterator
 
-        with self.data_folder.open(filepath, "rb") as f:
-            offset, ri = 0, 0
-            in_broken_region = False  # one garbled stretch of bytes counts once, however warcio trips on it
-            while offset is not None:
-                f.seek(offset)
-                records = ArchiveIterator(f, check_digests=False)
-                try:
-                    for record in records:
-                        with self.track_time():
-                            data, reason = parse_record(record)
-                        if reason == "broken_record" and in_broken_region:
-                            continue
-                        in_broken_region = reason == "broken_record"
-                        if reason:
-                            self.drop(reason)
-                        elif (document := self.to_document(data, filepath, ri)) is not None:
-                            yield document
-                        ri += 1
-                    # warcio stops silently at a member it cannot inflate (a truncated download): if
-                    # bytes are left after the last complete record, count them and look further on
-                    offset = None
-                    f.seek(records.offset)
-                    if f.read(64).strip(b"\r\n\x00 "):
-                        self.drop("truncated_gzip" if _is_gzip(f) else "broken_record")
-                        offset = _next_record_start(f, records.offset + 1)
-                except Exception as e:  # noqa: BLE001 - any parse failure of a crawl file is data, not a bug
-                    failed_at = records.offset  # absolute: start of the record that failed
-                    if not in_broken_region:
-                        self.drop("truncated_gzip" if _is_compression_error(e) else "broken_record")
-                    in_broken_region = True
-                    offset = _next_record_start(f, failed_at + 1)
+        offset = 0
+        in_broken_region = False  # one garbled stretch of bytes counts once, however warcio trips on it
+        while offset is not None:
+            f.seek(offset)
+            records = ArchiveIterator(f, check_digests=False)
+            records.reader = _StrictReader(records.fh, block_size=records.reader.block_size)
+            record_start = offset
+            try:
+                for record in records:
+                    record_start = records.offset
+                    if skip:
+                        skip -= 1
+                        continue
+                    with self.track_time():
+                        data, reason = parse_record(record)
+                    if reason == "broken_record" and in_broken_region:
+                        continue
+                    in_broken_region = reason == "broken_record"
+                    if reason:
+                        self.drop(reason)
+                    elif (document := self.to_document(data, filepath, ri)) is not None:
+                        yield document
                     ri += 1
+                # warcio stops silently at a member it cannot inflate (a truncated download): if
+                # bytes are left after the last complete record, count them and look further on
+                offset = None
+                f.seek(records.offset)
+                if f.read(64).strip(b"\r\n\x00 "):
+                    reason = "truncated_gzip" if magic == _GZIP_MAGIC else "broken_record"
+                    try:
+                        offset = _next_record_start(f, records.offset + 1, magic)
+                    except (EOFError, zlib.error, OSError):
+                        offset = None
+                    if offset is None and getattr(f, "cut", False):  # an inflated stream cut short
+                        reason = "truncated_gzip"
+                    self.drop(reason)
+            except Exception as e:  # noqa: BLE001 - any parse failure of a crawl file is data, not a bug
+                if not stream and _is_whole_file_gzip(e):
+                    # the member at record_start holds more records than the one read from it: read it
+                    # on as one inflated stream (its first record is counted already)
+                    view = _Inflated(f, record_start)
+                    yield from self._read_records(view, filepath, _WARC_MAGIC, ri, skip=1, stream=True)
+                    return
+                compression = _is_compression_error(e)
+                if not in_broken_region:
+                    self.drop(_damage_reason(e) if compression else "broken_record")
+                in_broken_region = True
+                ri += 1
+                if stream and compression:
+                    return  # a damaged or cut deflate stream has no later point to start inflating from
+                try:
+                    offset = _next_record_start(f, record_start + 1, magic)
+                except (EOFError, zlib.error, OSError):  # the inflated stream ends in damage: counted above
+                    return
+
+
+class _StrictReader(DecompressingBufferedReader):
+    """warcio's record reader, except that a gzip member which fails part-way raises: warcio writes the
+    error to stderr and reads on as if the rest of the file were empty, so every later record would
+    be lost uncounted. Raised, it is counted and reading resumes at the next member."""
+
+    def _decompress(self, data):
+        if self.decompressor and data and self.num_block_read:
+            return self.decompressor.decompress(data)
+        return super()._decompress(data)
+
+
+class _Inflated(io.RawIOBase):
+    """The inflated bytes of the gzip stream in `f` from `start` on, member after member; seekable
+    (backwards by inflating again from `start`). Unlike gzip.GzipFile, a stream cut short yields every
+    byte it holds before the EOFError that reports the cut, so the records before it are read."""
+
+    def __init__(self, f, start: int = 0):
+        super().__init__()
+        self.f, self.start = f, start
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self.f.seek(self.start)
+        self.d, self.fresh = zlib.decompressobj(31), True  # fresh: this member has had no input yet
+        self.pos, self.buf, self.pending, self.cut = 0, memoryview(b""), b"", False  # buf: sliced, not copied
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Inflate more into `buf`; False at the clean end of the stream."""
+        while not self.buf:
+            chunk = self.pending or self.f.read(1 << 16)
+            if not chunk:
+                if self.fresh:
+                    return False
+                self.cut = True
+                return False
+            self.buf, self.fresh = memoryview(self.d.decompress(chunk, 1 << 20)), False
+            if self.d.eof:  # the next member, if any, starts in what this one left
+                self.pending, self.d, self.fresh = self.d.unused_data, zlib.decompressobj(31), True
+            else:
+                self.pending = self.d.unconsumed_tail
+        return True
+
+    def readinto(self, b) -> int:
+        n = 0
+        while n < len(b) and (self.buf or self._fill()):
+            k = min(len(b) - n, len(self.buf))
+            b[n : n + k], self.buf = self.buf[:k], self.buf[k:]
+            n += k
+        self.pos += n
+        if not n and self.cut:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        target = pos if whence == 0 else self.pos + pos
+        if whence not in (0, 1) or target < 0:
+            raise io.UnsupportedOperation("seek from the end of an inflated stream")
+        if target < self.pos:
+            self._rewind()
+        while self.pos < target and (self.buf or self._fill()):
+            k = min(target - self.pos, len(self.buf))
+            self.buf, self.pos = self.buf[k:], self.pos + k
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _is_whole_file_gzip(e: Exception) -> bool:
+    from warcio.exceptions import ArchiveLoadFailed
+
+    return isinstance(e, ArchiveLoadFailed) and "non-chunked" in str(e)
+
+
+def _damage_reason(e: Exception) -> str:
+    """`corrupt_gzip` for bytes that do not inflate (a flipped bit, a bad checksum), else `truncated_gzip`."""
+    return "corrupt_gzip" if isinstance(e, zlib.error) else "truncated_gzip"
 
 
 def _is_compression_error(e: Exception) -> bool:
     return isinstance(e, (EOFError, zlib.error)) or "gzip" in str(e).lower() or "decompress" in str(e).lower()
 
 
-def _is_gzip(f) -> bool:
+_SNIFF_BYTES = 1 << 20
+
+
+def _looks_like_warc(f) -> bool:
+    """False when the first MiB of a file (inflated) has no WARC or ARC header: an HTML page or plain
+    text under a .warc name. A gzip damaged from its first byte is left to the record reader, which
+    counts it as truncated."""
     f.seek(0)
-    return f.read(3) == _GZIP_MAGIC
+    gzipped = f.read(3) == _GZIP_MAGIC
+    f.seek(0)
+    head = _inflate_head(f, _SNIFF_BYTES) if gzipped else f.read(_SNIFF_BYTES)
+    if not head.strip():
+        return True  # empty (or not inflatable at all): no record to count, or the reader counts the damage
+    return head.lstrip().startswith((_WARC_MAGIC, b"filedesc://")) or b"\n" + _WARC_MAGIC in head
 
 
-def _next_record_start(f, start: int, chunk: int = 1 << 20) -> int | None:
+def _inflate_head(f, limit: int) -> bytes:
+    """Up to `limit` inflated bytes from the start of a gzip file, member after member, until damage."""
+    out, d, pending = bytearray(), zlib.decompressobj(31), b""
+    try:
+        while len(out) < limit:
+            pending = pending or f.read(1 << 16)
+            if not pending:
+                break
+            out += d.decompress(pending, limit - len(out))
+            if d.eof:  # the next member, if any, starts in what this one left
+                pending, d = d.unused_data, zlib.decompressobj(31)
+            else:
+                pending = d.unconsumed_tail
+    except zlib.error:
+        pass
+    return bytes(out)
+
+
+def _next_record_start(f, start: int, magic: bytes, chunk: int = 1 << 20) -> int | None:
     """Offset of the next gzip member (or plain `WARC/` header) at or after `start`, None if none."""
-    magic = _GZIP_MAGIC if _is_gzip(f) else _WARC_MAGIC
     pos = start
     while True:
         f.seek(pos)
@@ -246,17 +417,40 @@ class CountingJsonlReader(_CountingReader, JsonlReader):
 
 
 class CountingParquetReader(_CountingReader, ParquetReader):
-    """ParquetReader whose documents are marked as plain text and counted in the funnel."""
+    """ParquetReader whose documents are marked as plain text and every row is counted in the funnel.
+
+    Rows with null or blank text are `empty`; a file without a `text` column counts all its rows (from
+    the footer) as `no_text_column`; a file that cannot be opened (truncated, not Parquet) is one
+    `broken_parquet`, and rows after damage inside a readable file are counted under that reason too.
+    """
 
     name = "📒 Parquet (cpt)"
 
     def read_file(self, filepath: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows, seen = None, 0
         try:
-            for document in super().read_file(filepath):
-                document.metadata.setdefault(FORMAT_KEY, TEXT)
-                yield document
-        except OSError:
-            self.drop("broken_parquet")
+            with self.data_folder.open(filepath, "rb") as f, pq.ParquetFile(f) as pqf:
+                rows = pqf.metadata.num_rows
+                if self.text_key not in pqf.schema_arrow.names:
+                    if rows:
+                        self.drop("no_text_column", rows)
+                        logger.warning(f"{filepath}: no `{self.text_key}` column: its {rows:,} rows skipped")
+                    return
+                columns = None if self.read_metadata else [self.text_key, self.id_key]
+                for batch in pqf.iter_batches(batch_size=self.batch_size, columns=columns):
+                    for row in batch.to_pylist():
+                        document = self.to_document(row, filepath, seen)
+                        seen += 1
+                        if document is not None:
+                            document.metadata.setdefault(FORMAT_KEY, TEXT)
+                            yield document
+        except (OSError, pa.ArrowException) as e:  # truncated: ArrowInvalid; unreadable: OSError
+            self.drop("broken_parquet", max(1, rows - seen) if rows is not None else 1)
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            logger.warning(f"{filepath}: not readable as Parquet after {seen:,} rows: {why}")
 
 
 def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:

@@ -6,11 +6,22 @@ half-written shard: a task that is killed or fails leaves only `.tmp` files, whi
 
 from __future__ import annotations
 
+import re
+
 from datatrove.pipeline.writers import ParquetWriter
 
 from cpt.shards import CLEAN_SCHEMA, UNKNOWN_LANG, document_row
 
 TMP_SUFFIX = ".tmp"
+
+# a folder name taken from a document: a language code (lid.176 labels: en, zh, nds, ...) or a route
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def is_safe_name(value) -> bool:
+    """True for a string that can be a folder under the output as it is: letters, digits, `_` and `-`,
+    at most 32 characters; never `.`, `..`, a separator or an absolute path."""
+    return isinstance(value, str) and _SAFE_NAME.fullmatch(value) is not None
 
 
 def _row_adapter(writer: ShardWriter, doc) -> dict:
@@ -44,10 +55,30 @@ class ShardWriter(ParquetWriter):
 
     def _get_output_filename(self, document, rank: int | str = 0, **kwargs) -> str:
         # documents written before language ID ran go to `und/`; a classifier's `route` (code, math)
-        # sends a document to `<route>/<lang>/`
-        tags = {"rank": str(rank).zfill(5), "id": document.id, "lang": UNKNOWN_LANG, **document.metadata}
-        tags["route"] = f"{tags['route']}/" if tags.get("route") else ""
-        return self.output_filename.substitute({**tags, **kwargs})
+        # sends a document to `<route>/<lang>/`. Only these two come from the document, and `write` has
+        # made them safe names: datatrove would take any metadata key, so an input field `rank` would
+        # make two tasks write one file and `lang: ../../x` would name a path outside the output
+        meta = document.metadata
+        route = meta.get("route")
+        return self.output_filename.substitute(
+            rank=str(rank).zfill(5), lang=meta.get("lang") or UNKNOWN_LANG, route=f"{route}/" if route else ""
+        )
+
+    def write(self, document, rank: int = 0, **kwargs):
+        # `lang` and `route` may come from the input (a jsonl field, a Parquet column) rather than from
+        # language ID or a classifier: a value that is not a plain name must not pick a folder. The
+        # document is kept, under `und/` (its `lang` column says so too) or without the route, and
+        # counted as `rerouted_unsafe_<key>`
+        meta = document.metadata
+        for key in ("lang", "route"):
+            value = meta.get(key)
+            if value is not None and value != "" and not is_safe_name(value):
+                self.stat_update(f"rerouted_unsafe_{key}")
+                if key == "lang":
+                    meta[key] = UNKNOWN_LANG
+                else:
+                    del meta[key]
+        super().write(document, rank, **kwargs)
 
     def _write(self, document: dict, file_handler, filename: str):
         name = self._get_filename_with_file_id(filename) if self.max_file_size > 0 else filename
