@@ -152,7 +152,9 @@ def row_from_stats(step: str, stats: dict, reasonless: str = _REASONLESS_DROP) -
     if untold > 0:
         removed[reasonless] = untold
     counters = {
-        k: n for k, n in counts.items() if k.startswith(("redacted_", "retried_")) or k == "lines_removed"
+        k: n
+        for k, n in counts.items()
+        if k.startswith(("redacted_", "retried_", "rerouted_")) or k == "lines_removed"
     }
     return FunnelRow(step, docs_in, kept, removed, counters)
 

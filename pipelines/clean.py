@@ -328,6 +328,20 @@ def funnel_of(output: str | Path) -> Funnel:
     meta = read_steps(output, "clean")
     logs = Path(output) / "report" / "logs"
     funnel = build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="clean")
+    read = next((row for row in funnel.rows if row.step == "read"), None)
+    unread = {
+        k: read.removed[k]
+        for k in ("not_warc", "broken_parquet", "no_text_column")
+        if read and read.removed.get(k)
+    }
+    if unread:  # whole files the readers could not use: a wrong --input or a damaged copy, worth a look
+        what = {"not_warc": "files that are not WARCs", "broken_parquet": "unreadable Parquet files",
+                "no_text_column": "rows in Parquet files without a text column"}  # fmt: skip
+        funnel.warnings.append(
+            "input not read: "
+            + ", ".join(f"{what[k]} ({k}): {n:,}" for k, n in unread.items())
+            + f"; the task logs in {logs}/logs name the files"
+        )
     extract = next((row for row in funnel.rows if row.step == "extract"), None)
     if extract is not None:
         settings = Path(output) / "report" / "settings.json"

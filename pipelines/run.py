@@ -299,6 +299,13 @@ def _tokenize(args) -> int:
             print(line, file=sys.stderr)
         print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
         return 1
+    empty = [
+        folder for folder in run.folders if TokenShards(folder, args.tokenizer).manifest["documents"] == 0
+    ]
+    if empty and len(empty) == len(run.folders):  # every text was blank: a 0-document shard is no success
+        raise ConfigError(
+            str(args.input), [f"no documents tokenized (every text was empty); {empty[0]} holds none"]
+        )
     for folder in run.folders:
         m = TokenShards(folder, args.tokenizer).manifest
         print(

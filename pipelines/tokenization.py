@@ -14,7 +14,7 @@ from pathlib import Path
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from cpt.config import ConfigError
-from pipelines.common import SlurmConfig, check_settings, check_shard_input, make_executor
+from pipelines.common import SlurmConfig, check_paths, check_settings, check_shard_input, make_executor
 
 
 @dataclass
@@ -45,6 +45,7 @@ def prepare(
     from cpt.tokens import TokensManifestStep, tokenizer_hash
 
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
+    check_paths([input_dir], output)
     files = shard_files(input_dir)
     check_shard_input(input_dir, files, "tokenize")
     if not any(_may_hold_documents(f) for f in files):  # else: a 0-document tokens.json, and exit 0
@@ -57,8 +58,14 @@ def prepare(
         raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (use a folder written by `cpt-tok merge`)")
     from tokenizers import Tokenizer
 
-    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
-    if eos_token not in Tokenizer.from_file(str(tokenizer_json)).get_vocab():
+    try:
+        loaded = Tokenizer.from_file(str(tokenizer_json))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception for a bad file
+        raise ConfigError(
+            str(tokenizer_json), [f"not a tokenizer.json the tokenizers library reads ({e})"]
+        ) from None
+    vocab = loaded.get_vocab_size()
+    if eos_token not in loaded.get_vocab():
         raise ConfigError("--eos", [f"{eos_token!r} is not a token of {tokenizer}"])
     token_size = 2 if vocab <= 2**16 else 4
     source = source or output.name
@@ -72,7 +79,7 @@ def prepare(
         "split_by": split_by,
     }
     report = output / "report"
-    check_settings(report, output, settings, record)
+    check_settings(report, output, settings, record, inputs=files, root=input_dir)
 
     paths_file = report / "inputs.txt"
     paths_file.parent.mkdir(parents=True, exist_ok=True)

@@ -207,3 +207,16 @@ def test_dry_run_writes_nothing(finished, tmp_path):
                    "--dry-run", check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "out" / "report").exists()
+
+
+def test_input_files_that_could_not_be_read_are_a_warning(tmp_path):
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "prose.warc.gz").write_bytes(gzip.compress(b"Plain prose, not a crawl.\n" * 2000))
+    _jsonl(tmp_path / "in" / "a.jsonl", 2)
+    proc = run_cli("clean", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *CLEAN)
+    assert "warning: input not read: files that are not WARCs (not_warc): 1" in proc.stderr
+    funnel = json.loads((tmp_path / "out" / "report" / "funnel.json").read_text())
+    assert funnel["steps"][0]["removed"] == {"not_warc": 1} and funnel["outputs"] == {"und": 2}
+    assert any("not_warc" in w for w in funnel["warnings"])
