@@ -1,5 +1,5 @@
 """Checkpoints: DeepSpeed's engine state plus what makes a resume exact, written so a crash never
-leaves a checkpoint that looks complete.
+leaves a checkpoint that looks complete, and read so a damaged or crafted one is never loaded.
 
 Layout of a run folder:
     config.json                    the resolved TrainConfig (what export and init-from rebuild)
@@ -7,13 +7,25 @@ Layout of a run folder:
                                    rng_rank{r}.pt (each rank's torch and Python RNG)
     checkpoints/latest             the tag of the newest complete checkpoint
 A checkpoint is written under `step_N.tmp`, renamed when every rank has finished, and only then named
-in `latest` (itself written to a temporary file and renamed); the oldest beyond `keep` are removed.
+in `latest` (itself written to a temporary file and renamed); after a save, checkpoints of earlier
+steps beyond `keep` are removed (by step number; never the one just written).
+
+What is on disk decides, not the pointer alone: the checkpoints are the `step_N` folders (a `.tmp`
+one is unfinished), `latest` is trusted only when it names one of them, else the newest by step is
+latest. Before a checkpoint is handed to DeepSpeed (which unpickles with `weights_only=False`), every
+`.pt` file in it is opened with `torch.load(weights_only=True)`, allowing only the few DeepSpeed types
+its own files hold: a file that needs anything else is refused (unpickling it could run code); one
+that cannot be read, or a missing rank's file, makes the checkpoint damaged, and `choose` falls back
+to the previous one.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,18 +33,175 @@ import torch
 import torch.distributed as dist
 
 LATEST = "latest"
+STEP_TAG = re.compile(r"step_(\d+)")
+# The only classes DeepSpeed's own checkpoint files pickle beyond tensors and builtins (found by
+# saving ZeRO 0-3, bf16 and fp32, CPU offload, LoRA and embeddings-only checkpoints and listing what
+# weights_only=True rejects). Each is rebuilt from plain values: no code of the file's choosing runs.
+DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",  # ZeRO optimizer states: the stage, an IntEnum
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # the static loss scale of fp32 and bf16 runs
+    "deepspeed.utils.tensor_fragment.fragment_address",  # ZeRO 1-2: a parameter's place in the flat buffer
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, or that cannot or must not be loaded."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint with a missing, truncated or unreadable file: an earlier one may still serve."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint file that needs more than tensors and DeepSpeed's own types to load: refused."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def step_of(tag: str) -> int:
+    return int(STEP_TAG.fullmatch(tag)[1])
+
+
+def checkpoint_tags(run_dir: str | Path) -> list[str]:
+    """The finished checkpoints of a run (its `step_N` folders), oldest first by step number."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(step_of(p.name), p.name) for p in root.iterdir() if STEP_TAG.fullmatch(p.name) and p.is_dir()]
+    return [tag for _, tag in sorted(found)]
+
+
 def latest_tag(run_dir: str | Path) -> str | None:
-    path = checkpoint_dir(run_dir) / LATEST
-    if not path.is_file():
-        return None
-    tag = path.read_text().strip()
-    return tag if (checkpoint_dir(run_dir) / tag).is_dir() else None
+    """The checkpoint `latest` names when it is one of the run's, else the newest on disk (None: none).
+
+    The pointer is preferred because a run resumed from an earlier checkpoint leaves later ones of the
+    abandoned continuation on disk until it writes over them."""
+    tags = checkpoint_tags(run_dir)
+    pointer = checkpoint_dir(run_dir) / LATEST
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
+    return named if named in tags else (tags[-1] if tags else None)
+
+
+def describe(tags: list[str]) -> str:
+    """`step_00000002, step_00000003` (the first and last few when there are many)."""
+    if not tags:
+        return "no checkpoint"
+    shown = tags if len(tags) <= 8 else [*tags[:3], "...", *tags[-3:]]
+    return ", ".join(shown)
+
+
+def resolve_tag(run_dir: str | Path, spelling: str) -> str:
+    """The checkpoint a user names: `8`, `step_8`, `step_00000008` (or `latest`) all find step 8's."""
+    tags = checkpoint_tags(run_dir)
+    wanted = str(spelling).strip()
+    if wanted == LATEST and tags:
+        return str(latest_tag(run_dir))
+    match = re.fullmatch(r"(?:step_)?(\d+)", wanted)
+    for tag in tags if match else ():
+        if step_of(tag) == int(match[1]):
+            return tag
+    raise CheckpointError(
+        f"{checkpoint_dir(run_dir)}: no checkpoint {wanted!r}; there are {describe(tags)} "
+        "(name one as step_N, step_0000000N or N)"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def load_plain(path: str | Path):
+    """A `.pt` file loaded as plain data (tensors memory-mapped, not read): DeepSpeed's own types are
+    allowed, anything else is UnsafeCheckpoint; a truncated or unreadable file is DamagedCheckpoint."""
+    path = Path(path)
+    try:  # lists the globals its pickle imports, without unpickling it
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip archive: truncated (its directory is at the end) or not torch.save's
+        raise DamagedCheckpoint(
+            f"{path}: not a complete torch.save archive (truncated, or written by something else)"
+        ) from None
+    foreign = [name for name in needed if name not in DEEPSPEED_GLOBALS]
+    if foreign:
+        raise UnsafeCheckpoint(
+            f"{path}: needs {', '.join(foreign[:3])} to load, beyond tensors and DeepSpeed's own state; "
+            "unpickling it could run code, so it is not loaded (delete the checkpoint unless you trust "
+            "whoever wrote it)"
+        )
+    allowed = []
+    for name in needed:  # only names from DEEPSPEED_GLOBALS reach here
+        module, _, attr = name.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), attr))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(
+            f"{path}: holds pickle that weights-only loading refuses ({_first_line(e)}); not loaded"
+        ) from None
+    except Exception as e:
+        raise DamagedCheckpoint(f"{path}: unreadable ({_first_line(e)}); truncated or damaged") from None
+
+
+def verify(folder: str | Path) -> None:
+    """Raise DamagedCheckpoint or UnsafeCheckpoint unless every file of the checkpoint in `folder` is
+    there (DeepSpeed's model and optimizer states and an RNG file for each rank it was saved by) and
+    every `.pt` file loads as plain data."""
+    folder = Path(folder)
+    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO 0-2; 3
+    states_file = next((folder / n for n in names if (folder / n).is_file()), None)
+    if states_file is None:
+        raise DamagedCheckpoint(f"{folder}: no DeepSpeed model states file (mp_rank_00_model_states.pt)")
+    states = None
+    for path in sorted(folder.rglob("*.pt")):  # DeepSpeed loads these; a file it does not is checked too
+        loaded = load_plain(path)
+        if path == states_file:
+            states = loaded
+    if not isinstance(states, dict):
+        raise DamagedCheckpoint(f"{states_file}: not DeepSpeed model states (no dictionary)")
+    ranks = int(states.get("dp_world_size") or 1)
+    zero = ((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0)
+    for r in range(ranks):
+        needed = [[f"rng_rank{r}.pt"]]
+        if int(zero) >= 1:
+            prefix = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+            needed.append([prefix, f"bf16_{prefix}"])
+        if int(zero) == 3:
+            needed.append([f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"])
+        for names in needed:
+            if not any((folder / n).is_file() for n in names):
+                raise DamagedCheckpoint(
+                    f"{folder / names[0]}: missing (the checkpoint was saved by {ranks} ranks; it is incomplete)"
+                )
+
+
+def choose(run_dir: str | Path, tag: str | None = None) -> tuple[str, list[str]]:
+    """The checkpoint to load and the damaged ones passed over (one line each, naming the file).
+
+    A named `tag` (any spelling `resolve_tag` takes) must load; with none, the latest is tried, then
+    each earlier one by step: the first that loads is chosen. A file that needs pickle beyond
+    DeepSpeed's types is an error either way, never skipped: someone has to look at it."""
+    if tag is not None and str(tag).strip() != LATEST:
+        chosen = resolve_tag(run_dir, tag)
+        verify(checkpoint_dir(run_dir) / chosen)
+        return chosen, []
+    latest = latest_tag(run_dir)
+    if latest is None:
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}: no complete checkpoint")
+    earlier = [t for t in reversed(checkpoint_tags(run_dir)) if step_of(t) < step_of(latest)]
+    skipped: list[str] = []
+    for candidate in [latest, *earlier]:
+        try:
+            verify(checkpoint_dir(run_dir) / candidate)
+        except DamagedCheckpoint as e:
+            skipped.append(str(e))
+            continue
+        return candidate, skipped
+    raise DamagedCheckpoint(
+        f"{skipped[0]}" + ("; no earlier checkpoint loads either" if len(skipped) > 1 else "")
+    )
 
 
 def _rng_state() -> dict:
@@ -73,22 +242,26 @@ def save(
         pointer = root / f"{LATEST}.tmp"
         pointer.write_text(tag + "\n")
         os.replace(pointer, root / LATEST)
-        for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[
-            :-keep
-        ]:
-            shutil.rmtree(old, ignore_errors=True)
+        # by step number, and only earlier ones: later checkpoints (a run resumed from an earlier one
+        # leaves them) are written over as the run reaches their steps
+        earlier = [t for t in checkpoint_tags(run_dir) if step_of(t) < step]
+        for old in earlier[: max(len(earlier) - (keep - 1), 0)]:
+            shutil.rmtree(root / old, ignore_errors=True)
     _barrier()
     return root / tag
 
 
 def load(engine, run_dir: str | Path, tag: str | None = None) -> dict:
-    """Restore the engine (weights, optimizer, LR schedule) and this rank's RNG; returns the client state."""
+    """Restore the engine (weights, optimizer, LR schedule) and this rank's RNG; returns the client state.
+
+    The checkpoint is verified first (`verify`): DeepSpeed itself unpickles without restriction."""
     tag = tag or latest_tag(run_dir)
     if tag is None:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint to resume from")
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}: no complete checkpoint to resume from")
+    verify(checkpoint_dir(run_dir) / tag)
     path, client_state = engine.load_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
     if path is None:
-        raise FileNotFoundError(f"{checkpoint_dir(run_dir) / tag}: DeepSpeed could not load it")
+        raise DamagedCheckpoint(f"{checkpoint_dir(run_dir) / tag}: DeepSpeed could not load it")
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = checkpoint_dir(run_dir) / tag / f"rng_rank{rank}.pt"
     if rng_file.is_file():

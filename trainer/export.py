@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -20,43 +21,50 @@ if __package__ in (None, ""):
 
 import torch
 
-from cpt.config import build
+from cpt.config import ConfigError, build
 from cpt.io import OutputError, check_replaceable, holds, written_dir
 from trainer import checkpoint
 from trainer.config import TrainConfig
 
 EXPORTED = holds("cpt_export.json")  # an --output is replaced only when it is an earlier export
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+log = logging.getLogger(__name__)
 
 
 def run_config(run_dir: Path) -> TrainConfig:
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json; is it the folder of a trainer run?")
-    return build(TrainConfig, json.loads(path.read_text()), str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(str(path), [f"not readable JSON ({e})"]) from None
+    return build(TrainConfig, data, str(path))
 
 
 def full_state_dict(run_dir: Path, tag: str) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = checkpoint.checkpoint_dir(run_dir)
+    checkpoint.verify(folder / tag)  # zero_to_fp32 unpickles without restriction: plain data first
     if any((folder / tag).glob("*optim_states.pt")) and any((folder / tag).glob("*zero_pp_rank_*")):
         return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
-    # ZeRO stage 0 keeps whole weights in the model-states file; weights only: a checkpoint handed to
-    # export is a file like any other, and unpickling a crafted one would run its code
-    states = torch.load(folder / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    # ZeRO stage 0 keeps whole weights in the model-states file; read as plain data, as verify did
+    states = checkpoint.load_plain(folder / tag / "mp_rank_00_model_states.pt")
     return {k: v.float() for k, v in states["module"].items()}
 
 
 def trained_model(run_dir: str | Path, tag: str | None = None):
-    """The run's model with the checkpoint's weights, LoRA merged; and the model folder it started from."""
+    """The run's model with the checkpoint's weights, LoRA merged; and the model folder it started from.
+
+    `tag` is any spelling `checkpoint.resolve_tag` takes; without one, the latest that loads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    tag = tag or checkpoint.latest_tag(run_dir)
-    if tag is None or not (checkpoint.checkpoint_dir(run_dir) / tag).is_dir():
-        raise FileNotFoundError(f"{run_dir}: no checkpoint {tag or '(none complete)'}")
+    tag, skipped = checkpoint.choose(run_dir, tag)
+    for line in skipped:
+        log.warning("warning: %s: passed over, using %s", line, tag)
     base = (run_dir / "init") if (run_dir / "init" / "config.json").is_file() else Path(cfg.model.path)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32)
     if cfg.mode == "lora":
@@ -109,17 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         "LoRA merged).",
     )
     parser.add_argument("--checkpoint", required=True, help="the run folder (runs/train/STAGE)")
-    parser.add_argument("--step", type=int, help="the checkpoint of this step (default: the latest)")
+    parser.add_argument(
+        "--step",
+        help="the checkpoint of this step: N, step_N or step_0000000N (default: the latest that loads)",
+    )
     parser.add_argument("--output", required=True, help="the Hugging Face folder to write")
     parser.add_argument(
         "--prompt", help="then load the export and print a greedy continuation of this prompt"
     )
     args = parser.parse_args(argv)
     try:
-        path = export(
-            args.checkpoint, args.output, f"step_{args.step:08d}" if args.step is not None else None
-        )
-    except (FileNotFoundError, RuntimeError, OutputError) as e:
+        path = export(args.checkpoint, args.output, args.step)
+    except (FileNotFoundError, RuntimeError, OutputError, ConfigError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -25,11 +25,13 @@ import torch
 
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
+from cpt.io import OutputError, check_replaceable
 from cpt.manifest import ManifestError, read_stage_manifest
 from pipelines.common import write_json
 from trainer import checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
+from trainer.export import EXPORTED
 from trainer.metrics import RunLogger
 from trainer.model import (
     WeightEMA,
@@ -62,7 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="Hugging Face model folder (model.path)")
     parser.add_argument("--output", help="run folder (default runs/train/<stage>)")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
+    start.add_argument(
+        "--resume",
+        nargs="?",
+        const=checkpoint.LATEST,
+        metavar="STEP",
+        help="continue this run from its latest complete checkpoint, or from the one named (step_8, "
+        "step_00000008 or 8); a damaged latest one is passed over, with a warning",
+    )
     start.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
@@ -76,7 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume is not None and "=" in args.resume:  # `--resume key=value`: an override, not a step
+        args.overrides.insert(0, args.resume)
+        args.resume = checkpoint.LATEST
+    return args
 
 
 def find_manifest(mix: str) -> dict:
@@ -125,17 +138,83 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     }
 
 
-def export_init_weights(init_from: str, run_dir: Path, rank: int) -> str:
-    """`--init-from RUN[:step_N]`: rank 0 exports that checkpoint's weights to a model folder."""
+def check_output(run_dir: Path, model: str) -> None:
+    """The run folder must not be, hold or lie inside the model folder: the run's config.json, logs and
+    checkpoints would be written over the model's files (its config.json first)."""
+    run, base = run_dir.resolve(), Path(model).resolve()
+    relation = None
+    if run == base:
+        relation = "is the --model folder"
+    elif base in run.parents:
+        relation = "is inside the --model folder"
+    elif run in base.parents:
+        relation = "holds the --model folder"
+    if relation:
+        raise ConfigError(
+            "--output",
+            [
+                f"{run_dir} {relation} {model}; the run would write its config.json, logs and checkpoints "
+                "over the model: choose another --output"
+            ],
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("--output", [f"{run_dir} is a file, not a folder: choose another --output"])
+
+
+def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:
+    """Every eval set is a finished token-shard folder of the stage's tokenizer: found now, not after
+    the model has loaded and DeepSpeed has started."""
+    from cpt.tokens import TokenShardError, TokenShards
+
+    for i, s in enumerate(cfg.eval.sets):
+        key = f"eval.sets[{i}].path"
+        if not Path(s.path).is_dir():
+            what = "is a file, not a folder" if Path(s.path).exists() else "does not exist"
+            raise ConfigError(key, [f"{s.path} {what}; point it at a `run.py tokenize` output folder"])
+        try:
+            shards = TokenShards(s.path)
+        except (TokenShardError, OSError, ValueError, KeyError) as e:
+            detail = (
+                str(e) if isinstance(e, TokenShardError) else f"{s.path}: not readable token shards ({e})"
+            )
+            raise ConfigError(key, [f"{detail}; point it at a `run.py tokenize` output"]) from None
+        if not len(shards):
+            raise ConfigError(key, [f"{s.path}: holds no documents"])
+        theirs, ours = shards.manifest.get("tokenizer_sha256"), manifest.get("tokenizer_sha256")
+        if ours and theirs != ours:
+            raise ConfigError(
+                key,
+                [
+                    f"{s.path}: written with another tokenizer (sha256 {str(theirs)[:12]}…) than the "
+                    f"stage's ({ours[:12]}…); tokenize the held-out text with the stage's tokenizer"
+                ],
+            )
+
+
+def split_init_from(init_from: str) -> tuple[str, str | None]:
+    """`RUN` or `RUN:step_N` (any spelling of the step) as (RUN, tag or None)."""
+    source, sep, tag = init_from.rpartition(":")
+    if sep and Path(source).is_dir():
+        return source, tag
+    return init_from, None
+
+
+def export_init_weights(source: str, tag: str, run_dir: Path, rank: int) -> str | None:
+    """`--init-from RUN[:step_N]`: rank 0 exports that checkpoint's weights to a model folder; None
+    (on every rank) when that fails, after rank 0 has printed why."""
     from trainer.export import export
 
-    source, _, tag = init_from.partition(":")
     target = run_dir / "init"
+    failed = torch.zeros(1)
     if rank == 0:
-        export(source, target, tag=tag or None, dtype=torch.float32)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return str(target)
+        try:
+            export(source, target, tag=tag, dtype=torch.float32)
+        except (checkpoint.CheckpointError, OutputError, FileNotFoundError, RuntimeError) as e:
+            print(f"error: --init-from {source}: {e}", file=sys.stderr)
+            failed += 1
+    if torch.distributed.is_initialized():  # every rank learns whether rank 0 succeeded
+        torch.distributed.broadcast(failed, src=0)
+    return None if failed.item() else str(target)
 
 
 def _free_port() -> int:
@@ -153,14 +232,50 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [f"mix={args.mix}"] if args.mix else []
     overrides += [f"model.path={args.model}"] if args.model else []
     overrides += [f"output={args.output}"] if args.output else []
+    first = os.environ.get("RANK", "0") == "0"  # each rank checks the same; one of them says so
+
+    def fail(message: str) -> int:
+        if first:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+
     try:
         cfg = load_config(args.config, overrides)
         manifest = find_manifest(cfg.mix)
+        run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
+        check_output(run_dir, cfg.model.path)
+        check_eval_sets(cfg, manifest)
     except (ConfigError, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
+        return fail(str(e))
     seq_len = manifest["seq_len"]
+
+    # -- where the weights come from: a checkpoint of this run, of another, or the model folder --------
+    existing = checkpoint.checkpoint_tags(run_dir)
+    resume_tag = init_source = init_tag = None
+    try:
+        if args.resume and not existing:
+            raise checkpoint.CheckpointError(f"--resume: {run_dir} has no complete checkpoint")
+        if args.resume:
+            resume_tag, skipped = checkpoint.choose(run_dir, args.resume)
+        elif args.init_from:
+            init_source, init_tag = split_init_from(args.init_from)
+            is_run = (Path(init_source) / "config.json").is_file() and checkpoint.checkpoint_tags(init_source)
+            if not is_run:
+                raise checkpoint.CheckpointError(
+                    f"--init-from {init_source}: not a trainer run folder (it needs config.json and "
+                    "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
+                )
+            init_tag, skipped = checkpoint.choose(init_source, init_tag)
+            check_replaceable(run_dir / "init", EXPORTED, "trainer/export.py")  # where its weights go
+        else:
+            skipped = []
+    except (checkpoint.CheckpointError, OutputError) as e:
+        return fail(str(e))
+    for line in skipped if first else ():
+        print(f"warning: {line}: passed over, using {resume_tag or init_tag}", file=sys.stderr)
+    # a folder that is not a model is found now, not after DeepSpeed has started
+    if not init_tag and not (Path(cfg.model.path) / "config.json").is_file():
+        return fail(f"model.path: {cfg.model.path}: not a Hugging Face model folder (no config.json)")
 
     # -- data ------------------------------------------------------------------------------------
     if "RANK" not in os.environ:  # plain `python trainer/main.py`: one process, no launcher
@@ -178,23 +293,22 @@ def main(argv: list[str] | None = None) -> int:
         f"mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, {'bf16' if cfg.deepspeed.bf16 else 'fp32'}, "
         f"{cfg.schedule.kind} LR {cfg.optim.lr:g} -> run {run_dir}"
     )
+    if resume_tag:
+        plan += f", resuming from {checkpoint.checkpoint_dir(run_dir) / resume_tag}"
+    elif init_tag:
+        plan += f", weights from {checkpoint.checkpoint_dir(init_source) / init_tag}"
     if args.dry_run:
         if rank == 0:
             print(json.dumps(asdict(cfg), indent=2))
             print(plan)
         return 0
     if total_steps < 1:
-        print(f"error: the stage gives fewer sequences than one step ({plan})", file=sys.stderr)
-        return 2
-    has_checkpoint = checkpoint.latest_tag(run_dir) is not None
-    if has_checkpoint and not args.resume:
-        print(
-            f"error: {run_dir} already holds checkpoints: pass --resume, or another --output", file=sys.stderr
+        return fail(f"the stage gives fewer sequences than one step ({plan})")
+    if existing and not args.resume:  # the folders on disk decide, whatever `latest` says
+        return fail(
+            f"{run_dir} already holds checkpoints ({checkpoint.describe(existing)}): pass --resume to "
+            "continue it, or another --output"
         )
-        return 2
-    if args.resume and not has_checkpoint:
-        print(f"error: --resume: {run_dir} has no complete checkpoint", file=sys.stderr)
-        return 2
 
     # -- distributed set-up --------------------------------------------------------------------------
     import deepspeed
@@ -212,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_path = export_init_weights(args.init_from, run_dir, rank) if args.init_from else cfg.model.path
+    model_path = export_init_weights(init_source, init_tag, run_dir, rank) if init_tag else cfg.model.path
+    if model_path is None:
+        return 2
     model, attention = load_model(cfg, model_path)
     log.info("model %s (%s attention): %s", model_path, attention, trainable_summary(model))
     if rank == 0:
@@ -220,9 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(run_dir / "config.json", asdict(cfg))
         if not args.resume:  # where the weights came from, so a report can chain stages
             source = None
-            if args.init_from:  # RUN[:step_N], the run folder made absolute: found from any folder
-                folder, _, tag = args.init_from.partition(":")
-                source = str(Path(folder).resolve()) + (f":{tag}" if tag else "")
+            if init_tag:  # RUN:step_N, the run folder made absolute: found from any folder
+                source = f"{Path(init_source).resolve()}:{init_tag}"
             origin = {
                 "stage": manifest["stage"],
                 "manifest_hash": manifest["manifest_hash"],
@@ -262,22 +377,22 @@ def main(argv: list[str] | None = None) -> int:
 
     ema = WeightEMA(engine.module, cfg.ema) if cfg.ema else None
     step, tokens_seen = 0, 0
-    if args.resume:
-        state = checkpoint.load(engine, run_dir)
+    if resume_tag:
+        try:
+            state = checkpoint.load(engine, run_dir, resume_tag)
+        except checkpoint.CheckpointError as e:
+            return fail(str(e))
         if state["manifest_hash"] != manifest["manifest_hash"]:
-            print(
-                f"error: {run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
+            return fail(
+                f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
                 f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
-                "start a new stage from its weights)",
-                file=sys.stderr,
+                "start a new stage from its weights)"
             )
-            return 2
         loader.load_state_dict(state["loader"])
         if ema is not None:
-            shadow = checkpoint.load_extra(run_dir, "ema")
+            shadow = checkpoint.load_extra(run_dir, "ema", resume_tag)
             if shadow is None:
-                print(f"error: ema is set but {run_dir}'s checkpoint has no EMA weights", file=sys.stderr)
-                return 2
+                return fail(f"ema is set but {run_dir}'s checkpoint {resume_tag} has no EMA weights")
             ema.shadow = shadow
         step, tokens_seen = state["step"], state["tokens_seen"]
         log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")

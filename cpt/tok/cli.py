@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True, help="Hugging Face model folder (the base model)")
     e.add_argument("--base-tokenizer", required=True, help="the base tokenizer (.model or folder)")
     e.add_argument("--tokenizer", required=True, help="the merged tokenizer folder (from `merge`)")
-    e.add_argument("--output", required=True, help="folder for the resized model and the merged tokenizer")
+    e.add_argument(
+        "--output",
+        required=True,
+        help="folder for the resized model and the merged tokenizer (an existing one is replaced only when "
+        "it is an earlier init-embeddings output)",
+    )
 
     r = sub.add_parser("report", help="tokens per character and bytes per token, per language, side by side")
     r.add_argument(

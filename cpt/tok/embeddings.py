@@ -4,17 +4,24 @@ Each new token's input row (and output row, when the head is not tied) is the me
 the pieces the base tokenizer splits its text into; with a byte-fallback base most Chinese pieces are
 averages of byte-token rows. Rows of the base vocabulary are not touched. The vocabulary is padded to a
 multiple of 64 (tensor-core friendly); padding rows get the mean of all base rows.
+
+The output folder is written whole (a temporary folder, renamed) and replaces only an earlier output
+of this command (it holds `cpt_init_embeddings.json`): never the base model or the tokenizer.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cpt.io import OutputError, check_replaceable, holds, written_dir
 from cpt.tok.merge import TokenizerError
 
 PAD_MULTIPLE = 64
+MARKER = "cpt_init_embeddings.json"
+INITIALISED = holds(MARKER)  # an --output is replaced only when it is an earlier init-embeddings output
 
 
 @dataclass
@@ -46,6 +53,15 @@ def init_embeddings(
 
     from cpt.tok.report import load_sentencepiece
 
+    model_dir, output = Path(model_dir), Path(output)
+    if not (model_dir / "config.json").is_file():
+        raise TokenizerError(
+            f"{model_dir}: not a Hugging Face model folder (no config.json); --model takes the base model's folder"
+        )
+    inputs = {model_dir.resolve(), Path(tokenizer).resolve(), Path(base_tokenizer).resolve()}
+    if output.resolve() in inputs:
+        raise OutputError(f"{output}: is one of the inputs (--model or a tokenizer); choose another --output")
+    check_replaceable(output, INITIALISED, "cpt-tok init-embeddings")  # before the work
     base_sp, merged_sp = load_sentencepiece(base_tokenizer), load_sentencepiece(tokenizer)
     base_n, merged_n = base_sp.get_piece_size(), merged_sp.get_piece_size()
     for i in range(base_n):
@@ -53,7 +69,11 @@ def init_embeddings(
             raise TokenizerError(
                 f"{tokenizer}: piece {i} differs from the base's; it is not a merge of {base_tokenizer}"
             )
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TokenizerError(f"{model_dir}: the model does not load ({first})") from None
     old_in = model.get_input_embeddings().weight.detach().clone()
     if old_in.shape[0] < base_n:
         raise TokenizerError(
@@ -74,10 +94,13 @@ def init_embeddings(
                 new_out[i] = old_out[ids].mean(dim=0)
     model.config.vocab_size = padded
 
-    output = Path(output)
-    model.save_pretrained(str(output))
-    src = Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy(src / name, output / name)
-    return InitResult(base_n, merged_n, padded, padded - base_n, tied)
+    result = InitResult(base_n, merged_n, padded, padded - base_n, tied)
+    with written_dir(output, INITIALISED, "cpt-tok init-embeddings") as tmp:
+        model.save_pretrained(str(tmp))
+        src = Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent
+        for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (src / name).is_file():
+                shutil.copy(src / name, tmp / name)
+        record = {"model": str(model_dir), "base_tokenizer": str(base_tokenizer), "tokenizer": str(tokenizer)}
+        (tmp / MARKER).write_text(json.dumps({**record, **asdict(result)}, indent=2) + "\n")
+    return result
