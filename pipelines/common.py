@@ -156,11 +156,21 @@ def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
     holds only part of its documents) whose files have a `text` column."""
     import pyarrow.parquet as pq
 
-    report = input_dir / "report"
-    if (report / "steps.json").is_file():
-        missing = unfinished_tasks(
-            report / "logs", json.loads((report / "steps.json").read_text()).get("tasks")
-        )
+    # the run's own folder, or the one above a language folder (`tokenize --input dedup/en`)
+    report = next(
+        (d / "report" for d in (input_dir, input_dir.parent) if (d / "report" / "steps.json").is_file()), None
+    )
+    if report is not None:
+        steps = json.loads((report / "steps.json").read_text(encoding="utf-8"))
+        missing = unfinished_tasks(report / "logs", steps.get("tasks"))
+        # dedup's steps.json lists each language's stages: one never launched has no logs to find
+        for lang, stages in steps.items() if "labels" not in steps else ():
+            if isinstance(stages, list):
+                for _row, stage, _index, tasks in stages:
+                    folder = report / "logs" / lang / stage
+                    line = f"{lang}/{stage}: {tasks} task(s) never started"
+                    if not (folder / "executor.json").is_file() and line not in missing:
+                        missing.append(line)
         if missing:
             raise ConfigError(
                 str(input_dir),

@@ -199,17 +199,19 @@ def split_init_from(init_from: str) -> tuple[str, str | None]:
     return init_from, None
 
 
-def export_init_weights(source: str, tag: str, run_dir: Path, rank: int) -> str | None:
+def export_init_weights(source: str, tag: str, run_dir: Path, rank: int, device: torch.device) -> str | None:
     """`--init-from RUN[:step_N]`: rank 0 exports that checkpoint's weights to a model folder; None
     (on every rank) when that fails, after rank 0 has printed why."""
     from trainer.export import export
 
     target = run_dir / "init"
-    failed = torch.zeros(1)
+    failed = torch.zeros(1, device=device)  # on the device: NCCL broadcasts no CPU tensor
     if rank == 0:
         try:
             export(source, target, tag=tag, dtype=torch.float32)
-        except (checkpoint.CheckpointError, OutputError, FileNotFoundError, RuntimeError) as e:
+        # ConfigError and OutputError are ValueErrors; a missing base model is an OSError. Any of them
+        # must reach the other ranks through the broadcast, or they would wait for rank 0 forever
+        except (checkpoint.CheckpointError, ValueError, OSError, RuntimeError) as e:
             print(f"error: --init-from {source}: {e}", file=sys.stderr)
             failed += 1
     if torch.distributed.is_initialized():  # every rank learns whether rank 0 succeeded
@@ -266,10 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                     "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
                 )
             init_tag, skipped = checkpoint.choose(init_source, init_tag)
+            from trainer.export import run_config
+
+            run_config(Path(init_source))  # its config.json must read before any rank starts
             check_replaceable(run_dir / "init", EXPORTED, "trainer/export.py")  # where its weights go
         else:
             skipped = []
-    except (checkpoint.CheckpointError, OutputError) as e:
+    except (checkpoint.CheckpointError, OutputError, ConfigError, FileNotFoundError) as e:
         return fail(str(e))
     for line in skipped if first else ():
         print(f"warning: {line}: passed over, using {resume_tag or init_tag}", file=sys.stderr)
@@ -326,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_path = export_init_weights(init_source, init_tag, run_dir, rank) if init_tag else cfg.model.path
+    model_path = (
+        export_init_weights(init_source, init_tag, run_dir, rank, device) if init_tag else cfg.model.path
+    )
     if model_path is None:
         return 2
     model, attention = load_model(cfg, model_path)

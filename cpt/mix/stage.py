@@ -9,7 +9,7 @@ from typing import Literal
 
 import yaml
 
-from cpt.config import ConfigError, build, read_yaml
+from cpt.config import ConfigError, build, parse_yaml, read_yaml
 
 
 @dataclass
@@ -35,7 +35,10 @@ class Source:
         key, op, raw = m.groups()
         if op == "==":
             return key, [raw.strip("'\"")]
-        values = yaml.safe_load(raw)
+        try:
+            values = parse_yaml(raw)
+        except yaml.YAMLError:
+            values = None
         if not isinstance(values, list) or not values:
             raise ValueError(f"{self.where!r}: `in` takes a list such as [math, science]")
         return key, [str(v) for v in values]

@@ -369,3 +369,7 @@ class RemovedWriter(ParquetWriter):
             schema=schema,
         )
         self.level = level
+
+    def _get_output_filename(self, document, rank: int | str = 0, **kwargs) -> str:
+        # the rank only: datatrove's default lets any metadata key (an input's `rank`) name the file
+        return self.output_filename.substitute(rank=str(rank).zfill(5))

@@ -10,7 +10,7 @@ import re
 
 from datatrove.pipeline.writers import ParquetWriter
 
-from cpt.shards import CLEAN_SCHEMA, UNKNOWN_LANG, document_row
+from cpt.shards import BOOKKEEPING, CLEAN_SCHEMA, UNKNOWN_LANG, document_row
 
 TMP_SUFFIX = ".tmp"
 
@@ -20,8 +20,13 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 def is_safe_name(value) -> bool:
     """True for a string that can be a folder under the output as it is: letters, digits, `_` and `-`,
-    at most 32 characters; never `.`, `..`, a separator or an absolute path."""
-    return isinstance(value, str) and _SAFE_NAME.fullmatch(value) is not None
+    at most 32 characters; never `.`, `..`, a separator or an absolute path, and never a folder that
+    holds a run's bookkeeping (shards there would be counted as written, then never read again)."""
+    return (
+        isinstance(value, str)
+        and _SAFE_NAME.fullmatch(value) is not None
+        and value not in BOOKKEEPING | {"dedup"}
+    )
 
 
 def _row_adapter(writer: ShardWriter, doc) -> dict:

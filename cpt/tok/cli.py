@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from cpt.config import parse_yaml
 from cpt.io import OutputError
 from cpt.tok.merge import TokenizerError
 
@@ -26,7 +27,12 @@ def _options(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise TokenizerError(f"--option {item!r}: expected key=value")
-        options[key.strip()] = yaml.safe_load(value)
+        try:
+            options[key.strip()] = parse_yaml(value)
+        except yaml.YAMLError as e:
+            raise TokenizerError(
+                f"--option {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})"
+            ) from None
     return options
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, shared_data
 from cpt.config import ConfigError, apply_overrides, parse_yaml
 
 CLEAN = ["--no-progress", "--steps", "pii"]  # a cheap step: these probes are about the run, not the filters
@@ -123,6 +123,16 @@ def test_rerun_with_the_same_inputs_is_accepted(finished, tmp_path):
     ]
 
 
+def test_tokenize_of_a_language_folder_of_an_unfinished_run_is_refused(finished, tmp_path):
+    _, clean = _copy_run(finished, tmp_path)
+    (clean / "report" / "logs" / "completions" / "00000").unlink()
+    tokenizer = shared_data("tokenizers", "llama-3.2")
+    proc = run_cli("tokenize", "--input", str(clean / "und"), "--tokenizer", str(tokenizer), "--output",
+                   str(tmp_path / "tokens"), check=False)  # fmt: skip
+    _one_line_error(proc, "1 unfinished task (task 0 did not complete")
+    assert not (tmp_path / "tokens").exists()
+
+
 def test_dedup_of_an_unfinished_clean_run_is_refused(finished, tmp_path):
     _, clean = _copy_run(finished, tmp_path)
     (clean / "report" / "logs" / "completions" / "00001").unlink()  # task 1 as a kill leaves it
@@ -200,6 +210,16 @@ def test_yaml_numbers_in_every_loader(tmp_path):
     assert load_stage(stage).sources[0].weight == 1.0
     with pytest.raises(ConfigError, match="override 'a=\\{b': the value is not valid YAML"):
         apply_overrides({}, ["a={b"])
+    # the other YAML values cpt reads: a stage's `where:` list and cpt-tok's --option values
+    from cpt.mix.stage import Source
+    from cpt.tok.cli import _options
+    from cpt.tok.merge import TokenizerError
+
+    with pytest.raises(ValueError, match="takes a list"):
+        Source(where="topic in [math").condition()
+    with pytest.raises(TokenizerError, match="not valid YAML"):
+        _options(["split_digits=[x"])
+    assert _options(["character_coverage=9.995e-1"]) == {"character_coverage": 0.9995}
 
 
 def test_dry_run_writes_nothing(finished, tmp_path):

@@ -177,6 +177,9 @@ WRITER_CASES = [
                  {"und"}, {"rerouted_unsafe_lang": 3, "rerouted_unsafe_route": 3}),
     _writer_case("lang .. and an absolute route", {"a.jsonl": _jsonl(_texts(2, lang="..", route="/tmp/x"))},
                  {"und"}, {"rerouted_unsafe_lang": 2, "rerouted_unsafe_route": 2}),
+    # a plain name, but the run's own bookkeeping folder: shards there would never be read again
+    _writer_case("lang report and route removed", {"a.jsonl": _jsonl(_texts(2, lang="report", route="removed"))},
+                 {"und"}, {"rerouted_unsafe_lang": 2, "rerouted_unsafe_route": 2}),
     _writer_case("safe lang and route are kept", {"a.jsonl": _jsonl(_texts(2, lang="en", route="code"))},
                  {"code/en"}, {}),
 ]
