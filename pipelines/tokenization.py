@@ -172,7 +172,9 @@ def _may_hold_documents(path: Path) -> bool:
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(path).metadata
-    column = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == "text")
+    column = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == "text"), None)
+    if column is None:  # `text` is a list or struct column: its statistics cannot tell, the readers count it
+        return True
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         stats = group.column(column).statistics
