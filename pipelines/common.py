@@ -54,7 +54,7 @@ def check_settings(
     pinned = report_dir / "inputs.json"
     current = None
     if inputs is not None:  # named relative to the input folder: the run may resume from another folder
-        current = [{"path": _relative(f, root), "size": Path(f).stat().st_size} for f in inputs]
+        current = [{"path": _relative(f, root), "size": _size(f)} for f in inputs]
     if current is not None and pinned.is_file():
         difference = _first_difference(json.loads(pinned.read_text(encoding="utf-8"))["files"], current)
         if difference:
@@ -83,6 +83,14 @@ def check_settings(
         write_json(path, settings)
 
 
+def _size(path: Path) -> int | None:
+    """A local file's size; None for a remote one (s3://...: its listing is still pinned)."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
+
+
 def _relative(path: Path, root: Path | None) -> str:
     try:
         return str(Path(path).relative_to(root)) if root is not None else str(path)
@@ -100,7 +108,7 @@ def _first_difference(before: list[dict], now: list[dict]) -> str | None:
         if name not in old:
             return f"{name} is new"
         if old[name] != new[name]:
-            return f"{name} was {old[name]:,} bytes, now {new[name]:,}"
+            return f"{name} was {old[name] or 0:,} bytes, now {new[name] or 0:,}"
     return None
 
 
