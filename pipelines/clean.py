@@ -267,7 +267,7 @@ def prepare(
 
     With `record=False` (a dry run) the settings are checked against an earlier run but not saved.
     """
-    from cpt.steps.read import list_inputs, make_readers
+    from cpt.steps.read import list_inputs, make_readers, write_input_lists
 
     output = Path(output)
     check_paths([input_path], output)
@@ -284,7 +284,7 @@ def prepare(
         )
     report = output / "report"
     folder, by_kind = list_inputs(input_path)
-    readers = make_readers(folder, by_kind, report / "inputs", limit, progress, write=False)
+    readers = make_readers(folder, by_kind, report / "inputs", limit, progress)
     files = [Path(folder) / f for kind_files in by_kind.values() for f in kind_files]
     tasks = tasks or len(files)
     processing, labels = build_steps(cfg, output)
@@ -299,7 +299,7 @@ def prepare(
     )
     _check_settings(run, limit, record, files, Path(folder))
     if record:  # the input lists the tasks shard, written only once the run is accepted
-        make_readers(folder, by_kind, report / "inputs", limit, progress)
+        write_input_lists(by_kind, report / "inputs")
     return run
 
 

@@ -477,30 +477,31 @@ def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:
 
 
 def make_readers(
-    folder: str,
-    by_kind: dict[str, list[str]],
-    lists_dir: str | Path,
-    limit: int = -1,
-    progress: bool = True,
-    write: bool = True,
+    folder: str, by_kind: dict[str, list[str]], lists_dir: str | Path, limit: int = -1, progress: bool = True
 ) -> list:
-    """One reader per kind of input `list_inputs` found. The files of each kind are listed, sorted, in
-    `lists_dir/<kind>.txt`: tasks shard that list, and the run keeps a record of exactly what it read.
-    With `write=False` the lists are not written (yet): a run that is refused writes nothing."""
-    lists_dir = Path(lists_dir)
-    readers = []
+    """One reader per kind of input `list_inputs` found, each sharding the list of its files that
+    `write_input_lists` keeps in `lists_dir/<kind>.txt` (written once the run is accepted: a run that is
+    refused writes nothing)."""
     common = dict(limit=limit, file_progress=progress, doc_progress=progress)
     classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
+    return [
+        classes.get(kind, CountingParquetReader)(
+            folder, paths_file=str(Path(lists_dir) / f"{kind}.txt"), **common
+        )
+        for kind in sorted(by_kind)
+    ]
+
+
+def write_input_lists(by_kind: dict[str, list[str]], lists_dir: str | Path) -> None:
+    """`lists_dir/<kind>.txt`: the files of each kind, sorted, that the readers shard among the tasks,
+    and the run's record of exactly what it read."""
+    lists_dir = Path(lists_dir)
+    lists_dir.mkdir(parents=True, exist_ok=True)
     for kind, kind_files in sorted(by_kind.items()):
         paths_file = lists_dir / f"{kind}.txt"
-        if write:
-            lists_dir.mkdir(parents=True, exist_ok=True)
-            tmp = paths_file.with_suffix(".tmp")
-            tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
-            tmp.replace(paths_file)
-        cls = classes.get(kind, CountingParquetReader)
-        readers.append(cls(folder, paths_file=str(paths_file), **common))
-    return readers
+        tmp = paths_file.with_suffix(".tmp")
+        tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
+        tmp.replace(paths_file)
 
 
 def split_glob(input_path: str) -> tuple[str, str | None]:
