@@ -138,6 +138,21 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     }
 
 
+# what a run folder holds: the trainer's own files, and those `cpt ablate` writes beside them
+RUN_FILES = frozenset(
+    {
+        "config.json",
+        "run.json",
+        "metrics.jsonl",
+        "tensorboard",
+        "checkpoints",
+        "init",
+        "train.log",
+        "result.json",
+    }
+)
+
+
 def check_output(run_dir: Path, model: str) -> None:
     """The run folder must not be, hold or lie inside the model folder: the run's config.json, logs and
     checkpoints would be written over the model's files (its config.json first)."""
@@ -159,6 +174,18 @@ def check_output(run_dir: Path, model: str) -> None:
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("--output", [f"{run_dir} is a file, not a folder: choose another --output"])
+    # a folder that already holds something else: the run would write config.json over theirs, and its
+    # checkpoint saves remove folders under checkpoints/ (a leftover step_N.tmp, pruned old steps)
+    names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
+    foreign = sorted(n for n in names if n.removesuffix(".tmp") not in RUN_FILES)
+    if foreign:
+        raise ConfigError(
+            "--output",
+            [
+                f"{run_dir} holds files a trainer run does not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): choose another --output"
+            ],
+        )
 
 
 def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:

@@ -259,6 +259,13 @@ def init_embeddings_no_config(s, run, tmp):
                     "--tokenizer", tok, "--output", str(tmp / "extended")), None  # fmt: skip
 
 
+def output_holds_other_files(s, run, tmp):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "config.json").write_text('{"mine": true}')  # would be written over
+    (tmp / "mine" / "notes.txt").write_text("my data")
+    return _train_argv(s, tmp / "mine"), tmp / "mine"
+
+
 def init_embeddings_over_model(s, run, tmp):
     tok = str(Path(s["root"]) / "tok")
     return _cpt_tok("init-embeddings", "--model", str(s["model"]), "--base-tokenizer", tok, "--tokenizer",
@@ -271,6 +278,8 @@ PROBES = [
     ("output-is-model", output_is_model, 2, "is the --model folder"),
     ("output-inside-model", output_inside_model, 2, "is inside the --model folder"),
     ("model-inside-output", model_inside_output, 2, "holds the --model folder"),
+    ("output-holds-other-files", output_holds_other_files, 2,
+     "{tmp}/mine holds files a trainer run does not write (notes.txt)"),
     ("latest-missing", latest_missing, 2, "holds checkpoints (step_00000001, step_00000002, step_00000003)"),
     ("latest-stale", latest_stale, 2, "holds checkpoints (step_00000001, step_00000002): pass --resume"),
     ("latest-escapes", latest_escapes, 0, "resuming from {run}/checkpoints/step_00000003"),
