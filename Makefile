@@ -24,7 +24,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	# the WARC (80 articles a language: stage 1 reads its Chinese under 2 epochs, far from max_epochs 4,
 	# so a few pages less never fails the plan), plus instruction pairs and worked math problems for stages 2 and 3
-	$(PY) -m cpt.sample_warc $(DEMO)/warc/sample.warc.gz --articles 80 --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet \
+	$(PY) -m cpt.demo.sample_warc $(DEMO)/warc/sample.warc.gz --articles 80 --instructions $(DEMO)/instruct/instruct.parquet --math $(DEMO)/math/math.parquet \
 		--heldout $(DEMO)/heldout --topics $(DEMO)/topics/topics.parquet --low-quality $(DEMO)/lowq/lowq.parquet
 	$(PY) pipelines/run.py clean --input $(DEMO)/warc --output $(DEMO)/clean
 	$(PY) pipelines/run.py dedup --input $(DEMO)/clean --output $(DEMO)/dedup
@@ -51,7 +51,7 @@ demo: $(STAMP)
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_en
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/zh --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_zh
 	# a tiny random Llama with the English base vocabulary stands in for LLaMA, extended to the merged one
-	$(PY) trainer/tiny_model.py --tokenizer $(DEMO)/tok/base --output $(DEMO)/model/base
+	$(PY) -m cpt.demo.tiny_model --tokenizer $(DEMO)/tok/base --output $(DEMO)/model/base
 	.venv/bin/cpt-tok init-embeddings --model $(DEMO)/model/base --base-tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --output $(DEMO)/model/extended
 	# stage 1 (Chinese web with English replay), then stage 2 (instructions) from stage 1's weights
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage1 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpt.sample_warc import write_sample_warc  # noqa: E402
+from cpt.demo.sample_warc import write_sample_warc  # noqa: E402
 
 SHARED_WARC = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "warc"
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_score.py [--docs 2000] [--json OUT]
 
-Input: generated articles (`cpt.sample_warc.sample_articles`, half English, half Chinese) written as one
+Input: generated articles (`cpt.demo.sample_warc.sample_articles`, half English, half Chinese) written as one
 clean-format Parquet shard. The classifiers (quality, math, topic) are trained first on generated data
 as `make demo` trains them. Each configuration runs `run.py score` as one task in one process (one core);
 documents/s = documents over the whole run's wall time, start-up included (jieba's dictionary and the
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cpt import sample_warc  # noqa: E402
-from cpt.sample_warc import write_sample_rows  # noqa: E402
+from cpt.demo import sample_warc  # noqa: E402
+from cpt.demo.sample_warc import write_sample_rows  # noqa: E402
 from cpt.steps.classify import train_classifier  # noqa: E402
 
 

@@ -1,6 +1,14 @@
-"""Output folders written whole, and never over a folder the command did not write.
+"""Every file and folder cpt writes is written whole, and never over what the command did not write.
 
-A folder is built under a fresh hidden name beside its final one, then renamed into place, so no
+One home for write-to-a-temporary-name-then-rename: a reader (another task, the loader, pandas) never
+sees half a file or half a folder, and a run killed mid-write leaves the old version or nothing.
+
+Files: `written_file(path)` yields a temporary path beside `path` for any writer (pyarrow, matplotlib,
+torch, fastText) and renames it into place when the block succeeds; `write_text`, `write_bytes` and
+`write_json` are built on it. `read_json` reads what `write_json` wrote, naming the file when it is not
+JSON.
+
+Folders: a folder is built under a fresh hidden name beside its final one, then renamed into place, so no
 reader ever sees half of it. A folder already at the final name is replaced only when it is empty or
 is one this kind of command wrote (`owned`): pointed by mistake at a model, a corpus or the input
 itself, a command refuses with one line instead of deleting it.
@@ -9,11 +17,76 @@ itself, a command refuses with one line instead of deleting it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+@contextlib.contextmanager
+def written_file(path: str | Path) -> Iterator[Path]:
+    """`with written_file(path) as tmp:` write `tmp` with any library; at the end it becomes `path` whole.
+
+    `tmp` is a fresh name beside `path` (same file system, so the rename is atomic; concurrent writers
+    of the same path never share a temporary name). If the block fails, `tmp` is removed and `path` is
+    left as it was. The parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode a plain open() would give
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` whole (temporary name, then rename)."""
+    with written_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 `text` to `path` whole (temporary name, then rename)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """Write `data` as UTF-8 JSON (non-ASCII kept readable, a final newline) to `path` whole."""
+    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+class JsonFileError(ValueError):
+    """A JSON file that cannot be read: the message names the file."""
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in `path`; JsonFileError naming the file when it is unreadable or not JSON.
+
+    A missing file raises FileNotFoundError as usual (callers say what should have written it)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JsonFileError(f"{path}: not valid JSON ({e})") from None
+    except IsADirectoryError:
+        raise JsonFileError(f"{path}: a folder, not a JSON file") from None
 
 
 class OutputError(ValueError):
@@ -49,7 +122,9 @@ def temp_dir_beside(output: str | Path) -> Path:
     """A new empty folder with a name of its own next to `output` (the same file system: renames are atomic)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the folder gets the mode a plain mkdir() would give
+    return tmp
 
 
 def replace_dir(tmp: str | Path, output: str | Path, owned: Callable[[Path], bool], what: str) -> None:

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from conftest import run_cli, shared_data
-from cpt import sample_warc
-from cpt.sample_warc import write_sample_rows
+from cpt.demo import sample_warc
+from cpt.demo.sample_warc import write_sample_rows
 from cpt.steps.classify import build_kl_reference, kl_divergence, kl_units, train_classifier
 
 

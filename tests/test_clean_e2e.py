@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conftest import run_cli, run_cli_until, shared_data
-from cpt.sample_warc import write_sample_warc
+from cpt.demo.sample_warc import write_sample_warc
 from texts import ARTICLES
 
 pytestmark = pytest.mark.slow

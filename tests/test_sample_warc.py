@@ -1,4 +1,4 @@
-"""Tests for cpt.sample_warc: determinism, what each category holds, and the broken tail of the file."""
+"""Tests for cpt.demo.sample_warc: determinism, what each category holds, and the broken tail of the file."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
-from cpt import sample_warc
-from cpt.sample_warc import SampleManifest, write_sample_warc
+from cpt.demo import sample_warc
+from cpt.demo.sample_warc import SampleManifest, write_sample_warc
 
 N_ARTICLES = 6
 LARGE_MB = 0.2

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO, run_cli
-from cpt.sample_warc import write_sample_warc
+from cpt.demo.sample_warc import write_sample_warc
 from cpt.tok.merge import merge
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt import sample_warc
+from cpt.demo import sample_warc
 from cpt.manifest import write_stage_manifest
 from cpt.mix.plan import plan
 from cpt.mix.stage import Replay, Source, Stage
@@ -31,7 +31,7 @@ def build_small_setup(root: Path) -> dict:
 
     from cpt.tok.merge import merge
     from cpt.tok.train import train
-    from trainer.tiny_model import make_tiny_llama
+    from cpt.demo.tiny_model import make_tiny_llama
 
     texts = {lang: [r["text"] for r in sample_warc.sample_articles(1, 60, lang)] for lang in ("en", "zh")}
     (root / "text").mkdir()

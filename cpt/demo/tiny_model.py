@@ -1,4 +1,4 @@
-"""Make a tiny random Llama for tests and the demo: `python trainer/tiny_model.py --tokenizer DIR --output DIR`.
+"""Make a tiny random Llama for tests and the demo: `python -m cpt.demo.tiny_model --tokenizer DIR --output DIR`.
 
 Its vocabulary is the tokenizer's (padded to a multiple of 64), its special ids are the tokenizer's,
 and the tokenizer files are copied beside it, so the folder is a complete Hugging Face model.
@@ -57,7 +57,7 @@ def make_tiny_llama(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python trainer/tiny_model.py", description=__doc__.split("\n\n")[0]
+        prog="python -m cpt.demo.tiny_model", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (e.g. from `cpt-tok merge`)")
     parser.add_argument("--output", required=True, help="the model folder to write")

@@ -1304,7 +1304,7 @@ class _SampleWriter:
     def write_warcinfo(self, seed: int) -> None:
         self.warcinfo_id = self.record_id()
         info = (
-            "software: cpt.sample_warc\r\n"
+            "software: cpt.demo.sample_warc\r\n"
             "format: WARC File Format 1.0\r\n"
             "conformsTo: https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.0/\r\n"
             "isPartOf: cpt-sample-crawl\r\n"
@@ -1677,14 +1677,14 @@ def write_sample_rows(path: str | Path, rows: list[dict]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cpt.sample_warc",
+        prog="python -m cpt.demo.sample_warc",
         description=(
             "Write a deterministic sample gzip WARC (English and Chinese articles, duplicates, spam, "
             "PII, bad encodings, empty and huge pages, non-HTML records, and a broken tail: a garbage "
             "header, a sentinel article, a truncated gzip member) for demos, tests and benchmarks."
         ),
         epilog=(
-            "Example: python -m cpt.sample_warc runs/demo/warc/sample.warc.gz "
+            "Example: python -m cpt.demo.sample_warc runs/demo/warc/sample.warc.gz "
             "--manifest runs/demo/warc/manifest.json"
         ),
     )
