@@ -7,6 +7,7 @@ run, can be concatenated by pandas, polars or pyarrow without schema merging.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -118,3 +119,37 @@ def shard_files(folder: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{folder}: no Parquet shards (expected a clean or dedup output)")
     return files
+
+
+class ShardReadError(ValueError):
+    """A Parquet file that cannot be read as documents: the message names the file."""
+
+
+def read_rows(
+    path: str | Path, columns: Sequence[str] = ("text",), optional: Sequence[str] = (), batch_size: int = 1024
+) -> Iterator[dict]:
+    """The rows of one Parquet shard as dicts of `columns` (which must exist) and `optional` columns
+    (None where the file lacks them), streamed a batch at a time: the one reader of text from Parquet.
+
+    ShardReadError names the file when it is not Parquet or lacks a required column."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardReadError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    names = pf.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ShardReadError(
+            f"{path}: no `{missing[0]}` column (columns: {', '.join(names)}); expected a clean or dedup shard"
+        )
+    present = list(columns) + [c for c in optional if c in names and c not in columns]
+    absent = [c for c in optional if c not in names]
+    with pf:
+        for batch in pf.iter_batches(columns=present, batch_size=batch_size):
+            for row in batch.to_pylist():
+                for c in absent:
+                    row[c] = None
+                yield row
