@@ -256,3 +256,47 @@ def test_zero_stages_train_resume_and_export(setup, tmp_path, zero, ranks):
     assert sorted(metrics) == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in metrics.values())
     weights = _weights(export(out, tmp_path / "hf", dtype=torch.float32))
     assert not torch.equal(weights["lm_head.weight"], _weights(setup["model"])["lm_head.weight"])
+
+
+def test_set_overrides_and_the_older_positional_spelling_resolve_alike(setup):
+    from trainer.main import parse_args
+
+    args = parse_args(["--mix", "m", "optim.lr=1", "--set", "optim.lr=2", "--set", "max_steps=3"])
+    assert args.overrides == ["optim.lr=1", "optim.lr=2", "max_steps=3"]  # the --set ones win
+    args = parse_args(["--resume", "max_steps=5", "--set", "seed=1"])
+    assert args.resume == "latest" and args.overrides == ["max_steps=5", "seed=1"]
+
+    def dry_run(*overrides: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
+             "--dry-run", *overrides],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    spelled = dry_run("--set", "max_steps=5", "--set", "optim.lr=1e-3")
+    assert "5 steps of" in spelled and '"lr": 0.001' in spelled
+    assert dry_run("max_steps=5", "optim.lr=1e-3") == spelled
+
+
+def test_ablate_grid_errors_name_each_key_path(tmp_path):
+    from cpt.config import ConfigError
+    from trainer.ablate import load_grid
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: g\nconfig: c.yaml\nbase: {model: m, stage: s.yaml}\nstage: s.yaml\nsteps: 4\n"
+        "eval: {old: a, new: b, extra: 1}\ncenter: {lr_scale: 1, resume: continue}\n"
+        "axes: {lr_scale: [1, -2, x], resume: [continue, warm]}\nmood: 1\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_grid(grid)
+    assert [p.split(":")[0] for p in error.value.problems] == [
+        "mood", "eval.extra", "axes.lr_scale[1]", "axes.lr_scale[2]", "axes.resume[1]", "base.steps"
+    ]  # fmt: skip
+    assert str(error.value).startswith(f"{grid}: 6 problems")
+    grid.write_text("name: g\nconfig: c.yaml\nbase: {model: m}\nstage: s.yaml\nsteps: 4\n"
+                    "eval: {old: a, new: b}\nmode: product\naxes: {resume: [rewarm, constant], lr_scale: [2]}\n")  # fmt: skip
+    loaded = load_grid(grid)
+    assert list(loaded.axes) == ["resume", "lr_scale"] and loaded.center == {} and loaded.eval.new == "b"

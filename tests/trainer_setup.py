@@ -29,9 +29,9 @@ def build_small_setup(root: Path) -> dict:
     """A tokenizer, a tiny Llama, token shards (zh new, en old, held-out of each) and a stage manifest."""
     import sentencepiece as spm
 
+    from cpt.demo.tiny_model import make_tiny_llama
     from cpt.tok.merge import merge
     from cpt.tok.train import train
-    from cpt.demo.tiny_model import make_tiny_llama
 
     texts = {lang: [r["text"] for r in sample_warc.sample_articles(1, 60, lang)] for lang in ("en", "zh")}
     (root / "text").mkdir()

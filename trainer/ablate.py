@@ -25,109 +25,91 @@ import itertools
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-import yaml
-
-from cpt.config import ConfigError, parse_yaml
+from cpt.config import ConfigError, build, read_yaml
+from cpt.io import write_json
 from cpt.mix.plan import MixError
 from cpt.report.collect import read_metrics
-from pipelines.common import write_json
 
 REPO = Path(__file__).resolve().parent.parent
-AXES = {"replay": float, "lr_scale": float, "resume": str}
+AXES = ("replay", "lr_scale", "resume")
 RESUME = ("continue", "rewarm", "constant")  # schedule.on_resume
 
 
 @dataclass
 class Base:
-    model: str
+    model: str = ""  # the model every run starts from
     stage: str | None = None  # trained on this stage first (the old domain), or used as it is
     steps: int = 0
 
 
 @dataclass
+class EvalNames:
+    old: str = ""  # the trainer config's eval set of the old domain (forgetting)
+    new: str = ""  # and of the new one (learning)
+
+
+@dataclass
 class Grid:
-    name: str
-    config: str
-    base: Base
-    stage: str
-    steps: int
-    eval_old: str
-    eval_new: str
-    axes: dict[str, list]
-    center: dict = field(default_factory=dict)
-    mode: str = "one_at_a_time"
+    # None: absent from the file (each is required; `validate` says so)
+    name: str | None = None
+    config: str | None = None  # the trainer config every run uses
+    base: Base | None = None
+    stage: str | None = None  # the stage every run trains on
+    steps: int | None = None
+    eval: EvalNames | None = None
+    axes: dict[str, Any] | None = None  # in the file's order: the runs and their names follow it
+    center: dict[str, Any] | None = None
+    mode: Literal["one_at_a_time", "product"] = "one_at_a_time"
     eval_every: int = 0  # 0: at the start, the resume point and the end only
+
+    def validate(self) -> list[str]:
+        required = ("name", "config", "base", "stage", "steps", "eval", "axes")
+        problems = [f"{key}: missing" for key in required if getattr(self, key) is None]
+        axes = self.axes or {}
+        for key, values in axes.items():
+            if key not in AXES:
+                problems.append(f"axes.{key}: unknown axis (one of {', '.join(AXES)})")
+            elif not isinstance(values, list) or not values:
+                problems.append(f"axes.{key}: a non-empty list")
+            else:
+                for i, v in enumerate(values):
+                    if key == "resume" and v not in RESUME:
+                        problems.append(f"axes.resume[{i}]: {' or '.join(RESUME)} (got {v!r})")
+                    elif key != "resume" and not _non_negative_number(v):
+                        problems.append(f"axes.{key}[{i}]: a non-negative number (got {v!r})")
+        if self.axes is not None and not axes:
+            problems.append("axes: a mapping of at least one axis to its values")
+        if self.base is not None:
+            if not self.base.model:
+                problems.append("base.model: missing (the model every run starts from)")
+            if self.base.stage and self.base.steps < 1:
+                problems.append("base.steps: how many steps to train the base on base.stage (at least 1)")
+        if self.eval is not None and not (self.eval.old and self.eval.new):
+            problems.append("eval: needs `old` and `new`, the eval set names of the old and the new domain")
+        if self.mode == "one_at_a_time":
+            missing = [k for k in axes if k not in (self.center or {})]
+            if missing:
+                problems.append(
+                    f"center: give the value of {', '.join(missing)} that the other axes are varied around"
+                )
+        if self.steps is not None and self.steps < 2:
+            problems.append("steps: an integer of at least 2")
+        return problems
+
+
+def _non_negative_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file; every problem in one error naming the file and the key."""
-    path = Path(path)
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(str(path), [f"cannot read ({e.strerror})"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), [f"not valid YAML ({str(e).splitlines()[0]})"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), ["expected a mapping of keys"])
-    problems = []
-    known = {"name", "config", "base", "stage", "steps", "eval", "axes", "center", "mode", "eval_every"}
-    problems += [f"{k}: unknown key" for k in raw if k not in known]
-    for key in ("name", "config", "base", "stage", "steps", "eval", "axes"):
-        if key not in raw:
-            problems.append(f"{key}: missing")
-    if problems:
-        raise ConfigError(str(path), problems)
-    base = raw["base"] if isinstance(raw["base"], dict) else {}
-    evals = raw["eval"] if isinstance(raw["eval"], dict) else {}
-    axes = raw["axes"] if isinstance(raw["axes"], dict) else {}
-    for k, values in axes.items():
-        if k not in AXES:
-            problems.append(f"axes.{k}: unknown axis (one of {', '.join(AXES)})")
-        elif not isinstance(values, list) or not values:
-            problems.append(f"axes.{k}: a non-empty list")
-        elif k == "resume" and any(v not in RESUME for v in values):
-            problems.append(f"axes.resume: values are {' or '.join(RESUME)}")
-        elif k != "resume" and any(not isinstance(v, (int, float)) or v < 0 for v in values):
-            problems.append(f"axes.{k}: non-negative numbers")
-    if not axes:
-        problems.append("axes: a mapping of at least one axis to its values")
-    if "model" not in base:
-        problems.append("base.model: missing (the model every run starts from)")
-    if base.get("stage") and (not isinstance(base.get("steps"), int) or base["steps"] < 1):
-        problems.append("base.steps: how many steps to train the base on base.stage (at least 1)")
-    if not {"old", "new"} <= set(evals):
-        problems.append("eval: needs `old` and `new`, the eval set names of the old and the new domain")
-    mode = raw.get("mode", "one_at_a_time")
-    if mode not in ("one_at_a_time", "product"):
-        problems.append("mode: one_at_a_time or product")
-    center = raw.get("center") or {}
-    if mode == "one_at_a_time":
-        missing = [k for k in axes if k not in center]
-        if missing:
-            problems.append(
-                f"center: give the value of {', '.join(missing)} that the other axes are varied around"
-            )
-    if not isinstance(raw["steps"], int) or raw["steps"] < 2:
-        problems.append("steps: an integer of at least 2")
-    if problems:
-        raise ConfigError(str(path), problems)
-    return Grid(
-        name=str(raw["name"]),
-        config=str(raw["config"]),
-        base=Base(model=str(base["model"]), stage=base.get("stage"), steps=int(base.get("steps", 0))),
-        stage=str(raw["stage"]),
-        steps=raw["steps"],
-        eval_old=str(evals["old"]),
-        eval_new=str(evals["new"]),
-        axes=axes,
-        center=center,
-        mode=mode,
-        eval_every=int(raw.get("eval_every", 0)),
-    )
+    grid = build(Grid, read_yaml(path), str(path))
+    grid.center = grid.center or {}
+    return grid
 
 
 def points(grid: Grid) -> list[dict]:
@@ -216,6 +198,11 @@ class _Trainer:
             )
 
 
+def _set(*overrides: str) -> list[str]:
+    """`--set KEY=VALUE` for each override, in order (a later one wins), as trainer/main.py takes them."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
 def _finished(run_dir: Path) -> bool:
     """result.json is written only once a run's training has ended."""
     return (run_dir / "result.json").is_file()
@@ -242,7 +229,15 @@ def _train_base(grid: Grid, output: Path, train: _Trainer, tokens_per_step: int)
             f"[base] training {grid.base.model} on {grid.base.stage} for {grid.base.steps} steps -> {run_dir}",
             flush=True,
         )
-        train(run_dir, "--mix", str(mix), "--model", grid.base.model, *resume, f"max_steps={grid.base.steps}")
+        train(
+            run_dir,
+            "--mix",
+            str(mix),
+            "--model",
+            grid.base.model,
+            *resume,
+            *_set(f"max_steps={grid.base.steps}"),
+        )
         write_json(run_dir / "result.json", {"steps": grid.base.steps})
     return str(run_dir)
 
@@ -317,7 +312,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
 
     cfg = load_config(grid.config, ["mix=grid"])  # each run names its own mix
     names = {s.name for s in cfg.eval.sets}
-    for key in (grid.eval_old, grid.eval_new):
+    for key in (grid.eval.old, grid.eval.new):
         if key not in names:
             sets = ", ".join(sorted(names)) or "none"
             raise ConfigError(str(grid_file), [f"eval: `{key}` is not an eval set of {grid.config} ({sets})"])
@@ -343,10 +338,12 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
             common = [
                 "--mix",
                 str(mix),
-                f"optim.lr={cfg.optim.lr * scale!r}",
-                f"schedule.min_lr={cfg.schedule.min_lr * scale!r}",
-                f"eval.every={grid.eval_every}",
-                f"max_steps={grid.steps}",
+                *_set(
+                    f"optim.lr={cfg.optim.lr * scale!r}",
+                    f"schedule.min_lr={cfg.schedule.min_lr * scale!r}",
+                    f"eval.every={grid.eval_every}",
+                    f"max_steps={grid.steps}",
+                ),
             ]
             origin = ["--init-from", base] if grid.base.stage else ["--model", base]
             done = _checkpoint_step(run_dir)
@@ -355,12 +352,12 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
             split = "resume" in params  # stop half-way, then resume on the same data
             if split and done < half:
                 tqdm.write(f"[{name}] steps {done + 1}-{half} -> {run_dir}")
-                train(run_dir, *start, *common, f"max_steps={half}", f"checkpoint.every={half}")
+                train(run_dir, *start, *common, *_set(f"max_steps={half}", f"checkpoint.every={half}"))
                 start, done = ["--resume"], half
             how = f" ({params['resume']} after step {half})" if split else ""
             tqdm.write(f"[{name}] steps {done + 1}-{grid.steps}{how} -> {run_dir}")
             on_resume = [f"schedule.on_resume={params['resume']}"] if split else []
-            train(run_dir, *start, *common, f"checkpoint.every={grid.steps}", *on_resume)
+            train(run_dir, *start, *common, *_set(f"checkpoint.every={grid.steps}", *on_resume))
         metrics = read_metrics(run_dir)
         end = max(metrics)
         result = {
@@ -368,8 +365,8 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
             "params": params,
             "run": str(run_dir.relative_to(output)),  # relative: the grid's folder can move
             "steps": end,
-            "old_loss": [_eval(metrics, grid.eval_old, 0), _eval(metrics, grid.eval_old, end)],
-            "new_loss": [_eval(metrics, grid.eval_new, 0), _eval(metrics, grid.eval_new, end)],
+            "old_loss": [_eval(metrics, grid.eval.old, 0), _eval(metrics, grid.eval.old, end)],
+            "new_loss": [_eval(metrics, grid.eval.new, 0), _eval(metrics, grid.eval.new, end)],
         }
         result["forgetting"] = result["old_loss"][1] - result["old_loss"][0]
         result["learning"] = result["new_loss"][0] - result["new_loss"][1]
@@ -383,7 +380,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
         "steps": grid.steps,
         "mode": grid.mode,
         "center": grid.center,
-        "eval": {"old": grid.eval_old, "new": grid.eval_new},
+        "eval": {"old": grid.eval.old, "new": grid.eval.new},
         "runs": runs,
         "findings": _findings(runs, grid.center) if grid.mode == "one_at_a_time" else [],
     }

@@ -3,12 +3,14 @@ leaves a checkpoint that looks complete, and read so a damaged or crafted one is
 
 Layout of a run folder:
     config.json                    the resolved TrainConfig (what export and init-from rebuild)
-    checkpoints/step_00000040/     DeepSpeed's files, client state (step, loader state, manifest hash),
-                                   rng_rank{r}.pt (each rank's torch and Python RNG)
+    checkpoints/step_00000040/     DeepSpeed's files (the LR schedule's state among them), client state
+                                   (step, loader state, manifest hash), rng_rank{r}.pt (each rank's torch
+                                   and Python RNG)
     checkpoints/latest             the tag of the newest complete checkpoint
-A checkpoint is written under `step_N.tmp`, renamed when every rank has finished, and only then named
-in `latest` (itself written to a temporary file and renamed); after a save, checkpoints of earlier
-steps beyond `keep` are removed (by step number; never the one just written).
+A checkpoint is written under `step_N.tmp` (a name every rank knows without asking rank 0, as each
+writes its own files into it), renamed whole when every rank has finished (`cpt.io.replace_dir`), and
+only then named in `latest` (`cpt.io.write_text`: a temporary file, renamed); after a save, checkpoints
+of earlier steps beyond `keep` are removed (by step number; never the one just written).
 
 What is on disk decides, not the pointer alone: the checkpoints are the `step_N` folders (a `.tmp`
 one is unfinished), `latest` is trusted only when it names one of them, else the newest by step is
@@ -22,7 +24,6 @@ to the previous one.
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 import random
 import re
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from cpt.io import replace_dir, write_text
 
 LATEST = "latest"
 STEP_TAG = re.compile(r"step_(\d+)")
@@ -42,6 +45,12 @@ DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # the static loss scale of fp32 and bf16 runs
     "deepspeed.utils.tensor_fragment.fragment_address",  # ZeRO 1-2: a parameter's place in the flat buffer
 )
+
+
+def _own_checkpoint(folder: Path) -> bool:
+    """A step_N folder under checkpoints/ is the run's own (the trainer refuses an --output that holds
+    files it does not write), whatever a crash left in it: a save of its step may replace it."""
+    return STEP_TAG.fullmatch(folder.name) is not None
 
 
 class CheckpointError(ValueError):
@@ -235,13 +244,10 @@ def save(
             torch.save(tensors, tmp / f"{name}.pt")
     _barrier()
     if rank == 0:
-        final = root / tag
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / f"{LATEST}.tmp"
-        pointer.write_text(tag + "\n")
-        os.replace(pointer, root / LATEST)
+        # every rank has finished its files: the checkpoint becomes step_N whole (one of the same step,
+        # left by a continuation this run abandoned, is replaced), and only then does `latest` name it
+        replace_dir(tmp, root / tag, _own_checkpoint, "trainer checkpoint")
+        write_text(root / LATEST, tag + "\n")
         # by step number, and only earlier ones: later checkpoints (a run resumed from an earlier one
         # leaves them) are written over as the run reaches their steps
         earlier = [t for t in checkpoint_tags(run_dir) if step_of(t) < step]

@@ -1,4 +1,4 @@
-"""Continued pre-training with DeepSpeed: `deepspeed trainer/main.py --mix stage2 [key=value ...]`.
+"""Continued pre-training with DeepSpeed: `deepspeed trainer/main.py --mix stage2 [--set key=value ...]`.
 
 Reads top to bottom: config → manifest → model → data → engine → (resume) → loop (forward, backward,
 step, log, evaluate, checkpoint) → final checkpoint. On CPU it runs on gloo (`deepspeed --num_gpus 2`
@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -25,14 +26,13 @@ import torch
 
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
-from cpt.io import OutputError, check_replaceable
+from cpt.io import OutputError, check_replaceable, write_json
 from cpt.manifest import ManifestError, read_stage_manifest
-from pipelines.common import write_json
 from trainer import checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
 from trainer.export import EXPORTED
-from trainer.metrics import RunLogger
+from trainer.metrics import RunLogger, SourceLosses
 from trainer.model import (
     WeightEMA,
     flops_per_token,
@@ -41,11 +41,15 @@ from trainer.model import (
     peak_flops,
     trainable_summary,
 )
-from trainer.schedule import lr_multiplier
+from trainer.schedule import Schedule
 
 log = logging.getLogger("cpt.trainer")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "trainer" / "configs" / "cpt.yaml"
+
+
+class RunError(ValueError):
+    """A run that cannot start or continue as asked; the message is the one line the user sees."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "DeepSpeed ZeRO, bf16, the CPT recipe, held-out perplexity of the old and new domains, and exact "
         "resume.",
         epilog="Example: deepspeed --num_gpus 2 trainer/main.py --mix stage2 --model runs/demo/model "
-        "optim.lr=1e-4 checkpoint.every=50",
+        "--set optim.lr=1e-4 --set checkpoint.every=50",
     )
     parser.add_argument("--mix", help="a stage name (runs/mixes/NAME/manifest.json) or a manifest path")
     parser.add_argument(
@@ -63,6 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", help="Hugging Face model folder (model.path)")
     parser.add_argument("--output", help="run folder (default runs/train/<stage>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     start = parser.add_mutually_exclusive_group()
     start.add_argument(
         "--resume",
@@ -83,12 +95,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4"
+        "positional_overrides",
+        nargs="*",
+        metavar="key=value",
+        help="the older spelling of --set key=value, kept for this release; applied before the --set ones",
     )
     args = parser.parse_args(argv)
     if args.resume is not None and "=" in args.resume:  # `--resume key=value`: an override, not a step
-        args.overrides.insert(0, args.resume)
+        args.positional_overrides.insert(0, args.resume)
         args.resume = checkpoint.LATEST
+    args.overrides = [*args.positional_overrides, *args.overrides]
     return args
 
 
@@ -151,6 +167,15 @@ RUN_FILES = frozenset(
         "result.json",
     }
 )
+# one of them half-written when a run was killed: NAME.tmp, or cpt.io's .NAME.<random>.tmp (and .old)
+UNFINISHED = re.compile(r"\.(?P<name>.+)\.[^.]+\.(?:tmp|old)|(?P<plain>.+)\.tmp")
+
+
+def _is_run_file(name: str) -> bool:
+    unfinished = UNFINISHED.fullmatch(name)
+    if unfinished:
+        name = unfinished["name"] or unfinished["plain"]
+    return name in RUN_FILES
 
 
 def check_output(run_dir: Path, model: str) -> None:
@@ -177,7 +202,7 @@ def check_output(run_dir: Path, model: str) -> None:
     # a folder that already holds something else: the run would write config.json over theirs, and its
     # checkpoint saves remove folders under checkpoints/ (a leftover step_N.tmp, pruned old steps)
     names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    foreign = sorted(n for n in names if n.removesuffix(".tmp") not in RUN_FILES)
+    foreign = sorted(n for n in names if not _is_run_file(n))
     if foreign:
         raise ConfigError(
             "--output",
@@ -218,12 +243,112 @@ def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:
             )
 
 
+def read_run_config(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
+    """The config with every override applied, the stage's manifest and the run folder, each checked once."""
+    overrides = list(args.overrides)
+    overrides += [f"mix={args.mix}"] if args.mix else []
+    overrides += [f"model.path={args.model}"] if args.model else []
+    overrides += [f"output={args.output}"] if args.output else []
+    cfg = load_config(args.config, overrides)
+    manifest = find_manifest(cfg.mix)
+    run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
+    check_output(run_dir, cfg.model.path)
+    check_eval_sets(cfg, manifest)
+    return cfg, manifest, run_dir
+
+
 def split_init_from(init_from: str) -> tuple[str, str | None]:
     """`RUN` or `RUN:step_N` (any spelling of the step) as (RUN, tag or None)."""
     source, sep, tag = init_from.rpartition(":")
     if sep and Path(source).is_dir():
         return source, tag
     return init_from, None
+
+
+@dataclass
+class Start:
+    """Where the weights come from: a checkpoint of this run (`resume_tag`), one of another run
+    (`init_source`, `init_tag`), or neither (the model folder)."""
+
+    existing: list[str]  # the run folder's checkpoints
+    resume_tag: str | None = None
+    init_source: str | None = None
+    init_tag: str | None = None
+    skipped: list[str] = field(default_factory=list)  # damaged checkpoints passed over, one line each
+
+
+def choose_start(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path) -> Start:
+    """Resume, init-from or a fresh start, with the checkpoint each names found and verified now."""
+    start = Start(existing=checkpoint.checkpoint_tags(run_dir))
+    if args.resume:
+        if not start.existing:
+            raise checkpoint.CheckpointError(f"--resume: {run_dir} has no complete checkpoint")
+        start.resume_tag, start.skipped = checkpoint.choose(run_dir, args.resume)
+    elif args.init_from:
+        source, tag = split_init_from(args.init_from)
+        if not ((Path(source) / "config.json").is_file() and checkpoint.checkpoint_tags(source)):
+            raise checkpoint.CheckpointError(
+                f"--init-from {source}: not a trainer run folder (it needs config.json and "
+                "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
+            )
+        start.init_source = source
+        start.init_tag, start.skipped = checkpoint.choose(source, tag)
+        from trainer.export import run_config
+
+        run_config(Path(source))  # its config.json must read before any rank starts
+        check_replaceable(run_dir / "init", EXPORTED, "trainer/export.py")  # where its weights go
+    return start
+
+
+def process_ranks() -> tuple[int, int]:
+    """This process's rank and the world size; a plain `python trainer/main.py` is one rank of one."""
+    if "RANK" not in os.environ:  # no launcher
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def describe_plan(
+    cfg: TrainConfig, manifest: dict, run_dir: Path, start: Start, steps: int, world: int
+) -> str:
+    micro, accumulation, seq_len = (
+        cfg.data.micro_batch_size,
+        cfg.data.gradient_accumulation,
+        manifest["seq_len"],
+    )
+    plan = (
+        f"stage {manifest['stage']} (manifest {manifest['manifest_hash'][:16]}): {steps} steps of "
+        f"{micro * accumulation * world * seq_len:,} tokens ({world} ranks x {micro} x {accumulation} "
+        f"accumulation x {seq_len}), mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, "
+        f"{'bf16' if cfg.deepspeed.bf16 else 'fp32'}, {cfg.schedule.kind} LR {cfg.optim.lr:g} -> run {run_dir}"
+    )
+    if start.resume_tag:
+        plan += f", resuming from {checkpoint.checkpoint_dir(run_dir) / start.resume_tag}"
+    elif start.init_tag:
+        plan += f", weights from {checkpoint.checkpoint_dir(start.init_source) / start.init_tag}"
+    return plan
+
+
+def init_distributed(rank: int) -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPU); this rank's device."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    return device
 
 
 def export_init_weights(source: str, tag: str, run_dir: Path, rank: int, device: torch.device) -> str | None:
@@ -246,197 +371,172 @@ def export_init_weights(source: str, tag: str, run_dir: Path, rank: int, device:
     return None if failed.item() else str(target)
 
 
-def _free_port() -> int:
-    import socket
+def write_run_files(
+    cfg: TrainConfig, manifest: dict, run_dir: Path, start: Start, tokens_per_step: int
+) -> None:
+    """config.json (what export and init-from rebuild the model from) and, for a new run, run.json
+    (where its weights came from, so a report can chain stages). Rank 0 only."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", asdict(cfg))
+    if start.resume_tag:
+        return
+    source = None
+    if start.init_tag:  # RUN:step_N, the run folder made absolute: found from any folder
+        source = f"{Path(start.init_source).resolve()}:{start.init_tag}"
+    origin = {
+        "stage": manifest["stage"],
+        "manifest_hash": manifest["manifest_hash"],
+        "init_from": source,
+        "model": str(cfg.model.path),
+        "tokens_per_step": tokens_per_step,
+    }
+    write_json(run_dir / "run.json", origin)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def build_engine(cfg: TrainConfig, model, stage_steps: int):
+    """The DeepSpeed engine (AdamW, or DeepSpeed's CPU Adam with optimizer offload) and its LR schedule,
+    which spans the whole stage even when the run stops early."""
+    import deepspeed
+
+    groups = parameter_groups(model, cfg.optim.weight_decay)
+    betas = tuple(cfg.optim.betas)
+    if cfg.deepspeed.offload == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=betas, eps=cfg.optim.eps)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=betas, eps=cfg.optim.eps)
+    engine, _, _, schedule = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        # built on the optimizer DeepSpeed keeps (its empty groups dropped); saved with every checkpoint
+        lr_scheduler=lambda kept: Schedule(kept, cfg.schedule, cfg.optim.lr, stage_steps),
+        config=deepspeed_config(cfg),
+    )
+    return engine, schedule
+
+
+def resume(
+    engine, schedule: Schedule, loader, ema, run_dir: Path, tag: str, manifest: dict
+) -> tuple[int, int]:
+    """Restore a checkpoint of this run (engine, schedule, loader position, RNG, EMA) and apply
+    `schedule.on_resume`; the step and the tokens seen it was saved at."""
+    state = checkpoint.load(engine, run_dir, tag)
+    if state["manifest_hash"] != manifest["manifest_hash"]:
+        raise RunError(
+            f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
+            f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
+            "start a new stage from its weights)"
+        )
+    loader.load_state_dict(state["loader"])
+    if ema is not None:
+        shadow = checkpoint.load_extra(run_dir, "ema", tag)
+        if shadow is None:
+            raise RunError(f"ema is set but {run_dir}'s checkpoint {tag} has no EMA weights")
+        ema.shadow = shadow
+    step, tokens_seen = state["step"], state["tokens_seen"]
+    log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
+    if schedule.on_resume(step):
+        log.info(
+            "schedule.on_resume=%s from step %d (LR %.3g)", schedule.config.on_resume, step, schedule.lrs[0]
+        )
+    return step, tokens_seen
+
+
+def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device) -> dict:
+    """Held-out loss and perplexity of every eval set, of the weights and (with `ema`) of their average."""
+    results = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
+    if ema is not None:
+        with ema.applied(engine.module):
+            averaged = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
+        results.update({k.replace("eval/", "eval_ema/", 1): v for k, v in averaged.items()})
+    return results
+
+
+def save_checkpoint(
+    engine, ema, loader, cfg: TrainConfig, manifest: dict, run_dir: Path, step: int, tokens_seen: int
+) -> None:
+    client = {
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "loader": loader.state_dict(),
+        "manifest_hash": manifest["manifest_hash"],
+    }
+    extra = {"ema": ema.shadow} if ema is not None else None
+    checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides = list(args.overrides)
-    overrides += [f"mix={args.mix}"] if args.mix else []
-    overrides += [f"model.path={args.model}"] if args.model else []
-    overrides += [f"output={args.output}"] if args.output else []
     first = os.environ.get("RANK", "0") == "0"  # each rank checks the same; one of them says so
-
-    def fail(message: str) -> int:
+    try:
+        return train(args, first)
+    except (ConfigError, ManifestError, checkpoint.CheckpointError, OutputError, RunError) as e:
         if first:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
         return 2
 
-    try:
-        cfg = load_config(args.config, overrides)
-        manifest = find_manifest(cfg.mix)
-        run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
-        check_output(run_dir, cfg.model.path)
-        check_eval_sets(cfg, manifest)
-    except (ConfigError, ManifestError) as e:
-        return fail(str(e))
-    seq_len = manifest["seq_len"]
 
-    # -- where the weights come from: a checkpoint of this run, of another, or the model folder --------
-    existing = checkpoint.checkpoint_tags(run_dir)
-    resume_tag = init_source = init_tag = None
+def train(args: argparse.Namespace, first: bool) -> int:
+    # -- config, manifest, run folder, and where the weights come from: all checked before any work -
     try:
-        if args.resume and not existing:
-            raise checkpoint.CheckpointError(f"--resume: {run_dir} has no complete checkpoint")
-        if args.resume:
-            resume_tag, skipped = checkpoint.choose(run_dir, args.resume)
-        elif args.init_from:
-            init_source, init_tag = split_init_from(args.init_from)
-            is_run = (Path(init_source) / "config.json").is_file() and checkpoint.checkpoint_tags(init_source)
-            if not is_run:
-                raise checkpoint.CheckpointError(
-                    f"--init-from {init_source}: not a trainer run folder (it needs config.json and "
-                    "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
-                )
-            init_tag, skipped = checkpoint.choose(init_source, init_tag)
-            from trainer.export import run_config
-
-            run_config(Path(init_source))  # its config.json must read before any rank starts
-            check_replaceable(run_dir / "init", EXPORTED, "trainer/export.py")  # where its weights go
-        else:
-            skipped = []
-    except (checkpoint.CheckpointError, OutputError, ConfigError, FileNotFoundError) as e:
-        return fail(str(e))
-    for line in skipped if first else ():
-        print(f"warning: {line}: passed over, using {resume_tag or init_tag}", file=sys.stderr)
+        cfg, manifest, run_dir = read_run_config(args)
+        start = choose_start(args, cfg, run_dir)
+    except FileNotFoundError as e:  # an --init-from run's config.json
+        raise RunError(str(e)) from None
+    for line in start.skipped if first else ():
+        print(f"warning: {line}: passed over, using {start.resume_tag or start.init_tag}", file=sys.stderr)
     # a folder that is not a model is found now, not after DeepSpeed has started
-    if not init_tag and not (Path(cfg.model.path) / "config.json").is_file():
-        return fail(f"model.path: {cfg.model.path}: not a Hugging Face model folder (no config.json)")
+    if not start.init_tag and not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError(
+            "model.path", [f"{cfg.model.path}: not a Hugging Face model folder (no config.json)"]
+        )
 
     # -- data ------------------------------------------------------------------------------------
-    if "RANK" not in os.environ:  # plain `python trainer/main.py`: one process, no launcher
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = process_ranks()
+    seq_len = manifest["seq_len"]
     micro, accumulation = cfg.data.micro_batch_size, cfg.data.gradient_accumulation
     loader = PackedLoader(manifest, rank, world, micro, cfg.data.workers, cfg.data.pad_id)
     stage_steps = len(loader) // accumulation  # the schedule spans the stage, even when stopped early
     total_steps = min(stage_steps, cfg.max_steps) if cfg.max_steps else stage_steps
     tokens_per_step = micro * accumulation * world * seq_len
-    plan = (
-        f"stage {manifest['stage']} (manifest {manifest['manifest_hash'][:16]}): {total_steps} steps of "
-        f"{tokens_per_step:,} tokens ({world} ranks x {micro} x {accumulation} accumulation x {seq_len}), "
-        f"mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, {'bf16' if cfg.deepspeed.bf16 else 'fp32'}, "
-        f"{cfg.schedule.kind} LR {cfg.optim.lr:g} -> run {run_dir}"
-    )
-    if resume_tag:
-        plan += f", resuming from {checkpoint.checkpoint_dir(run_dir) / resume_tag}"
-    elif init_tag:
-        plan += f", weights from {checkpoint.checkpoint_dir(init_source) / init_tag}"
+    plan = describe_plan(cfg, manifest, run_dir, start, total_steps, world)
     if args.dry_run:
         if rank == 0:
             print(json.dumps(asdict(cfg), indent=2))
             print(plan)
         return 0
     if total_steps < 1:
-        return fail(f"the stage gives fewer sequences than one step ({plan})")
-    if existing and not args.resume:  # the folders on disk decide, whatever `latest` says
-        return fail(
-            f"{run_dir} already holds checkpoints ({checkpoint.describe(existing)}): pass --resume to "
+        raise RunError(f"the stage gives fewer sequences than one step ({plan})")
+    if start.existing and not args.resume:  # the folders on disk decide, whatever `latest` says
+        raise RunError(
+            f"{run_dir} already holds checkpoints ({checkpoint.describe(start.existing)}): pass --resume to "
             "continue it, or another --output"
         )
 
-    # -- distributed set-up --------------------------------------------------------------------------
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device)
-    if rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    log.info("%s", plan)
-
     # -- model -------------------------------------------------------------------------------------
+    device = init_distributed(rank)
+    log.info("%s", plan)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_path = (
-        export_init_weights(init_source, init_tag, run_dir, rank, device) if init_tag else cfg.model.path
-    )
-    if model_path is None:
-        return 2
+    model_path = cfg.model.path
+    if start.init_tag:
+        model_path = export_init_weights(start.init_source, start.init_tag, run_dir, rank, device)
+        if model_path is None:  # rank 0 has said why
+            return 2
     model, attention = load_model(cfg, model_path)
     log.info("model %s (%s attention): %s", model_path, attention, trainable_summary(model))
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", asdict(cfg))
-        if not args.resume:  # where the weights came from, so a report can chain stages
-            source = None
-            if init_tag:  # RUN:step_N, the run folder made absolute: found from any folder
-                source = f"{Path(init_source).resolve()}:{init_tag}"
-            origin = {
-                "stage": manifest["stage"],
-                "manifest_hash": manifest["manifest_hash"],
-                "init_from": source,
-                "model": str(cfg.model.path),
-                "tokens_per_step": tokens_per_step,
-            }
-            write_json(run_dir / "run.json", origin)
+        write_run_files(cfg, manifest, run_dir, start, tokens_per_step)
 
-    # -- engine --------------------------------------------------------------------------------------
-    groups = parameter_groups(model, cfg.optim.weight_decay)
-    if cfg.deepspeed.offload == "cpu":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        optimizer = DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    else:
-        optimizer = torch.optim.AdamW(
-            groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
-        )
-    s = cfg.schedule
-    restart = [0]  # the step the schedule starts from: 0, or the resumed step (schedule.on_resume)
-
-    def schedule(step: int) -> float:
-        start = restart[0]
-        if start and s.on_resume == "constant":
-            step, start = start, 0  # held at the LR of the step the run resumed at
-        # from step 0, or with on_resume=rewarm a new warmup and decay over the steps after `start`
-        ratio = s.min_lr / cfg.optim.lr
-        return lr_multiplier(step - start, stage_steps - start, s.kind, s.warmup_ratio, ratio, s.decay_ratio)
-
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-        config=deepspeed_config(cfg),
-    )
-
+    # -- engine, and the run's state when it resumes ------------------------------------------------
+    engine, schedule = build_engine(cfg, model, stage_steps)
     ema = WeightEMA(engine.module, cfg.ema) if cfg.ema else None
     step, tokens_seen = 0, 0
-    if resume_tag:
-        try:
-            state = checkpoint.load(engine, run_dir, resume_tag)
-        except checkpoint.CheckpointError as e:
-            return fail(str(e))
-        if state["manifest_hash"] != manifest["manifest_hash"]:
-            return fail(
-                f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
-                f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
-                "start a new stage from its weights)"
-            )
-        loader.load_state_dict(state["loader"])
-        if ema is not None:
-            shadow = checkpoint.load_extra(run_dir, "ema", resume_tag)
-            if shadow is None:
-                return fail(f"ema is set but {run_dir}'s checkpoint {resume_tag} has no EMA weights")
-            ema.shadow = shadow
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
-        if s.on_resume != "continue" and step:  # the restored scheduler holds the old schedule's LR
-            restart[0] = step
-            last = [base * schedule(step) for base in scheduler.base_lrs]
-            for group, lr in zip(scheduler.optimizer.param_groups, last, strict=True):
-                group["lr"] = lr
-            scheduler._last_lr = last
-            log.info("schedule.on_resume=%s from step %d (LR %.3g)", s.on_resume, step, last[0])
+    if start.resume_tag:
+        step, tokens_seen = resume(engine, schedule, loader, ema, run_dir, start.resume_tag, manifest)
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
@@ -448,10 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     flops = flops_per_token(getattr(model, "config", None) or model.base_model.config, seq_len)
     peak = peak_flops(cfg.log.peak_tflops)
-    names = [src["name"] for src in manifest["sources"]]
-    source_loss = torch.zeros(len(names), dtype=torch.float64, device=device)
-    source_tokens = torch.zeros(len(names), dtype=torch.float64, device=device)
-    window_loss = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
+    losses_since_log = SourceLosses([src["name"] for src in manifest["sources"]], device)
     progress = None
     if rank == 0:
         from tqdm import tqdm
@@ -461,44 +558,19 @@ def main(argv: list[str] | None = None) -> int:
     tick, tick_step = time.perf_counter(), step
     micro_batches = iter(loader)
 
-    def save_checkpoint() -> None:
-        client = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "loader": loader.state_dict(),
-            "manifest_hash": manifest["manifest_hash"],
-        }
-        extra = {"ema": ema.shadow} if ema is not None else None
-        checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep, extra)
-
-    def run_evaluation() -> dict:
-        results = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
-        if ema is not None:
-            with ema.applied(engine.module):
-                averaged = evaluate(
-                    engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id
-                )
-            results.update({k.replace("eval/", "eval_ema/", 1): v for k, v in averaged.items()})
-        return results
-
     if cfg.eval.sets and step == 0:  # the starting point: how the base model does on both domains
-        logger.log(0, run_evaluation())
+        logger.log(0, run_evaluation(engine, ema, cfg, seq_len, device))
         tick = time.perf_counter()
 
     while step < total_steps:
-        lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves on at its end)
+        lr = schedule.get_last_lr()[0]  # the LR this step uses (the schedule moves on at its end)
         for _ in range(accumulation):
             batch = next(micro_batches)
             losses, mask = token_losses(engine, batch, device)
             loss = losses.sum() / mask.sum().clamp(min=1)
             engine.backward(loss)
             engine.step()
-            with torch.no_grad():
-                per_sequence, counted = losses.sum(dim=1).double(), mask.sum(dim=1).double()
-                source = batch["source"].to(device)
-                source_loss.index_add_(0, source, per_sequence)
-                source_tokens.index_add_(0, source, counted)
-                window_loss += torch.stack([per_sequence.sum(), counted.sum()])
+            losses_since_log.add(losses, mask, batch["source"])
         step += 1
         tokens_seen += tokens_per_step
         if ema is not None:
@@ -507,12 +579,11 @@ def main(argv: list[str] | None = None) -> int:
             progress.update(1)
 
         if step % cfg.log.every == 0 or step == total_steps:
-            sums = torch.cat([window_loss, source_loss, source_tokens])
-            torch.distributed.all_reduce(sums)
+            window = losses_since_log.reduce()
             elapsed = max(time.perf_counter() - tick, 1e-9)
             tokens_per_s = (step - tick_step) * tokens_per_step / elapsed
             record = {
-                "loss": (sums[0] / sums[1].clamp(min=1)).item(),
+                "loss": window.loss,
                 "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "tokens_seen": tokens_seen,
@@ -521,22 +592,18 @@ def main(argv: list[str] | None = None) -> int:
             }
             if peak:
                 record["mfu"] = tokens_per_s * flops / world / peak
-            k = len(names)
-            for i, name in enumerate(names):
-                if sums[2 + k + i] > 0:
-                    record[f"loss/{name}"] = (sums[2 + i] / sums[2 + k + i]).item()
+            record.update(window.by_source)
             logger.log(step, record)
             if progress is not None:
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-            window_loss.zero_(), source_loss.zero_(), source_tokens.zero_()
             tick, tick_step = time.perf_counter(), step
 
         paused = False
         if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
-            logger.log(step, run_evaluation())
+            logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device))
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
-            save_checkpoint()
+            save_checkpoint(engine, ema, loader, cfg, manifest, run_dir, step, tokens_seen)
             paused = True
         if paused:  # evaluation and checkpoints do not count against tokens/s
             tick, tick_step = time.perf_counter(), step

@@ -5,13 +5,68 @@ achieved TFLOP/s per device and MFU (when the device's peak is known), and evalu
 `eval/<set>/loss` and `eval/<set>/ppl`. A resumed run appends: when a step appears twice in
 `metrics.jsonl`, the later line is the one that counts (TensorBoard purges the overlap itself;
 `cpt.report.collect.read_metrics` reads the file that way).
+
+`SourceLosses` sums the training loss between two log lines, overall and per source, on every rank.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class WindowLoss:
+    """The training loss since the last log line, over every rank: overall and per source."""
+
+    loss: float
+    by_source: dict[str, float]  # {"loss/<source>": loss}, only sources that had tokens
+
+
+class SourceLosses:
+    """Loss sums and target-token counts of the micro-batches since the last log line, in float64 on
+    the device, overall and per manifest source (by the batch's `source` ids)."""
+
+    def __init__(self, names: list[str], device):
+        self.names = names
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
+        self.source_loss_sum = torch.zeros(len(names), dtype=torch.float64, device=device)
+        self.source_tokens = torch.zeros(len(names), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, losses: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> None:
+        """One micro-batch: per-token losses and the mask of tokens that count, (B, L-1); source ids (B,)."""
+        per_sequence, counted = losses.sum(dim=1).double(), mask.sum(dim=1).double()
+        source = source.to(self.source_tokens.device)
+        self.source_loss_sum.index_add_(0, source, per_sequence)
+        self.source_tokens.index_add_(0, source, counted)
+        self.loss_sum += per_sequence.sum()
+        self.tokens += counted.sum()
+
+    def reduce(self) -> WindowLoss:
+        """Sum over ranks (every rank calls it) and start a new window."""
+        k = len(self.names)
+        # one all-reduce of all of them, as one buffer: the same sums in the same order on every run
+        sums = torch.cat([self.loss_sum[None], self.tokens[None], self.source_loss_sum, self.source_tokens])
+        dist.all_reduce(sums)
+        loss_sum, tokens, source_loss_sum, source_tokens = sums.split([1, 1, k, k])
+        window = WindowLoss(
+            loss=(loss_sum[0] / tokens[0].clamp(min=1)).item(),
+            by_source={
+                f"loss/{name}": (source_loss_sum[i] / source_tokens[i]).item()
+                for i, name in enumerate(self.names)
+                if source_tokens[i] > 0
+            },
+        )
+        for total in (self.loss_sum, self.tokens, self.source_loss_sum, self.source_tokens):
+            total.zero_()
+        return window
 
 
 class RunLogger:
