@@ -9,9 +9,10 @@ when only the remaining tasks ran. Readers chained at the head of a pipeline are
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cpt.io import read_json, write_text
 
 # stats keys that count documents removed without a `dropped_<reason>` twin
 _REASONLESS_DROP = "filtered"
@@ -70,11 +71,7 @@ class Funnel:
         return json.dumps(data, indent=2, ensure_ascii=False)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, self.to_json() + "\n")
 
     def table(self) -> str:
         """A plain-text table: one line per step, then its removal reasons, largest first."""
@@ -115,22 +112,34 @@ def loss_warning(
 
 def task_totals(logging_dir: str | Path) -> tuple[list[dict[str, int]], list[Path]]:
     """Every step's counts summed over the tasks that finished (one entry per step), and their stats files."""
+    from datatrove.utils.stats import PipelineStats, Stats
+
     stats_dir = Path(logging_dir) / "stats"
     files = sorted(stats_dir.glob("*.json")) if stats_dir.is_dir() else []
-    totals: list[dict[str, int]] = []
+    run: PipelineStats | None = None
     for f in files:
-        steps = json.loads(f.read_text(encoding="utf-8"))
-        if totals and len(steps) != len(totals):
-            raise ValueError(
-                f"{f}: {len(steps)} steps, other tasks have {len(totals)} (was the pipeline changed?)"
-            )
-        totals = totals or [{} for _ in steps]
-        for i, step in enumerate(steps):
-            for key, value in step["stats"].items():
-                totals[i][key] = totals[i].get(key, 0) + int(
-                    value["total"] if isinstance(value, dict) else value
-                )
+        task = PipelineStats.from_json(read_json(f))
+        if run is not None:  # datatrove's `+` would cut the longer list short and assert on a name
+            _check_same_steps(f, task, run)
+        # Stats.from_dict keeps the saved values raw (a count or a dict) until `+` makes them MetricStats,
+        # so the sum starts from empty steps
+        run = (run or PipelineStats([Stats(s.name) for s in task.stats])) + task
+    totals = (
+        [{key: int(value.total) for key, value in step.stats.items()} for step in run.stats] if run else []
+    )
     return totals, files
+
+
+def _check_same_steps(path: Path, task, run) -> None:
+    if len(task.stats) != len(run.stats):
+        raise ValueError(
+            f"{path}: {len(task.stats)} steps, other tasks have {len(run.stats)} (was the pipeline changed?)"
+        )
+    for i, (mine, other) in enumerate(zip(task.stats, run.stats, strict=True)):
+        if mine.name != other.name:
+            raise ValueError(
+                f"{path}: step {i} is {mine.name!r}, other tasks have {other.name!r} (was the pipeline changed?)"
+            )
 
 
 def step_totals(logging_dir: str | Path, step_index: int) -> tuple[dict[str, int], int]:

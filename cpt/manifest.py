@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cpt.io import JsonFileError, read_json, write_text
 
 STAGE_MANIFEST = "manifest.json"
 
@@ -27,13 +28,9 @@ def manifest_hash(manifest: dict) -> str:
 
 
 def write_stage_manifest(manifest: dict, output: str | Path) -> Path:
-    """Write `output/manifest.json` atomically (a temporary name, then a rename)."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / STAGE_MANIFEST
-    tmp = output / (STAGE_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write `output/manifest.json` whole (a temporary name, then a rename)."""
+    path = Path(output) / STAGE_MANIFEST
+    write_text(path, json.dumps(manifest, indent=2) + "\n")  # ASCII-escaped, as manifests always were
     return path
 
 
@@ -46,11 +43,11 @@ def read_stage_manifest(path: str | Path, check_shards: bool = True) -> dict:
     if not path.is_file():
         raise ManifestError(f"{path}: no stage manifest; build one with `cpt-mix build STAGE.yaml`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_json(path)
     except OSError as e:
         raise ManifestError(f"{path}: cannot be read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    except JsonFileError as e:
+        raise ManifestError(str(e)) from None
     if not isinstance(manifest, dict) or "manifest_hash" not in manifest:
         raise ManifestError(
             f"{path}: not a stage manifest (no manifest_hash); build one with `cpt-mix build`"

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_data
-from cpt.io import OutputError, holds_only, written_dir
+from cpt.io import (
+    JsonFileError,
+    OutputError,
+    holds_only,
+    read_json,
+    write_json,
+    write_text,
+    written_dir,
+    written_file,
+)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -91,3 +100,52 @@ def test_export_into_the_model_it_started_from_is_refused_before_any_work(tmp_pa
     with pytest.raises(OutputError, match="not an earlier trainer/export.py output"):
         export(tmp_path / "no-such-run", model)  # refused before the run is even read
     assert snapshot(model) == before
+
+
+def test_written_file_gets_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        write_text(tmp_path / "whole.txt", "x")
+        with written_file(tmp_path / "any.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    # mkstemp alone would give 0600: another user's reader (the loader, a report) could not open it
+    assert modes == {"plain.txt": 0o644, "whole.txt": 0o644, "any.bin": 0o644}
+
+
+def test_a_failing_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "out" / "funnel.json"
+    write_json(path, {"kept": 1})
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), written_file(path) as tmp:
+        tmp.write_text("half a fil")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["funnel.json"]
+
+
+def test_write_json_is_readable_utf8_with_a_final_newline(tmp_path):
+    path = tmp_path / "new" / "folder" / "data.json"  # its folders are made
+    write_json(path, {"lang": "中文", "n": [1, 2]})
+    assert path.read_bytes() == '{\n  "lang": "中文",\n  "n": [\n    1,\n    2\n  ]\n}\n'.encode()
+    write_json(path, {"a": 1}, indent=None)
+    assert path.read_bytes() == b'{"a": 1}\n'
+    assert read_json(path) == {"a": 1}
+
+
+def test_read_json_names_the_file_it_cannot_read(tmp_path):
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"files": [', encoding="utf-8")
+    with pytest.raises(JsonFileError, match=r"tokens\.json: not valid JSON"):
+        read_json(bad)
+    bad.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(JsonFileError, match=r"tokens\.json: not valid JSON"):
+        read_json(bad)
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "missing.json")

@@ -97,6 +97,24 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "tokenizer.model" in proc.stderr
 
 
+def test_train_takes_trainer_options_with_set_and_the_old_option_spelling(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text(
+        "".join(f"the {w} fox jumps over the lazy dog {i}\n" for i in range(300) for w in ("quick", "slow"))
+    )
+    train = ("train", "--input", str(text), "--vocab-size", "400", "--output")
+    cpt_tok(
+        *train, str(tmp_path / "a"), "--set", "hard_vocab_limit=false", "--option", "character_coverage=1.0"
+    )
+    info = json.loads((tmp_path / "a" / "train.json").read_text())
+    assert info["hard_vocab_limit"] is False and info["character_coverage"] == 1.0
+    proc = cpt_tok(*train, str(tmp_path / "b"), "--set", "split_digits=[x", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "split_digits" in errors[0], proc.stderr
+    assert "not valid YAML" in errors[0] and not (tmp_path / "b").exists()
+    assert "--option" not in cpt_tok("train", "--help").stdout  # a hidden alias
+
+
 def test_init_embeddings_pads_to_64_keeps_old_rows_and_averages_new_ones(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -52,7 +52,6 @@ import gzip
 import html
 import io
 import json
-import os
 import random
 import re
 import struct
@@ -69,6 +68,8 @@ from urllib.parse import urlsplit
 from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
+
+from cpt.io import write_text, written_file
 
 # ---------------------------------------------------------------------------------------------------
 # Text pools (original sentences; each 12-30 words or 20-50 Chinese characters, none repeated)
@@ -1441,8 +1442,8 @@ def write_sample_warc(
 ) -> SampleManifest:
     """Write the sample WARC described in the module docstring to `path` and return what was planted.
 
-    The file is written to `path` + ".tmp" and renamed into place, so a half-written WARC never lies under
-    the final name. Parent directories are created. `n_articles` (at least 5) is the number of English
+    The file is written under a temporary name and renamed into place, so a half-written WARC never lies
+    under the final name. Parent directories are created. `n_articles` (at least 5) is the number of English
     and, separately, Chinese articles.
     """
     if n_articles < 5:
@@ -1482,23 +1483,16 @@ def write_sample_warc(
     categories["broken_header"].append(broken_url)
     categories["pii_strings"] = pii_strings
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as out:
-            writer = _SampleWriter(out, seed, start)
-            writer.write_warcinfo(seed)
-            for page in order_pages(rng, pages):
-                when = writer.tick()
-                writer.write_page(page, when + timedelta(days=14) if page.recrawl else when)
-            records_before_broken = writer.n_records
-            writer.write_raw_member(broken_header_bytes(broken_url))
-            writer.write_page(sentinel, writer.tick())
-            writer.write_truncated_page(truncated, writer.tick())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with written_file(path) as tmp, open(tmp, "wb") as out:
+        writer = _SampleWriter(out, seed, start)
+        writer.write_warcinfo(seed)
+        for page in order_pages(rng, pages):
+            when = writer.tick()
+            writer.write_page(page, when + timedelta(days=14) if page.recrawl else when)
+        records_before_broken = writer.n_records
+        writer.write_raw_member(broken_header_bytes(broken_url))
+        writer.write_page(sentinel, writer.tick())
+        writer.write_truncated_page(truncated, writer.tick())
     return SampleManifest(str(path), categories, duplicate_of, writer.n_records, records_before_broken)
 
 
@@ -1668,10 +1662,8 @@ def write_sample_rows(path: str | Path, rows: list[dict]) -> Path:
     from cpt.shards import CLEAN_SCHEMA
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), tmp)
-    tmp.replace(path)
+    with written_file(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), tmp)
     return path
 
 
@@ -1738,9 +1730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out, seed=args.seed, n_articles=args.articles, large_page_mb=args.large_mb
     )
     if args.manifest:
-        manifest_path = Path(args.manifest)
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        manifest_path.write_text(manifest.to_json() + "\n", encoding="utf-8")
+        write_text(args.manifest, manifest.to_json() + "\n")
     if args.heldout:
         for lang in ("en", "zh"):
             path = Path(args.heldout) / lang / "articles.parquet"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from cpt.io import written_file
 from cpt.mix.plan import EPOCH_WARNING
 
 
@@ -54,9 +54,7 @@ def composition_chart(manifest: dict, path: str | Path) -> Path:
     fig.tight_layout()
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with written_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")  # the temporary name's suffix says nothing of the format
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import tempfile
@@ -23,15 +22,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from cpt.shards import BOOKKEEPING
+from cpt.io import read_json, write_json, written_file
+from cpt.shards import BOOKKEEPING, ShardReadError, read_rows
+from cpt.steps.heuristics import chinese_words
+from cpt.steps.langid import CJK, guess_lang
 
 CLASSIFIERS = ("quality", "code", "math", "topic")  # the names the shard schema has columns for
 _WORD = re.compile(r"\w+", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KL_UNIT = re.compile(
     r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 )
@@ -39,14 +41,6 @@ _KL_UNIT = re.compile(
 
 class ClassifierError(ValueError):
     """Bad training input or a classifier that cannot be used; the message names the file."""
-
-
-def guess_lang(text: str) -> str:
-    """zh when CJK characters make up a fifth of the non-space characters, else en (for inputs
-    without a `lang`); documents from `clean` carry their language-ID result instead."""
-    sample = text[:2000]
-    chars = sum(not c.isspace() for c in sample)
-    return "zh" if chars and len(_CJK.findall(sample)) / chars >= 0.2 else "en"
 
 
 _last_words: tuple = (
@@ -67,10 +61,8 @@ def words(text: str, lang: str) -> list[str]:
 
 
 def _split_words(text: str, lang: str) -> list[str]:
-    if lang == "zh" or _CJK.search(text[:2000]):
-        import jieba
-
-        return [w for w in (t.strip().lower() for t in jieba.lcut(text)) if w and _WORD.match(w)]
+    if lang == "zh" or CJK.search(text[:2000]):
+        return [w for w in (t.lower() for t in chinese_words(text)) if _WORD.match(w)]
     return _WORD.findall(text.lower())
 
 
@@ -105,30 +97,50 @@ def read_examples(
             with f.open(encoding="utf-8", errors="replace") as lines:
                 yield from ((line.strip(), None, None) for line in lines if line.strip())
             continue
+        for row in _rows(f, label_column):
+            label = _field(row, label_column, f) if label_column else None
+            if row["text"]:
+                yield row["text"], row["lang"], None if label is None else str(label)
+
+
+def _rows(path: Path, label_column: str | None) -> Iterator[dict]:
+    """Rows of a Parquet or JSON-lines file: `text`, `lang` (None when absent) and the label's column."""
+    head = label_column.partition(".")[0] if label_column else None
+    needed = ["text"] + ([head] if head and head != "text" else [])
+
+    def missing(name: str) -> ClassifierError:
+        hint = "" if name == "text" else f" (--label-column {label_column})"
+        return ClassifierError(f"{path}: no `{name}` column{hint}")
+
+    if path.suffix == ".jsonl":
         import polars as pl
 
-        frame = pl.read_parquet(f) if f.suffix == ".parquet" else pl.read_ndjson(f)
-        if "text" not in frame.columns:
-            raise ClassifierError(f"{f}: no `text` column")
-        langs = frame["lang"].to_list() if "lang" in frame.columns else [None] * frame.height
-        labels = _column(frame, label_column, f).to_list() if label_column else [None] * frame.height
-        for text, lang, label in zip(frame["text"].to_list(), langs, labels, strict=True):
-            if text:
-                yield text, lang, None if label is None else str(label)
+        frame = pl.read_ndjson(path)
+        for name in needed:
+            if name not in frame.columns:
+                raise missing(name)
+        has_lang = "lang" in frame.columns
+        for row in frame.iter_rows(named=True):
+            yield {**row, "lang": row["lang"] if has_lang else None}
+        return
+    try:
+        yield from read_rows(path, needed, optional=("lang",))
+    except ShardReadError as e:  # keep naming the label column's flag
+        name = next((n for n in needed if f"no `{n}` column" in str(e)), None)
+        raise (missing(name) if name else ClassifierError(str(e))) from None
 
 
-def _column(frame, name: str, path: Path):
-    """A column, or a field of a struct column as `metadata.topic`."""
+def _field(row: dict, name: str, path: Path):
+    """A column's value, or a field of a struct column as `metadata.topic`."""
     head, _, rest = name.partition(".")
-    if head not in frame.columns:
-        raise ClassifierError(f"{path}: no `{head}` column (--label-column {name})")
-    column = frame[head]
+    value = row[head]
     for part in rest.split(".") if rest else []:
-        try:
-            column = column.struct.field(part)
-        except Exception:
-            raise ClassifierError(f"{path}: `{name}`: no field {part!r}") from None
-    return column
+        if value is None:
+            return None
+        if not isinstance(value, dict) or part not in value:
+            raise ClassifierError(f"{path}: `{name}`: no field {part!r}")
+        value = value[part]
+    return value
 
 
 @dataclass
@@ -184,27 +196,24 @@ def train_classifier(
     test, train = examples[:n_heldout], examples[n_heldout:]
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     settings = {"epoch": epochs, "wordNgrams": ngrams, "dim": dim, "lr": lr, "seed": seed, "thread": threads}
-    with tempfile.TemporaryDirectory(prefix="cpt-fasttext-") as tmp:
-        train_file = Path(tmp) / "train.txt"
-        train_file.write_text("".join(f"{_label(y)} {x}\n" for x, y in train), encoding="utf-8")
-        model = fasttext.train_supervised(input=str(train_file), verbose=0, **settings)
-        tmp_model = output.with_name(output.name + ".tmp")
+    # both are written before either is renamed into place (the model first): a failure leaves neither
+    with written_file(output.with_name(output.name + ".json")) as tmp_info, written_file(output) as tmp_model:
+        with tempfile.TemporaryDirectory(prefix="cpt-fasttext-") as tmp:
+            train_file = Path(tmp) / "train.txt"
+            train_file.write_text("".join(f"{_label(y)} {x}\n" for x, y in train), encoding="utf-8")
+            model = fasttext.train_supervised(input=str(train_file), verbose=0, **settings)
         model.save_model(str(tmp_model))
-    metrics = evaluate_split(model, test, labels)
-    info = {
-        "labels": labels,
-        "settings": settings,
-        "train_examples": len(train),
-        "heldout_examples": len(test),
-        "heldout_metrics": metrics,
-        "normalisation": "cpt.steps.classify.classifier_text",
-    }
-    tmp_info = output.with_name(output.name + ".json.tmp")
-    tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_model, output)
-    os.replace(tmp_info, output.with_name(output.name + ".json"))
+        metrics = evaluate_split(model, test, labels)
+        info = {
+            "labels": labels,
+            "settings": settings,
+            "train_examples": len(train),
+            "heldout_examples": len(test),
+            "heldout_metrics": metrics,
+            "normalisation": "cpt.steps.classify.classifier_text",
+        }
+        tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")  # ASCII-escaped, as before
     return TrainResult(output, labels, metrics, len(train), len(test), settings)
 
 
@@ -309,18 +318,14 @@ def build_kl_reference(texts: Iterator[tuple[str, str]], output: str | Path, max
         lang: {"total": sum(c.values()), "vocabulary": len(c), "counts": dict(c.most_common(max_words))}
         for lang, c in counts.items()
     }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(reference, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, output)
+    write_json(output, reference, indent=None)
     return reference
 
 
 def kl_units(text: str, lang: str) -> list[str]:
     """What the KL filter counts: lower-cased words, and Chinese character by character (a few thousand
     characters cover Chinese text, where jieba's words leave a long tail a sample cannot cover)."""
-    if lang == "zh" or _CJK.search(text[:2000]):
+    if lang == "zh" or CJK.search(text[:2000]):
         return [u.lower() for u in _KL_UNIT.findall(text)]
     return _WORD.findall(text.lower())
 
@@ -353,7 +358,7 @@ class KLFilter(BaseFilter):
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._reference is None:
-            self._reference = json.loads(Path(self.reference_path).read_text(encoding="utf-8"))
+            self._reference = read_json(self.reference_path)
         lang = doc.metadata.get("lang") or guess_lang(doc.text)
         reference = self._reference.get(lang)
         if reference is None:
@@ -367,3 +372,70 @@ class KLFilter(BaseFilter):
         divergence = kl_divergence(doc_words, reference)
         doc.metadata["kl_divergence"] = divergence
         return True if divergence <= self.threshold else (False, "kl_outlier")
+
+
+# ---------------------------------------------------------------------------------------------------
+# settings of the scoring steps (the `score` pipeline and the `kl`/`classify` steps of `clean`)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifierConfig:
+    action: Literal["tag", "drop", "route"] = "tag"
+    threshold: float = 0.5
+    path: str | None = None  # default: <models>/<name>.bin
+
+
+@dataclass
+class KLConfig:
+    enabled: bool = True
+    reference: str | None = None  # a saved reference; default: built into OUTPUT/report/kl_reference.json
+    threshold: float = 4.0  # nats: prose scores 0.5-2, blobs and salad 6-10 (BENCHMARKS.md)
+    min_words: int = 20
+    sample_docs: int = 5000  # documents per language the reference is built from
+
+
+@dataclass
+class ScoreConfig:
+    """What the KL filter and the classifiers run with; a pipeline adds its own write and executor
+    settings beside these (a subclass keeps the keys in this order)."""
+
+    models: str = "models"
+    classifiers: dict[str, ClassifierConfig] = field(default_factory=dict)
+    kl: KLConfig = field(default_factory=KLConfig)
+
+    def validate(self) -> list[str]:
+        problems = [
+            f"classifiers.{name}: not a classifier the shard schema holds (allowed: {', '.join(CLASSIFIERS)})"
+            for name in self.classifiers
+            if name not in CLASSIFIERS
+        ]
+        for name, c in self.classifiers.items():
+            if not 0 <= c.threshold <= 1:
+                problems.append(f"classifiers.{name}.threshold: within [0, 1] (got {c.threshold})")
+        return problems
+
+    def model_path(self, name: str) -> str:
+        c = self.classifiers.get(name) or ClassifierConfig()
+        return c.path or str(Path(self.models) / f"{name}.bin")
+
+
+def scoring_steps(cfg: ScoreConfig, names: list[str], kl_reference: str | None) -> tuple[list, list[str]]:
+    """KL filter (when a reference is given) and one scorer per classifier named, with funnel labels."""
+    steps, labels = [], []
+    if kl_reference:
+        steps.append(KLFilter(kl_reference, cfg.kl.threshold, cfg.kl.min_words))
+        labels.append("kl")
+    # routing classifiers run first, and a routed document is not dropped by a later one: code and
+    # math pages are their own data, not low-quality web text
+    order = {"route": 0, "drop": 1, "tag": 2}
+    for name in sorted(names, key=lambda n: order[(cfg.classifiers.get(n) or ClassifierConfig()).action]):
+        c = cfg.classifiers.get(name) or ClassifierConfig()
+        path = cfg.model_path(name)
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no {name} classifier (train it with `run.py train-classifier --name {name}`)"
+            )
+        steps.append(ClassifierScorer(name, str(Path(path).resolve()), c.action, c.threshold))
+        labels.append(f"classify.{name}")
+    return steps, labels

@@ -18,6 +18,7 @@ from datatrove.utils.logging import logger
 from datatrove.utils.typeshelper import StatHints
 from warcio.bufferedreaders import DecompressingBufferedReader
 
+from cpt.io import write_text
 from cpt.shards import fit_metadata
 
 # Plain-text inputs (WET conversions, jsonl, parquet) are marked so the extractor lets them through.
@@ -427,6 +428,8 @@ class CountingParquetReader(_CountingReader, ParquetReader):
     name = "📒 Parquet (cpt)"
 
     def read_file(self, filepath: str):
+        # not cpt.shards.read_rows: this opens through datatrove's DataFolder (remote inputs too), counts
+        # a text-less file's rows from its footer and the rows lost after damage, instead of raising
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -495,13 +498,8 @@ def make_readers(
 def write_input_lists(by_kind: dict[str, list[str]], lists_dir: str | Path) -> None:
     """`lists_dir/<kind>.txt`: the files of each kind, sorted, that the readers shard among the tasks,
     and the run's record of exactly what it read."""
-    lists_dir = Path(lists_dir)
-    lists_dir.mkdir(parents=True, exist_ok=True)
     for kind, kind_files in sorted(by_kind.items()):
-        paths_file = lists_dir / f"{kind}.txt"
-        tmp = paths_file.with_suffix(".tmp")
-        tmp.write_text("".join(f + "\n" for f in kind_files), encoding="utf-8")
-        tmp.replace(paths_file)
+        write_text(Path(lists_dir) / f"{kind}.txt", "".join(f + "\n" for f in kind_files))
 
 
 def split_glob(input_path: str) -> tuple[str, str | None]:

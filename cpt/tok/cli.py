@@ -1,6 +1,6 @@
 """`cpt-tok`: train, merge and compare tokenizers for vocabulary extension.
 
-cpt-tok train  --input PARQUET_DIR_OR_TXT --vocab-size N --output DIR [--model-type bpe|unigram]
+cpt-tok train  --input PARQUET_DIR_OR_TXT --vocab-size N --output DIR [--model-type bpe|unigram] [--set k=v]
 cpt-tok merge  --base BASE --add DIR --output DIR [--pieces non-ascii|all]
 cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
 """
@@ -8,31 +8,24 @@ cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
-import yaml
-
-from cpt.config import parse_yaml
-from cpt.io import OutputError
+from cpt.config import ConfigError, apply_overrides
+from cpt.io import OutputError, write_json
 from cpt.tok.merge import TokenizerError
 
 
 def _options(items: list[str]) -> dict:
-    """`--option key=value` pairs passed to SentencePiece's trainer, values parsed as YAML scalars."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise TokenizerError(f"--option {item!r}: expected key=value")
-        try:
-            options[key.strip()] = parse_yaml(value)
-        except yaml.YAMLError as e:
-            raise TokenizerError(
-                f"--option {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})"
-            ) from None
+    """`--set key=value` pairs passed to SentencePiece's trainer, values parsed as YAML (as every `--set`)."""
+    try:
+        options = apply_overrides({}, items, "--set")
+    except ConfigError as e:
+        raise TokenizerError(str(e)) from None
+    nested = [k for k, v in options.items() if isinstance(v, dict)]
+    if nested:  # `a.b=1` (or a mapping value): SentencePiece's options are flat
+        raise TokenizerError(
+            f"--set {nested[0]}: SentencePiece trainer options take plain values, not sections"
+        )
     return options
 
 
@@ -52,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-lines", type=int, default=2_000_000, help="lines sampled to train on (default 2M)")
     t.add_argument("--seed", type=int, default=0, help="sampling seed")
     t.add_argument(
-        "--option",
+        "--set",
+        dest="options",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any SentencePiece trainer option, e.g. --option character_coverage=1.0 (repeatable)",
+        help="any SentencePiece trainer option, e.g. --set character_coverage=1.0 (repeatable)",
     )
+    # the old spelling, kept working for one release
+    t.add_argument("--option", dest="options", action="append", help=argparse.SUPPRESS)
 
     m = sub.add_parser(
         "merge", help="add the pieces a base tokenizer lacks; write SentencePiece and HF files"
@@ -113,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.model_type,
                 args.max_lines,
                 args.seed,
-                _options(args.option),
+                _options(args.options),
             )
             print(f"wrote {path}")
         elif args.command == "merge":
@@ -143,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     {**r.__dict__, "tokens_per_char": r.tokens_per_char, "bytes_per_token": r.bytes_per_token}
                     for r in rows
                 ]
-                path = Path(args.json)  # its folder is made; written whole or not at all
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-                os.replace(tmp, path)
+                write_json(args.json, data)  # its folder is made; written whole or not at all
     except (TokenizerError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

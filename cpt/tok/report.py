@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpt.shards import ShardReadError, read_rows
 from cpt.tok.merge import TokenizerError
 
 
@@ -45,20 +46,18 @@ def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, 
     source = Path(source)
     parquet = sorted(source.rglob("*.parquet")) if source.is_dir() else []
     if parquet:
-        import pyarrow.parquet as pq
-
         n = 0
         for path in parquet:
             if "removed" in path.parts or ".work" in path.parts:
                 continue
-            table = pq.read_table(path, columns=["text", "lang"])
-            for text, lang in zip(
-                table.column("text").to_pylist(), table.column("lang").to_pylist(), strict=True
-            ):
-                if n >= max_docs:
-                    return
-                n += 1
-                yield lang or "und", text
+            try:
+                for row in read_rows(path, ("text", "lang")):
+                    if n >= max_docs:
+                        return
+                    n += 1
+                    yield row["lang"] or "und", row["text"]
+            except ShardReadError as e:
+                raise TokenizerError(str(e)) from None
         return
     files = (
         [source]

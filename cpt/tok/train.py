@@ -9,13 +9,12 @@ merges cleanly into a LLaMA tokenizer), character coverage suited to Chinese.
 from __future__ import annotations
 
 import io
-import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from cpt.shards import BOOKKEEPING
+from cpt.io import write_bytes, write_json
+from cpt.shards import BOOKKEEPING, ShardReadError, read_rows
 from cpt.tok.merge import TokenizerError
 
 TRAIN_DEFAULTS = {
@@ -49,13 +48,10 @@ def iter_texts(source: str | Path) -> Iterator[str]:
         raise TokenizerError(f"{source}: no .parquet, .txt or .utf8 files")
     for path in files:
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(path)
-            if "text" not in pf.schema_arrow.names:
-                raise TokenizerError(f"{path}: no `text` column")
-            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-                yield from (t for t in batch.column(0).to_pylist() if t)
+            try:
+                yield from (row["text"] for row in read_rows(path) if row["text"])
+            except ShardReadError as e:
+                raise TokenizerError(str(e)) from None
         else:
             with path.open(encoding="utf-8", errors="replace") as f:
                 yield from (line.rstrip("\n") for line in f if line.strip())
@@ -102,12 +98,7 @@ def train(
     except RuntimeError as e:
         raise TokenizerError(f"sentencepiece could not train on {source}: {e}") from None
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / "tokenizer.model.tmp"
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, output / "tokenizer.model")
+    write_bytes(output / "tokenizer.model", model.getvalue())
     info = {"source": str(source), "lines_sampled": len(lines), "seed": seed, **settings}
-    (output / "train.json").write_text(
-        json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    write_json(output / "train.json", info)
     return output / "tokenizer.model"

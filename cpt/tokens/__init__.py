@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
+
+from cpt.io import JsonFileError, read_json, write_text
 
 MANIFEST = "tokens.json"
 
@@ -57,9 +58,7 @@ def write_manifest(
         "documents": sum(f["documents"] for f in files),
         "labels": labels or {},
     }
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST)
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # ASCII-escaped, as before
     return manifest
 
 
@@ -101,11 +100,11 @@ def read_manifest(folder: str | Path) -> dict:
             "a token-shard folder"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_json(path)
     except OSError as e:
         raise TokenShardError(f"{path}: cannot be read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenShardError(f"{path}: not valid JSON ({e}); {REDO}") from None
+    except JsonFileError as e:
+        raise TokenShardError(f"{e}; {REDO}") from None
     problem = _manifest_problem(manifest)
     if problem:
         raise TokenShardError(f"{path}: {problem}; {REDO}")
