@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(PY) pipelines/run.py score --input $(DEMO)/dedup --classifiers quality,math,topic --output $(DEMO)/scored --set models=$(DEMO)/models
 	# a small English base stands in for LLaMA's tokenizer; it is extended with pieces trained on the Chinese
 	.venv/bin/cpt-tok train --input $(DEMO)/dedup/en --vocab-size 1000 --output $(DEMO)/tok/base
-	.venv/bin/cpt-tok train --input $(DEMO)/dedup/zh --vocab-size 3000 --output $(DEMO)/tok/zh --option hard_vocab_limit=false
+	.venv/bin/cpt-tok train --input $(DEMO)/dedup/zh --vocab-size 3000 --output $(DEMO)/tok/zh --set hard_vocab_limit=false
 	.venv/bin/cpt-tok merge --base $(DEMO)/tok/base --add $(DEMO)/tok/zh --output $(DEMO)/tok/merged
 	.venv/bin/cpt-tok report --tokenizer $(DEMO)/tok/base --tokenizer $(DEMO)/tok/merged --input $(DEMO)/dedup --json $(DEMO)/tok/compression.json
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/dedup/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/en_web

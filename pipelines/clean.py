@@ -19,16 +19,17 @@ from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, build_funnel, loss_warning
+from cpt.io import write_json
+from cpt.steps.classify import ScoreConfig, scoring_steps
 from pipelines.common import (
+    RayConfig,
     SlurmConfig,
     WriteConfig,
     check_paths,
     check_settings,
     make_executor,
     read_steps,
-    write_json,
 )
-from pipelines.score import ScoreConfig, scoring_steps
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
 STEPS = ("url_filter", "extract", "langid", "heuristics", "dirty_words", "pii", "kl", "classify")
@@ -85,6 +86,7 @@ class CleanConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)  # the kl and classify steps, as `run.py score`
     write: WriteConfig = field(default_factory=WriteConfig)
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-clean"))
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> list[str]:
         from cpt.steps.heuristics import HEURISTIC_FILTERS, filter_params
@@ -315,12 +317,14 @@ def _check_settings(run: CleanRun, limit: int, record: bool, files: list[Path], 
     if record:
         write_json(
             run.report_dir / "steps.json",
-            {"labels": run.labels, "n_readers": run.n_readers, "tasks": run.tasks},
+            {"pipeline": "clean", "labels": run.labels, "n_readers": run.n_readers, "tasks": run.tasks},
         )
 
 
 def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
-    return make_executor(kind, run.pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers)
+    return make_executor(
+        kind, run.pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers, ray=run.cfg.ray
+    )
 
 
 def funnel_of(output: str | Path) -> Funnel:

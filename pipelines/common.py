@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from datatrove.executor import RayPipelineExecutor
+
 from cpt.config import ConfigError
+from cpt.io import write_json
 
 
 @dataclass
@@ -33,6 +36,15 @@ class SlurmConfig:
     qos: str = "normal"
     job_name: str = "cpt"
     sbatch_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RayConfig:
+    """Resources each task reserves on a Ray cluster (`--executor ray`); the cluster is the one
+    `RAY_ADDRESS` or `ray start` names, or else a local one started for the run."""
+
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: float = 2
 
 
 def check_settings(
@@ -172,7 +184,7 @@ def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
         steps = json.loads((report / "steps.json").read_text(encoding="utf-8"))
         missing = unfinished_tasks(report / "logs", steps.get("tasks"))
         # dedup's steps.json lists each language's stages: one never launched has no logs to find
-        for lang, stages in steps.items() if "labels" not in steps else ():
+        for lang, stages in dedup_stages(steps).items():
             if isinstance(stages, list):
                 for _row, stage, _index, tasks in stages:
                     folder = report / "logs" / lang / stage
@@ -200,16 +212,8 @@ def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
             )
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def make_executor(
-    kind: Literal["local", "slurm"],
+    kind: Literal["local", "slurm", "ray"],
     pipeline: list,
     tasks: int,
     logging_dir: Path,
@@ -217,8 +221,22 @@ def make_executor(
     workers: int | None = None,
     depends=None,
     job_name: str | None = None,
+    ray: RayConfig | None = None,
 ):
-    """A datatrove executor; `depends` chains stages (Slurm: `--dependency=afterok`)."""
+    """A datatrove executor; `depends` chains stages (Slurm: `--dependency=afterok`; local and Ray: the
+    stage it depends on runs first)."""
+    if kind == "ray":
+        ray = ray or RayConfig()
+        return RayStage(
+            pipeline,
+            tasks=tasks,
+            workers=workers or -1,
+            cpus_per_task=ray.cpus_per_task,
+            mem_per_cpu_gb=ray.mem_per_cpu_gb,
+            logging_dir=str(logging_dir.resolve()),
+            skip_completed=True,
+            after=depends,
+        )
     if kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
@@ -252,6 +270,29 @@ def make_executor(
         skip_completed=True,
         depends=depends,
     )
+
+
+class RayStage(RayPipelineExecutor):
+    """datatrove's RayPipelineExecutor, connected to a Ray cluster on first use, with its dependency run
+    by cpt: datatrove's own `depends` waits, in 2-minute sleeps and without end, for a stage that has a
+    failed task. Here a stage whose dependency left tasks unfinished does not start, and the pipeline
+    reports those tasks as after a local run (exit 1; the same command again runs only those)."""
+
+    def __init__(self, *args, after: RayPipelineExecutor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after = after
+
+    def run(self):
+        if self.after is not None:
+            self.after.run()
+            if self.after.get_incomplete_ranks(skip_completed=True):
+                return
+        import ray
+
+        if not ray.is_initialized():
+            # the cluster RAY_ADDRESS or `ray start` names when there is one, else a local one for this run
+            ray.init(include_dashboard=False, log_to_driver=False)
+        super().run()
 
 
 def available_cpus() -> int:
@@ -324,6 +365,22 @@ def sbatch_script(executor) -> str:
     return executor.get_launch_file_contents(
         executor.get_sbatch_args(executor.tasks), f"launch_pickled_pipeline {pickled}"
     )
+
+
+def dedup_stages(steps: dict) -> dict:
+    """{lang: [[label, stage, step index, tasks], ...]} from a dedup run's steps.json ({} for other
+    pipelines); runs written before steps.json named its pipeline held that mapping at the top level."""
+    if "languages" in steps:
+        return steps["languages"]
+    return {} if "labels" in steps or "pipeline" in steps else steps
+
+
+def pipeline_of(steps: dict) -> str:
+    """The pipeline that wrote a run's steps.json: its recorded name; runs written before it was recorded
+    are told apart by shape (clean's has labels, dedup's is keyed by language)."""
+    if "pipeline" in steps:
+        return steps["pipeline"]
+    return "clean" if "labels" in steps else "dedup"
 
 
 def read_steps(output: str | Path, pipeline: str) -> dict:

@@ -23,15 +23,17 @@ from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, FunnelRow, merge_rows, row_from_stats, step_totals
+from cpt.io import write_json
 from pipelines.common import (
+    RayConfig,
     SlurmConfig,
     WriteConfig,
     check_paths,
     check_settings,
     check_shard_input,
+    dedup_stages,
     make_executor,
     read_steps,
-    write_json,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dedup.yaml"
@@ -73,6 +75,7 @@ class DedupConfig:
     lines: LinesSettings = field(default_factory=LinesSettings)
     write: WriteConfig = field(default_factory=WriteConfig)
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-dedup"))
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> list[str]:
         problems = [
@@ -180,7 +183,10 @@ def prepare(
     ]
     run = DedupRun(cfg=cfg, input=input_dir, output=output, tasks=task_counts, chains=chains)
     if record:
-        write_json(run.report_dir / "steps.json", {c.lang: c.funnel for c in chains})
+        write_json(
+            run.report_dir / "steps.json",
+            {"pipeline": "dedup", "languages": {c.lang: c.funnel for c in chains}},
+        )
     return run
 
 
@@ -248,7 +254,7 @@ def _language_chain(
         depends = executors[-1] if executors else None
         job = f"{cfg.slurm.job_name}-{lang}-{name}"
         executors.append(
-            make_executor(kind, pipeline, n_tasks, logs / name, cfg.slurm, workers, depends, job)
+            make_executor(kind, pipeline, n_tasks, logs / name, cfg.slurm, workers, depends, job, cfg.ray)
         )
         return name
 
@@ -337,7 +343,7 @@ def funnel_of(output: str | Path) -> Funnel:
     outputs: dict[str, int] = {}
     languages: dict[str, list[FunnelRow]] = {}
     done = total = 0
-    for lang, entries in meta.items():
+    for lang, entries in dedup_stages(meta).items():
         for label, stage_name, step_idx, tasks in entries:
             totals, files = step_totals(report / "logs" / lang / stage_name, step_idx)
             row = row_from_stats(label, totals, reasonless=REMOVAL_REASON.get(label, "filtered"))

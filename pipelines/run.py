@@ -7,7 +7,6 @@ python pipelines/run.py funnel data/clean
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,13 @@ def _add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_h
         metavar="KEY=VALUE",
         help=f"override a config key, e.g. --set {example} (repeatable)",
     )
-    p.add_argument("--executor", choices=["local", "slurm"], default="local", help=executor_help)
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm", "ray"],
+        default="local",
+        help=f"{executor_help}; or ray: tasks on a Ray cluster (datatrove's RayPipelineExecutor; the cluster "
+        "RAY_ADDRESS names, else a local one), settings under `ray:` in the config",
+    )
     p.add_argument("--tasks", type=int, help=tasks_help)
     p.add_argument(
         "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
@@ -257,37 +262,43 @@ def _add_tokenize(sub) -> None:
         help="one token-shard folder per value of metadata KEY (e.g. topic, from `score`): OUTPUT/<value>/, "
         "selectable in a stage with `where: topic in [...]`",
     )
-    p.add_argument(
-        "--executor",
-        choices=["local", "slurm"],
-        default="local",
-        help="local processes (default), or a Slurm array job and a dependent manifest job",
+    _add_run_options(
+        p,
+        "tokenize",
+        "slurm.partition=cpu",
+        "local processes (default), or a Slurm array job and a dependent manifest job",
+        "tokenizing tasks (default: one per Parquet shard)",
     )
-    p.add_argument("--tasks", type=int, help="tokenizing tasks (default: one per Parquet shard)")
-    p.add_argument(
-        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
-    )
-    _add_wait(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _tokenize(args) -> int:
     from cpt.tokens import TokenShards
-    from pipelines.tokenization import prepare
+    from pipelines.common import sbatch_script
+    from pipelines.tokenization import load_config, prepare
 
+    cfg = load_config(args.config, args.overrides)
     _check_tasks(args.tasks, args.workers)
     run = prepare(
         args.input,
         args.tokenizer,
         args.output,
-        args.source,
-        args.tasks,
-        args.executor,
-        args.workers,
-        args.eos,
+        source=args.source,
+        tasks=args.tasks,
+        executor=args.executor,
+        workers=args.workers,
+        eos_token=args.eos,
         progress=not args.no_progress,
+        record=not args.dry_run,
         split_by=args.split_by,
+        cfg=cfg,
     )
+    if args.dry_run:
+        print(f"tokenize: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
+        for folder in run.folders:
+            print(f"  {folder}")
+        if args.executor == "slurm":
+            print("\n# first sbatch script:\n" + sbatch_script(run.executors[0]))
+        return 0
     run.executors[-1].run()
     if args.executor == "slurm" and not _submitted(
         args, run.executors, f"{run.output}/tokens.json appears when the jobs end"
@@ -430,18 +441,15 @@ def _score(args) -> int:
 
 def _funnel(args) -> int:
     from pipelines import clean, dedup, score
+    from pipelines.common import pipeline_of, read_steps
 
-    report = Path(args.output) / "report" / "steps.json"
-    if not report.is_file():
-        raise FileNotFoundError(
-            f"{report}: not found; is {args.output} the --output of a clean, dedup or score run?"
+    pipeline = pipeline_of(read_steps(args.output, "clean, dedup or score"))
+    funnels = {"clean": clean.funnel_of, "dedup": dedup.funnel_of, "score": score.funnel_of}
+    if pipeline not in funnels:
+        raise ConfigError(
+            args.output, [f"a {pipeline} run has no funnel (its counts are in its tokens.json files)"]
         )
-    meta = json.loads(report.read_text(encoding="utf-8"))
-    if meta.get("pipeline") == "score":
-        funnel = score.funnel_of(args.output)
-    else:
-        funnel = clean.funnel_of(args.output) if "labels" in meta else dedup.funnel_of(args.output)
-    return _print_funnel(funnel, args.output)
+    return _print_funnel(funnels[pipeline](args.output), args.output)
 
 
 def main(argv: list[str] | None = None) -> int:

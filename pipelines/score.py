@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
+from cpt.io import write_json
+from cpt.shards import read_rows
+from cpt.steps.classify import ScoreConfig, guess_lang, scoring_steps
 from pipelines.common import (
+    RayConfig,
     SlurmConfig,
     WriteConfig,
     check_paths,
@@ -21,95 +24,34 @@ from pipelines.common import (
     check_shard_input,
     make_executor,
     read_steps,
-    write_json,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "score.yaml"
 
 
 @dataclass
-class ClassifierConfig:
-    action: Literal["tag", "drop", "route"] = "tag"
-    threshold: float = 0.5
-    path: str | None = None  # default: <models>/<name>.bin
+class ScorePipelineConfig(ScoreConfig):
+    """The scoring settings `clean` shares (cpt.steps.classify.ScoreConfig), plus the score pipeline's
+    own writer and Slurm settings."""
 
-
-@dataclass
-class KLConfig:
-    enabled: bool = True
-    reference: str | None = None  # a saved reference; default: built into OUTPUT/report/kl_reference.json
-    threshold: float = 4.0  # nats: prose scores 0.5-2, blobs and salad 6-10 (BENCHMARKS.md)
-    min_words: int = 20
-    sample_docs: int = 5000  # documents per language the reference is built from
-
-
-@dataclass
-class ScoreConfig:
-    models: str = "models"
-    classifiers: dict[str, ClassifierConfig] = field(default_factory=dict)
-    kl: KLConfig = field(default_factory=KLConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-score"))
-
-    def validate(self) -> list[str]:
-        from cpt.steps.classify import CLASSIFIERS
-
-        problems = [
-            f"classifiers.{name}: not a classifier the shard schema holds (allowed: {', '.join(CLASSIFIERS)})"
-            for name in self.classifiers
-            if name not in CLASSIFIERS
-        ]
-        for name, c in self.classifiers.items():
-            if not 0 <= c.threshold <= 1:
-                problems.append(f"classifiers.{name}.threshold: within [0, 1] (got {c.threshold})")
-        return problems
-
-    def model_path(self, name: str) -> str:
-        c = self.classifiers.get(name) or ClassifierConfig()
-        return c.path or str(Path(self.models) / f"{name}.bin")
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ScoreConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ScorePipelineConfig:
     path = Path(path) if path else DEFAULT_CONFIG
-    return build(ScoreConfig, apply_overrides(read_yaml(path), overrides or []), str(path))
-
-
-def scoring_steps(cfg: ScoreConfig, names: list[str], kl_reference: str | None) -> tuple[list, list[str]]:
-    """KL filter (when a reference is given) and one scorer per classifier named, with funnel labels."""
-    from cpt.steps.classify import ClassifierScorer, KLFilter
-
-    steps, labels = [], []
-    if kl_reference:
-        steps.append(KLFilter(kl_reference, cfg.kl.threshold, cfg.kl.min_words))
-        labels.append("kl")
-    # routing classifiers run first, and a routed document is not dropped by a later one: code and
-    # math pages are their own data, not low-quality web text
-    order = {"route": 0, "drop": 1, "tag": 2}
-    for name in sorted(names, key=lambda n: order[(cfg.classifiers.get(n) or ClassifierConfig()).action]):
-        c = cfg.classifiers.get(name) or ClassifierConfig()
-        path = cfg.model_path(name)
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"{path}: no {name} classifier (train it with `run.py train-classifier --name {name}`)"
-            )
-        steps.append(ClassifierScorer(name, str(Path(path).resolve()), c.action, c.threshold))
-        labels.append(f"classify.{name}")
-    return steps, labels
+    return build(ScorePipelineConfig, apply_overrides(read_yaml(path), overrides or []), str(path))
 
 
 def sample_for_reference(files: list[Path], per_language: int) -> list[tuple[str, str]]:
     """Up to `per_language` documents of each language, read in file order (the KL reference sample)."""
-    import pyarrow.parquet as pq
-
-    from cpt.steps.classify import guess_lang
-
     taken: dict[str, int] = {}
     sample = []
     for path in files:
-        table = pq.read_table(path, columns=[c for c in ("text", "lang") if c in pq.read_schema(path).names])
-        langs = table.column("lang").to_pylist() if "lang" in table.column_names else [None] * table.num_rows
-        for text, lang in zip(table.column("text").to_pylist(), langs, strict=True):
-            lang = lang or guess_lang(text or "")
+        for row in read_rows(path, ("text",), optional=("lang",)):
+            text = row["text"]
+            lang = row["lang"] or guess_lang(text or "")
             if text and taken.get(lang, 0) < per_language:
                 taken[lang] = taken.get(lang, 0) + 1
                 sample.append((text, lang))
@@ -187,7 +129,7 @@ def prepare(
         compression=cfg.write.compression,
     )
     run_executor = make_executor(
-        executor, [reader, *steps, writer], tasks, report / "logs", cfg.slurm, workers
+        executor, [reader, *steps, writer], tasks, report / "logs", cfg.slurm, workers, ray=cfg.ray
     )
     return ScoreRun(run_executor, output, labels, tasks, reference)
 

@@ -7,14 +7,36 @@ decides the order) -> one last task writes tokens.json (files, counts, source, t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from cpt.config import ConfigError, apply_overrides, build, read_yaml
+from cpt.io import write_json, write_text
+from cpt.steps.write import OTHER, MetadataEquals
+from pipelines.common import (
+    RayConfig,
+    SlurmConfig,
+    check_paths,
+    check_settings,
+    check_shard_input,
+    make_executor,
+)
 
-from cpt.config import ConfigError
-from pipelines.common import SlurmConfig, check_paths, check_settings, check_shard_input, make_executor
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tokenize.yaml"
+
+
+@dataclass
+class TokenizeConfig:
+    # each source's jobs are named <job_name>-<source>
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="cpt-tokenize"))
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TokenizeConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    return build(TokenizeConfig, apply_overrides(read_yaml(path), overrides or []), str(path))
 
 
 @dataclass
@@ -37,6 +59,7 @@ def prepare(
     progress: bool = True,
     record: bool = True,
     split_by: str | None = None,
+    cfg: TokenizeConfig | None = None,
 ) -> TokenizeRun:
     from datatrove.pipeline.tokens import DocumentTokenizer
 
@@ -44,6 +67,7 @@ def prepare(
     from cpt.steps.read import CountingParquetReader
     from cpt.tokens import TokensManifestStep, tokenizer_hash
 
+    cfg = cfg or TokenizeConfig()
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
     check_paths([input_dir], output)
     files = shard_files(input_dir)
@@ -82,8 +106,8 @@ def prepare(
     check_settings(report, output, settings, record, inputs=files, root=input_dir)
 
     paths_file = report / "inputs.txt"
-    paths_file.parent.mkdir(parents=True, exist_ok=True)
-    paths_file.write_text("".join(str(p.relative_to(input_dir)) + "\n" for p in files), encoding="utf-8")
+    if record:
+        write_text(paths_file, "".join(str(p.relative_to(input_dir)) + "\n" for p in files))
     # --split-by topic: one token-shard folder per value (OUTPUT/<value>/, or its encoded name when the
     # value is no plain name; its tokens.json labelled with the value), so a stage can select them
     # (`where: topic in [math, science]`)
@@ -104,7 +128,7 @@ def prepare(
             DocumentTokenizer(str(folder), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False)
         )
         logs = report / "logs" if value is None else report / "logs" / folder_name(value)
-        slurm = SlurmConfig(job_name=f"cpt-tokenize-{source}")
+        slurm = dataclasses.replace(cfg.slurm, job_name=f"{cfg.slurm.job_name}-{source}")
         first = make_executor(
             executor,
             steps,
@@ -113,6 +137,7 @@ def prepare(
             slurm,
             workers,
             depends=executors[-1] if executors else None,
+            ray=cfg.ray,
         )
         labels = {split_by: value} if split_by else None
         manifest = TokensManifestStep(
@@ -124,12 +149,14 @@ def prepare(
         )
         executors += [
             first,
-            make_executor(executor, [manifest], 1, logs / "manifest", slurm, workers, depends=first),
+            make_executor(
+                executor, [manifest], 1, logs / "manifest", slurm, workers, depends=first, ray=cfg.ray
+            ),
         ]
+    if record:
+        write_json(report / "steps.json", {"pipeline": "tokenize", "tasks": tasks, "folders": len(groups)})
     return TokenizeRun(executors, output, tasks, list(groups.values()))
 
-
-OTHER = "other"  # the folder of documents without a value of the --split-by key
 
 _RESERVED = {"report"}  # the run's own folder beside the value folders
 
@@ -202,17 +229,3 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
     if not values:
         raise FileNotFoundError(f"no documents to split by {key}")
     return sorted(values)
-
-
-class MetadataEquals(BaseFilter):
-    """Keep the documents whose `metadata[key]` is `value` (`other`: those without one)."""
-
-    name = "🔀 split by metadata"
-
-    def __init__(self, key: str, value: str):
-        super().__init__()
-        self.key, self.value = key, value
-
-    def filter(self, doc) -> bool:
-        value = doc.metadata.get(self.key)
-        return (str(value) if value is not None else OTHER) == self.value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import ParquetWriter
 
 from cpt.shards import BOOKKEEPING, CLEAN_SCHEMA, UNKNOWN_LANG, document_row
@@ -101,3 +102,20 @@ class ShardWriter(ParquetWriter):
             for name in sorted(self._written):
                 self.output_folder.mv(name, name[: -len(TMP_SUFFIX)])
         self._written.clear()
+
+
+OTHER = "other"  # the value (and folder) of documents without one of the split-by key
+
+
+class MetadataEquals(BaseFilter):
+    """Keep the documents whose `metadata[key]` is `value` (`other`: those without one)."""
+
+    name = "🔀 split by metadata"
+
+    def __init__(self, key: str, value: str):
+        super().__init__()
+        self.key, self.value = key, value
+
+    def filter(self, doc) -> bool:
+        value = doc.metadata.get(self.key)
+        return (str(value) if value is not None else OTHER) == self.value
