@@ -25,10 +25,17 @@ from pipelines.common import (
     RayConfig,
     SlurmConfig,
     WriteConfig,
+    add_run_options,
     check_paths,
     check_settings,
+    check_tasks,
+    comma_list,
     make_executor,
+    print_funnel,
     read_steps,
+    recorded_config,
+    sbatch_script,
+    submitted,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clean.yaml"
@@ -308,7 +315,7 @@ def prepare(
 def _check_settings(run: CleanRun, limit: int, record: bool, files: list[Path], root: Path) -> None:
     settings = {
         "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
-        "config": dataclasses.asdict(run.cfg),
+        "config": recorded_config(run.cfg),
         "tasks": run.tasks,
         "limit": limit,
         "steps": run.labels,
@@ -367,3 +374,73 @@ def funnel_of(output: str | Path) -> Funnel:
         if warning:
             funnel.warnings.append(warning)
     return funnel
+
+
+def add_arguments(sub) -> None:
+
+    p = sub.add_parser(
+        "clean",
+        help="WARC/WET/jsonl/parquet -> extracted, filtered, language-routed Parquet shards",
+        description=(
+            "Extract main text from web pages, filter it (URL block-list, language ID, Gopher/C4/FineWeb "
+            "heuristics, dirty words), redact PII and write Parquet shards to OUTPUT/<lang>/. "
+            "The funnel (documents in, kept and removed per reason at every step) is printed and saved "
+            "to OUTPUT/report/funnel.json. Interrupt it at any point and run the same command again: "
+            "it finishes the remaining work."
+        ),
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="folder (searched recursively) or glob of input files; "
+        "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet",
+    )
+    p.add_argument("--output", required=True, help="output folder: <lang>/*.parquet shards and report/")
+    p.add_argument(
+        "--steps",
+        help=f"comma-separated subset of steps to run, in pipeline order ({','.join(STEPS)}); "
+        "the writer always runs. `--steps extract` writes the extracted text for inspection",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=-1,
+        help="read at most N documents per task, for trial runs (default: no limit)",
+    )
+    add_run_options(
+        p,
+        "clean",
+        "langid.min_score=0.5",
+        "local processes (default), or a Slurm array job through datatrove's SlurmPipelineExecutor",
+        "number of tasks the input files are split into (default: one per file)",
+    )
+
+
+def command(args) -> int:
+
+    cfg = load_config(args.config, args.overrides)
+    check_tasks(args.tasks, args.workers)
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        comma_list(args.steps),
+        args.tasks,
+        args.limit,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
+    launcher = executor(run, args.executor, args.workers)
+    if args.dry_run:
+        print(f"clean: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
+        for label, step in zip(run.labels, run.pipeline, strict=True):
+            print(f"  {label:<32} {step}")
+        if args.executor == "slurm":
+            print("\n# sbatch script:\n" + sbatch_script(launcher))
+        return 0
+    launcher.run()
+    if args.executor == "slurm" and not submitted(
+        args, [launcher], f"when the array job ends: python pipelines/run.py funnel {run.output}"
+    ):
+        return 0
+    return print_funnel(funnel_of(run.output), run.output)

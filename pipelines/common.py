@@ -3,6 +3,7 @@ safely, and the datatrove executors (local processes or Slurm array jobs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -45,6 +46,14 @@ class RayConfig:
 
     cpus_per_task: int = 1
     mem_per_cpu_gb: float = 2
+
+
+def recorded_config(cfg) -> dict:
+    """A pipeline's settings as its run records them: everything that decides the output. Where the tasks
+    run (`ray`) is left out, like the executor itself: the same run may resume on another cluster."""
+    config = dataclasses.asdict(cfg)
+    config.pop("ray", None)
+    return config
 
 
 def check_settings(
@@ -389,3 +398,83 @@ def read_steps(output: str | Path, pipeline: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {output} the --output of a {pipeline} run?")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- the command line every pipeline shares ------------------------------------------------------
+
+
+def add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
+    """The options every pipeline sub-command shares."""
+    p.add_argument("--config", help=f"YAML settings (default: pipelines/configs/{pipeline}.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm", "ray"],
+        default="local",
+        help=f"{executor_help}; or ray: tasks on a Ray cluster (datatrove's RayPipelineExecutor; the cluster "
+        "RAY_ADDRESS names, else a local one), settings under `ray:` in the config",
+    )
+    p.add_argument("--tasks", type=int, help=tasks_help)
+    p.add_argument(
+        "--workers", type=int, help="tasks run at once (default: local: min(tasks, CPUs); slurm: no cap)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (and for slurm the sbatch script) and exit"
+    )
+    add_wait(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_wait(p) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --executor slurm: block until the jobs (and the jobs they chain) have ended, then report "
+        "as a local run does; exit 1 naming each failed task and its logs",
+    )
+
+
+def submitted(args, executors, command: str) -> bool:
+    """After a Slurm submission: without --wait say how to follow it and return False; with --wait
+    block until its jobs have left the queue and return True (the caller then reports as for a local run)."""
+
+    if not args.wait:
+        print(f"submitted; {command}")
+        return False
+    wait_for_slurm(slurm_job_ids(executors))
+    return True
+
+
+def comma_list(value: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def check_tasks(tasks: int | None, workers: int | None = None) -> None:
+    if tasks is not None and tasks < 1:
+        raise ConfigError("--tasks", [f"must be >= 1 (got {tasks})"])
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers", [f"must be >= 1 (got {workers})"])
+
+
+def print_funnel(funnel, output: Path) -> int:
+    if funnel.tasks_done == funnel.tasks_total:  # a partial run's stages need not chain up yet
+        funnel.check()
+    funnel.save(Path(output) / "report" / "funnel.json")
+    print(funnel.table())
+    print(f"\nshards: {Path(output)}/<lang>/*.parquet   funnel: {Path(output)}/report/funnel.json")
+    for warning in funnel.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if funnel.tasks_done < funnel.tasks_total:
+        for line in unfinished_tasks(Path(output) / "report" / "logs", funnel.tasks_total):
+            print(line, file=sys.stderr)
+        print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
+        return 1
+    return 0

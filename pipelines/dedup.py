@@ -28,12 +28,19 @@ from pipelines.common import (
     RayConfig,
     SlurmConfig,
     WriteConfig,
+    add_run_options,
     check_paths,
     check_settings,
     check_shard_input,
+    check_tasks,
+    comma_list,
     dedup_stages,
     make_executor,
+    print_funnel,
     read_steps,
+    recorded_config,
+    sbatch_script,
+    submitted,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dedup.yaml"
@@ -173,7 +180,7 @@ def prepare(
     files = [f for lang_files in langs.values() for f in lang_files]
     check_shard_input(input_dir, files, "dedup")
     task_counts = {lang: tasks or len(files) for lang, files in langs.items()}
-    settings = {"input": str(input_dir.resolve()), "config": dataclasses.asdict(cfg), "tasks": task_counts}
+    settings = {"input": str(input_dir.resolve()), "config": recorded_config(cfg), "tasks": task_counts}
     check_settings(output / "report", output, settings, record, inputs=files, root=input_dir)
     chains = [
         _language_chain(
@@ -356,3 +363,67 @@ def funnel_of(output: str | Path) -> Funnel:
     order = ["read", *LEVELS, "write"]
     ordered = [merge_rows(label, rows[label]) for label in order if label in rows]
     return Funnel(ordered, done, total, outputs, pipeline="dedup", languages=languages)
+
+
+def add_arguments(sub) -> None:
+
+    p = sub.add_parser(
+        "dedup",
+        help="URL, MinHash and ccNet line deduplication of clean output, per language",
+        description=(
+            "Deduplicate the <lang>/ folders of a `clean` output within each language: exact URL "
+            "duplicates (the longest text is kept), near-duplicate documents (datatrove's MinHash), "
+            "then lines frequent enough to be boilerplate (ccNet). Kept documents go to OUTPUT/<lang>/, "
+            "removed ones to the OUTPUT/dedup/removed/ table with what they duplicated; the funnel goes "
+            "to OUTPUT/report/funnel.json. Run the same command again to resume."
+        ),
+    )
+    p.add_argument(
+        "--input", required=True, help="the --output folder of `clean` (its <lang>/*.parquet shards)"
+    )
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--levels", help=f"comma-separated subset of {','.join(LEVELS)}, run in that order")
+    add_run_options(
+        p,
+        "dedup",
+        "lines.max_count=10",
+        "local processes (default), or Slurm array jobs chained by dependencies",
+        "tasks per language for the per-document stages (default: one per shard)",
+    )
+
+
+def command(args) -> int:
+
+    cfg = load_config(args.config, args.overrides)
+    check_tasks(args.tasks, args.workers)
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        comma_list(args.levels),
+        args.tasks,
+        args.executor,
+        args.workers,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
+    if args.dry_run:
+        for chain in run.chains:
+            print(
+                f"{chain.lang}: "
+                + " -> ".join(
+                    f"{Path(str(e.logging_dir.path)).name}[{e.world_size}]" for e in chain.executors
+                )
+            )
+        if args.executor == "slurm":
+            print("\n# first sbatch script:\n" + sbatch_script(run.chains[0].executors[0]))
+        return 0
+    for chain in run.chains:
+        chain.executors[-1].run()  # runs (or submits) its dependencies first
+    if args.executor == "slurm" and not submitted(
+        args,
+        [e for chain in run.chains for e in chain.executors],
+        f"when the jobs end: python pipelines/run.py funnel {run.output}",
+    ):
+        return 0
+    return print_funnel(funnel_of(run.output), run.output)

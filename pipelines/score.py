@@ -8,22 +8,29 @@ task starts, from a sample of the input (or read from `kl.reference`), and every
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
-from cpt.io import write_json
+from cpt.io import write_json, write_text
 from cpt.shards import read_rows
 from cpt.steps.classify import ScoreConfig, guess_lang, scoring_steps
 from pipelines.common import (
     RayConfig,
     SlurmConfig,
     WriteConfig,
+    add_run_options,
     check_paths,
     check_settings,
     check_shard_input,
+    check_tasks,
+    comma_list,
     make_executor,
+    print_funnel,
     read_steps,
+    recorded_config,
+    submitted,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "score.yaml"
@@ -104,7 +111,7 @@ def prepare(
     settings = {
         "input": str(input_dir.resolve()),
         "classifiers": names,
-        "config": asdict(cfg),
+        "config": recorded_config(cfg),
         "tasks": tasks,
     }
     check_settings(report, output, settings, record, inputs=files, root=input_dir)
@@ -114,7 +121,7 @@ def prepare(
     paths_file = report / "inputs.txt"
     labels = ["read", *labels, "write"]
     if record:
-        paths_file.write_text("".join(str(p.relative_to(input_dir)) + "\n" for p in files), encoding="utf-8")
+        write_text(paths_file, "".join(str(p.relative_to(input_dir)) + "\n" for p in files))
         write_json(
             report / "steps.json", {"pipeline": "score", "labels": labels, "n_readers": 1, "tasks": tasks}
         )
@@ -140,3 +147,115 @@ def funnel_of(output: str | Path):
     meta = read_steps(output, "score")
     logs = Path(output) / "report" / "logs"
     return build_funnel(logs, meta["labels"], meta["tasks"], meta["n_readers"], pipeline="score")
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="clean/dedup shards -> KL outlier filter -> classifier scores in metadata (drop or route)",
+        description=(
+            "Score the Parquet shards of a clean or dedup output: drop documents whose word distribution is "
+            "far from the corpus's (KL divergence from a reference built from a sample of the input, saved to "
+            "OUTPUT/report/kl_reference.json and reused by every task), then run each classifier named: its "
+            "score goes into the document's metadata, and per pipelines/configs/score.yaml it drops documents "
+            "under its threshold (quality) or routes those over it to OUTPUT/<name>/<lang>/ (code, math). "
+            "The funnel counts every drop and route."
+        ),
+    )
+    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument("--output", required=True, help="output folder: <lang>/, <route>/<lang>/ and report/")
+    p.add_argument(
+        "--classifiers", default="", help="comma-separated: quality,code,math,topic (models/NAME.bin)"
+    )
+    add_run_options(p, "score", "kl.threshold=5", "local processes (default) or a Slurm array job",
+                     "tasks (default: one per Parquet shard)")  # fmt: skip
+
+
+def command(args) -> int:
+
+    check_tasks(args.tasks, args.workers)
+    cfg = load_config(args.config, args.overrides)
+    run = prepare(
+        args.input,
+        args.output,
+        cfg,
+        comma_list(args.classifiers) or [],
+        args.tasks,
+        args.executor,
+        args.workers,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+    )
+    if args.dry_run:
+        print(f"score {args.input} -> {run.output}: {run.tasks} tasks, steps {', '.join(run.labels)}")
+        return 0
+    run.executor.run()
+    if args.executor == "slurm" and not submitted(
+        args, [run.executor], f"`python pipelines/run.py funnel {run.output}` shows progress"
+    ):
+        return 0
+    return print_funnel(funnel_of(run.output), run.output)
+
+
+def add_classifier_arguments(sub) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a fastText classifier (quality, code, math, topic) with a held-out evaluation",
+        description=(
+            "Train a fastText supervised classifier on positive and negative sources (binary: the score is "
+            "P(positive)) or on one labelled source (--label-column, multi-class such as topic). Text is "
+            "normalised as at scoring time (lower case, words only, Chinese split by jieba). A seeded held-out "
+            "split is kept out of training; its precision, recall and F1 are printed and saved beside the "
+            "model (MODEL.json, with the training settings)."
+        ),
+    )
+    p.add_argument("--name", required=True, help="quality, code, math or topic (the shard column it fills)")
+    p.add_argument("--positive", nargs="+", metavar="PATH", help="Parquet/jsonl/txt files or folders")
+    p.add_argument("--negative", nargs="+", metavar="PATH", help="Parquet/jsonl/txt files or folders")
+    p.add_argument("--labeled", nargs="+", metavar="PATH", help="sources with a label column (multi-class)")
+    p.add_argument("--label-column", help="the column holding the label of --labeled sources")
+    p.add_argument("--output", help="model file (default: models/NAME.bin)")
+    p.add_argument(
+        "--epochs", type=int, default=25, help="passes over the data (default 25: small sets underfit at 10)"
+    )
+    p.add_argument("--ngrams", type=int, default=2, help="word n-grams (default 2)")
+    p.add_argument("--dim", type=int, default=64, help="vector size (default 64)")
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--heldout", type=float, default=0.1, help="share kept out for evaluation (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="fastText threads (1: the same model every run)")
+
+
+def classifier_command(args) -> int:
+    from cpt.steps.classify import CLASSIFIERS, train_classifier
+
+    if args.name not in CLASSIFIERS:
+        raise ConfigError("--name", [f"{args.name!r}: the shard schema holds {', '.join(CLASSIFIERS)}"])
+    if args.threads > 1:
+        print(
+            f"warning: --threads {args.threads}: fastText's threads race over the updates, so each run gives "
+            "another model and other scores; --threads 1 gives the same model every run",
+            file=sys.stderr,
+        )
+    result = train_classifier(
+        args.output or Path("models") / f"{args.name}.bin",
+        args.positive,
+        args.negative,
+        args.labeled,
+        args.label_column,
+        args.epochs,
+        args.ngrams,
+        args.dim,
+        args.lr,
+        args.heldout,
+        args.seed,
+        args.threads,
+    )
+    print(
+        f"{result.model}: {result.train_examples:,} training and {result.heldout_examples:,} held-out examples"
+    )
+    print(f"{'label':<16} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for label, m in result.metrics.items():
+        support = f"{m['support']:>8,}" if "support" in m else ""
+        print(f"{label:<16} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {support}")
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,15 @@ from cpt.steps.write import OTHER, MetadataEquals
 from pipelines.common import (
     RayConfig,
     SlurmConfig,
+    add_run_options,
     check_paths,
     check_settings,
     check_shard_input,
+    check_tasks,
     make_executor,
+    sbatch_script,
+    submitted,
+    unfinished_tasks,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tokenize.yaml"
@@ -229,3 +235,90 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
     if not values:
         raise FileNotFoundError(f"no documents to split by {key}")
     return sorted(values)
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="clean/dedup shards -> memory-mapped token shards for the mixer and trainer",
+        description=(
+            "Tokenize the Parquet shards of a clean or dedup output with a tokenizer folder (from "
+            "`cpt-tok merge`), EOS after every document, into datatrove's tokenized format (.ds token ids, "
+            ".ds.index document ends). tokens.json, written when every task has finished, records the files, "
+            "the counts, the source name and the tokenizer's hash; readers refuse shards without it or made "
+            "with another tokenizer. Run the same command again to resume."
+        ),
+    )
+    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer folder with tokenizer.json (cpt-tok merge output)"
+    )
+    p.add_argument("--output", required=True, help="token shard folder, e.g. data/tokens/zh_web")
+    p.add_argument("--source", help="source name recorded in tokens.json (default: the output folder's name)")
+    p.add_argument("--eos", default="</s>", help="end-of-document token (default: </s>)")
+    p.add_argument(
+        "--split-by",
+        metavar="KEY",
+        help="one token-shard folder per value of metadata KEY (e.g. topic, from `score`): OUTPUT/<value>/, "
+        "selectable in a stage with `where: topic in [...]`",
+    )
+    add_run_options(
+        p,
+        "tokenize",
+        "slurm.partition=cpu",
+        "local processes (default), or a Slurm array job and a dependent manifest job",
+        "tokenizing tasks (default: one per Parquet shard)",
+    )
+
+
+def command(args) -> int:
+    from cpt.tokens import TokenShards
+
+    cfg = load_config(args.config, args.overrides)
+    check_tasks(args.tasks, args.workers)
+    run = prepare(
+        args.input,
+        args.tokenizer,
+        args.output,
+        source=args.source,
+        tasks=args.tasks,
+        executor=args.executor,
+        workers=args.workers,
+        eos_token=args.eos,
+        progress=not args.no_progress,
+        record=not args.dry_run,
+        split_by=args.split_by,
+        cfg=cfg,
+    )
+    if args.dry_run:
+        print(f"tokenize: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
+        for folder in run.folders:
+            print(f"  {folder}")
+        if args.executor == "slurm":
+            print("\n# first sbatch script:\n" + sbatch_script(run.executors[0]))
+        return 0
+    run.executors[-1].run()
+    if args.executor == "slurm" and not submitted(
+        args, run.executors, f"{run.output}/tokens.json appears when the jobs end"
+    ):
+        return 0
+    failed = unfinished_tasks(run.output / "report" / "logs")
+    if failed:
+        for line in failed:
+            print(line, file=sys.stderr)
+        print("some tasks did not finish: run the same command again to run only those", file=sys.stderr)
+        return 1
+    empty = [
+        folder for folder in run.folders if TokenShards(folder, args.tokenizer).manifest["documents"] == 0
+    ]
+    if empty and len(empty) == len(run.folders):  # every text was blank: a 0-document shard is no success
+        raise ConfigError(
+            str(args.input), [f"no documents tokenized (every text was empty); {empty[0]} holds none"]
+        )
+    for folder in run.folders:
+        m = TokenShards(folder, args.tokenizer).manifest
+        print(
+            f"{folder}: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['dtype']}) in {len(m['files'])} "
+            f"files; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
+        )
+    return 0

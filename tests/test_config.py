@@ -51,10 +51,15 @@ def test_command_line_overrides_are_typed_and_validated():
 
 
 def test_every_shipped_pipeline_config_loads():
-    from pipelines import clean, dedup, score
+    from pipelines import clean, dedup, score, tokenization
     from trainer.config import load_config as load_trainer_config
 
-    loaders = {"clean": clean.load_config, "dedup": dedup.load_config, "score": score.load_config}
+    loaders = {
+        "clean": clean.load_config,
+        "dedup": dedup.load_config,
+        "score": score.load_config,
+        "tokenize": tokenization.load_config,
+    }
     configs = sorted(DEFAULT_CONFIG.parent.glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
