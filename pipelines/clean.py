@@ -377,7 +377,7 @@ def funnel_of(output: str | Path) -> Funnel:
 
 
 def add_arguments(sub) -> None:
-
+    """The `run.py clean` sub-command and its options."""
     p = sub.add_parser(
         "clean",
         help="WARC/WET/jsonl/parquet -> extracted, filtered, language-routed Parquet shards",
@@ -417,7 +417,7 @@ def add_arguments(sub) -> None:
 
 
 def command(args) -> int:
-
+    """`run.py clean`: prepare the run, then run it (or submit it, or print it with --dry-run)."""
     cfg = load_config(args.config, args.overrides)
     check_tasks(args.tasks, args.workers)
     run = prepare(

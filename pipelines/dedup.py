@@ -366,7 +366,7 @@ def funnel_of(output: str | Path) -> Funnel:
 
 
 def add_arguments(sub) -> None:
-
+    """The `run.py dedup` sub-command and its options."""
     p = sub.add_parser(
         "dedup",
         help="URL, MinHash and ccNet line deduplication of clean output, per language",
@@ -393,7 +393,7 @@ def add_arguments(sub) -> None:
 
 
 def command(args) -> int:
-
+    """`run.py dedup`: prepare the run, then run it (or submit it, or print it with --dry-run)."""
     cfg = load_config(args.config, args.overrides)
     check_tasks(args.tasks, args.workers)
     run = prepare(

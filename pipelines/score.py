@@ -150,6 +150,7 @@ def funnel_of(output: str | Path):
 
 
 def add_arguments(sub) -> None:
+    """The `run.py score` sub-command and its options."""
     p = sub.add_parser(
         "score",
         help="clean/dedup shards -> KL outlier filter -> classifier scores in metadata (drop or route)",
@@ -172,7 +173,7 @@ def add_arguments(sub) -> None:
 
 
 def command(args) -> int:
-
+    """`run.py score`: prepare the run, then run it (or submit it, or print it with --dry-run)."""
     check_tasks(args.tasks, args.workers)
     cfg = load_config(args.config, args.overrides)
     run = prepare(

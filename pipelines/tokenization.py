@@ -238,6 +238,7 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
 
 
 def add_arguments(sub) -> None:
+    """The `run.py tokenize` sub-command and its options."""
     p = sub.add_parser(
         "tokenize",
         help="clean/dedup shards -> memory-mapped token shards for the mixer and trainer",
@@ -272,6 +273,7 @@ def add_arguments(sub) -> None:
 
 
 def command(args) -> int:
+    """`run.py tokenize`: prepare the run, then run it (or submit it, or print it with --dry-run)."""
     from cpt.tokens import TokenShards
 
     cfg = load_config(args.config, args.overrides)

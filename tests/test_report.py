@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from cpt.report.collect import chains, collect, read_metrics
 from cpt.demo.sample_warc import write_sample_warc
+from cpt.report.collect import chains, collect, read_metrics
 from trainer_setup import SEQ_LEN, build_small_setup
 
 pytestmark = pytest.mark.slow
