@@ -1,7 +1,9 @@
-"""The streaming loader: document masking, packing modes, even interleaving, sharding and exact resume."""
+"""The streaming loader: document masking, packing modes (same-type sources of one type packed together),
+even interleaving, sharding and exact resume."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 
 from cpt.data import IGNORE_INDEX, PackedLoader, cu_seqlens
-from cpt.data.order import DocumentOrder, Interleave
+from cpt.data.loader import sequences_per_source
+from cpt.data.order import DocumentOrder, Interleave, order_key
 from cpt.manifest import ManifestError, read_stage_manifest, write_stage_manifest
 from cpt.mix.plan import plan
 from cpt.mix.stage import Replay, Source, Stage
@@ -112,7 +115,7 @@ def test_concat_reads_each_document_once_an_epoch_and_same_type_pads_whole_docum
     manifest = stage_manifest(corpus)
     names = [s["name"] for s in manifest["sources"]]
     seqs = all_sequences(manifest)
-    zh = [s for s in seqs if names[s["source"]] == "zh"]
+    zh = [s for s in seqs if names[s["source"][0]] == "zh"]
     zh_tokens = np.concatenate([s["input_ids"] for s in zh])
     lengths = np.diff(np.concatenate([[0], np.fromfile(next(corpus["zh"].glob("00000*.index")), np.uint64)]))
     epoch_tokens = sum(f["tokens"] for f in manifest["sources"][0]["files"])
@@ -122,7 +125,7 @@ def test_concat_reads_each_document_once_an_epoch_and_same_type_pads_whole_docum
         assert seen.get(1000 + i, 0) in (0, n) or zh_tokens[-1] == 1000 + i  # whole, or the last one cut
     assert all(np.all(s["input_ids"] != 0) for s in zh)  # concat: never padded
 
-    sft = [s for s in seqs if names[s["source"]] == "sft"]
+    sft = [s for s in seqs if names[s["source"][0]] == "sft"]
     sft_lengths = {}
     for folder_file in sorted(corpus["sft"].glob("*.index")):
         ends = np.fromfile(folder_file, np.uint64)
@@ -207,3 +210,152 @@ def test_a_manifest_edited_or_with_changed_shards_is_refused(corpus, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(ManifestError, match="changed since the build"):
         read_stage_manifest(path)
+
+
+def test_a_stage_without_two_same_type_sources_of_one_type_packs_as_before(corpus):
+    # sha256 of (input_ids, labels, position_ids, scheduled source) of every batch, as the loader gave
+    # them before same-type sources of one type were packed together: concat sources and a same-type
+    # source alone in its type must give the very same batches
+    before = {
+        (1, 0): "e528d2a6f833bdc7adad926170f56b65c3730581fbd0ca45014186b4328139fb",
+        (2, 0): "f745278656655f3d4b074144c22b39c76aa829d425045cdd9079dde64b004690",
+        (2, 1): "6ea66234c4e74a44e7a11476dab5ebba08eb9373cddd1dde39345435b1b4602f",
+    }
+    manifest = stage_manifest(corpus, tokens=40 * SEQ_LEN * 30)  # epochs turn
+    for (world, rank), digest in before.items():
+        h = hashlib.sha256()
+        for b in PackedLoader(manifest, rank=rank, world=world, batch_size=4):
+            source = b["source"].numpy()
+            assert source.shape == b["input_ids"].shape and np.all(source == source[:, :1])
+            for key in ("input_ids", "labels", "position_ids"):
+                h.update(b[key].numpy().astype(np.int64).tobytes())
+            h.update(source[:, 0].tobytes())
+        assert h.hexdigest() == digest, (world, rank)
+
+
+SFT_BASES = {"sft_a": 5000, "sft_b": 7000}
+
+
+@pytest.fixture
+def short_sft(tmp_path):
+    """Two instruction sources of short documents of different lengths, beside zh and en."""
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text('{"model": "test"}')
+    rng = np.random.default_rng(1)
+    return {
+        "zh": doc_folder(tmp_path / "zh", 1000, rng.integers(1, 150, 200).tolist(), tok),
+        "en": doc_folder(tmp_path / "en", 3000, rng.integers(1, 90, 300).tolist(), tok),
+        "sft_a": doc_folder(tmp_path / "sft_a", SFT_BASES["sft_a"], rng.integers(30, 50, 60).tolist(), tok),
+        "sft_b": doc_folder(tmp_path / "sft_b", SFT_BASES["sft_b"], rng.integers(3, 20, 150).tolist(), tok),
+    }
+
+
+def two_sft_manifest(folders, types=("sft", "sft"), tokens=40 * SEQ_LEN * 10) -> dict:
+    sources = [Source(name="zh", path=str(folders["zh"]), weight=2.0)]
+    for name, kind in zip(SFT_BASES, types, strict=True):
+        sources.append(Source(name=name, path=str(folders[name]), weight=1.0, packing="same_type", type=kind))
+    stage = Stage(
+        name="t",
+        seq_len=SEQ_LEN,
+        tokens=tokens,
+        seed=5,
+        sources=sources,
+        replay=Replay(share=0.25, sources=[Source(name="en", path=str(folders["en"]))]),
+    )
+    return plan(stage, "t.yaml")
+
+
+def pieces_of(seq: dict) -> list[tuple[int, int, int]]:
+    """(source, token, length) of every real piece of a sequence, in order (padding left out)."""
+    edges = cu_seqlens(seq["position_ids"])
+    pieces = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if seq["input_ids"][a] != 0:
+            assert len(set(seq["source"][a:b].tolist())) == 1  # one source id over a whole piece
+            pieces.append((int(seq["source"][a]), int(seq["input_ids"][a]), int(b - a)))
+    return pieces
+
+
+def document_lengths(entry: dict) -> np.ndarray:
+    """Token count of every document of a manifest source, in the source's document numbering."""
+    ends = [np.fromfile(f"{f['path']}.index", np.uint64).astype(np.int64) for f in entry["files"]]
+    return np.concatenate([np.diff(e, prepend=0) for e in ends])
+
+
+def test_same_type_sources_of_one_type_share_sequences_and_pad_less(short_sft):
+    manifest = two_sft_manifest(short_sft)
+    names = [s["name"] for s in manifest["sources"]]
+    bases = {"zh": 1000, "en": 3000, **SFT_BASES}
+    a, b = names.index("sft_a"), names.index("sft_b")
+    seqs = all_sequences(manifest)
+    apart = all_sequences(two_sft_manifest(short_sft, types=("sft", "chat")))
+    assert len(seqs) == len(apart)  # the type changes the packing, not the budget
+
+    schedule = Interleave(sequences_per_source(manifest))
+    scheduled = [schedule.next() for _ in seqs]
+    pieces = [pieces_of(seq) for seq in seqs]
+    for seq, s, own in zip(seqs, scheduled, pieces, strict=True):
+        # a sequence is still the scheduled source's: it opens it, and its padding carries its id
+        assert own[0][0] == s and np.all(seq["source"][seq["input_ids"] == 0] == s)
+        # (d) every piece's source id names the source whose shard holds its tokens
+        for source, token, _ in own:
+            documents = sum(f["documents"] for f in manifest["sources"][source]["files"])
+            assert bases[names[source]] <= token < bases[names[source]] + documents
+        if s not in (a, b):
+            assert {p[0] for p in own} == {s}  # concat sources take nobody in
+
+    # (a) some sequences hold documents of both instruction sources, which packed apart never do
+    assert sum({p[0] for p in own} == {a, b} for own in pieces) > 20
+    assert all(len({p[0] for p in pieces_of(seq)}) == 1 for seq in apart)
+
+    # (b) less padding than packing the two apart
+    padding = sum(int((seq["input_ids"] == 0).sum()) for seq in seqs)
+    padding_apart = sum(int((seq["input_ids"] == 0).sum()) for seq in apart)
+    assert padding < 0.5 * padding_apart, (padding, padding_apart)
+
+    # (c) each instruction source's documents come whole, once an epoch, in the source's seeded order,
+    # whichever source's sequence took them
+    for s in (a, b):
+        entry = manifest["sources"][s]
+        lengths = document_lengths(entry)
+        taken = [
+            (token - bases[entry["name"]], n) for own in pieces for source, token, n in own if source == s
+        ]
+        assert all(n == lengths[doc] for doc, n in taken)
+        epochs = range(len(taken) // len(lengths) + 1)
+        orders = [DocumentOrder(len(lengths), order_key(manifest["seed"], entry["name"], e)) for e in epochs]
+        expected = np.concatenate([order(np.arange(len(lengths))) for order in orders])
+        assert [doc for doc, _ in taken] == expected[: len(taken)].tolist()
+        assert len(taken) > len(lengths)  # past one epoch: the order turned over
+
+
+def test_resume_is_exact_when_same_type_sources_take_each_others_documents(short_sft, tmp_path):
+    manifest = two_sft_manifest(short_sft)  # both instruction sources turn epochs
+    write_stage_manifest(manifest, tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    names = [s["name"] for s in manifest["sources"]]
+    for rank in range(2):
+        reference = list(PackedLoader(path, rank=rank, world=2, batch_size=4, workers=0))
+        first = PackedLoader(path, rank=rank, world=2, batch_size=4, workers=2)
+        taken = []
+        for batch in first:
+            taken.append(batch)
+            if len(taken) == 37:
+                break
+        state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+        mixed = [
+            row
+            for batch in taken
+            for row in batch["source"].numpy()
+            if {names[i] for i in row} == {"sft_a", "sft_b"}
+        ]
+        assert mixed  # streams were advanced by a partner's sequences before the state was taken
+        assert state["sequences"] == 37 * 4 * 2
+        assert all(c["epoch"] >= 1 for c in state["sources"] if c["name"] in SFT_BASES)
+        resumed = PackedLoader(path, rank=rank, world=2, batch_size=4, workers=2)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(taken) + len(rest) == len(reference)
+        for got, want in zip(taken + rest, reference, strict=True):
+            for key in ("input_ids", "labels", "position_ids", "source"):
+                assert np.array_equal(got[key].numpy(), want[key].numpy()), key

@@ -30,7 +30,8 @@ class WindowLoss:
 
 class SourceLosses:
     """Loss sums and target-token counts of the micro-batches since the last log line, in float64 on
-    the device, overall and per manifest source (by the batch's `source` ids)."""
+    the device, overall and per manifest source (by the batch's per-token `source` ids: a packed
+    sequence may hold documents of several same-type sources)."""
 
     def __init__(self, names: list[str], device):
         self.names = names
@@ -41,12 +42,14 @@ class SourceLosses:
 
     @torch.no_grad()
     def add(self, losses: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> None:
-        """One micro-batch: per-token losses and the mask of tokens that count, (B, L-1); source ids (B,)."""
-        per_sequence, counted = losses.sum(dim=1).double(), mask.sum(dim=1).double()
-        source = source.to(self.source_tokens.device)
-        self.source_loss_sum.index_add_(0, source, per_sequence)
-        self.source_tokens.index_add_(0, source, counted)
-        self.loss_sum += per_sequence.sum()
+        """One micro-batch: per-token losses and the mask of tokens that count, (B, L-1), and the
+        source id of every input token, (B, L), as the loader gives them."""
+        losses, counted = losses.double(), mask.double()
+        # the loss at position t predicts token t + 1: it belongs to that token's source
+        target_source = source[:, 1:].to(self.source_tokens.device).reshape(-1)
+        self.source_loss_sum.index_add_(0, target_source, losses.reshape(-1))
+        self.source_tokens.index_add_(0, target_source, counted.reshape(-1))
+        self.loss_sum += losses.sum()
         self.tokens += counted.sum()
 
     def reduce(self) -> WindowLoss:

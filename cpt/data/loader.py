@@ -1,19 +1,25 @@
 """The streaming loader: a stage manifest in, packed and document-masked batches out.
 
 Every source is a stream of its documents in a seeded order (a fresh order each epoch), read from
-shards (read with pread; the small document index is mapped). A `concat` source fills each sequence to `seq_len`, cutting documents at the
-sequence boundary; a `same_type` source (instruction data, Ziya2 stage 2) packs whole documents of
-its own only, pads the rest of the sequence and splits only a document longer than a sequence.
-Sources take turns as `Interleave` schedules them, so replay is spread evenly through the stage.
+shards (read with pread; the small document index is mapped). Sources take turns as `Interleave`
+schedules them, so replay is spread evenly through the stage. A `concat` source fills each of its
+sequences to `seq_len`, cutting documents at the sequence boundary. A `same_type` source (instruction
+data, Ziya2 stage 2) packs whole documents only, with data of its own `type` only: when its next
+document does not fit the room left, the room is filled first-fit with whole documents of the other
+`same_type` sources of that type (each one's current document, in manifest order, taken while one
+fits), then padded; only a document longer than a sequence is split.
 
 Each sequence carries `input_ids`, `labels` (-100 at the first token of every document piece and on
 padding, so no token is trained to predict another document) and `position_ids` restarting at 0 at
-every piece (what varlen attention needs to keep documents apart; `cu_seqlens` derives from them).
+every piece (what varlen attention needs to keep documents apart; `cu_seqlens` derives from them),
+and `source`, the manifest index of the source of every token (padding: the source the sequence was
+scheduled to), for the loss per source.
 
 Global sequence k of the stage goes to data-parallel rank k % world; on a rank, batch b goes to loader
 worker b % workers, and torch's DataLoader returns workers' batches round-robin, so the rank sees the
 same batches whatever the worker count. Each batch carries the loader state after its row of ranks
-(per source: sequences taken, epoch, document, token offset), so resuming is a seek in source units.
+(per source: sequences scheduled, epoch, document, token offset, tokens read, however the source's
+documents were taken), so resuming is a seek in source units.
 """
 
 from __future__ import annotations
@@ -33,6 +39,19 @@ from cpt.manifest import ManifestError, read_stage_manifest
 
 IGNORE_INDEX = -100  # the label torch's cross-entropy and Hugging Face models skip
 _CHUNK = 8192  # documents looked up at a time
+
+Piece = tuple[int, int, int, int]  # (source, file, first token, end) of one document piece
+
+
+def same_type_partners(manifest: dict) -> list[list[int]]:
+    """For each source, the other `same_type` sources of its `type`, in manifest order, whose whole
+    documents may fill the room its own leave (none for a `concat` source or one alone in its type)."""
+    sources = manifest["sources"]
+    group = [s["type"] if s["packing"] == "same_type" else None for s in sources]
+    return [
+        [j for j, other in enumerate(group) if g is not None and other == g and j != i]
+        for i, g in enumerate(group)
+    ]
 
 
 def sequences_per_source(manifest: dict) -> list[int]:
@@ -71,8 +90,8 @@ def _random_access_map(path: str, dtype: np.dtype) -> np.ndarray:
 class SourceStream:
     """The documents of one source in seeded order, epoch after epoch, and the packing of them."""
 
-    def __init__(self, source: dict, seed: int, seq_len: int, cursor: dict):
-        self.name, self.seed, self.seq_len = source["name"], seed, seq_len
+    def __init__(self, source: dict, seed: int, seq_len: int, cursor: dict, index: int = 0):
+        self.name, self.seed, self.seq_len, self.index = source["name"], seed, seq_len, index
         self.same_type = source["packing"] == "same_type"
         files = [f for f in source["files"] if f["documents"] > 0]
         if not files:
@@ -123,49 +142,83 @@ class SourceStream:
             self._order = DocumentOrder(self.documents, order_key(self.seed, self.name, self.epoch))
             self._chunk_start = -1
 
-    def next_sequence(self) -> list[tuple[int, int, int]]:
-        """The pieces (file, start, end) of the next packed sequence; padding fills what they leave."""
+    def next_sequence(self) -> list[Piece]:
+        """The pieces of the next sequence scheduled to this source; padding (or, for a same-type
+        source, documents of its partners) fills what they leave."""
         pieces, room = [], self.seq_len
         while room:
             f, start, end = self._current()
             length = end - start
             if length <= room:
-                pieces.append((f, start, end))
+                pieces.append((self.index, f, start, end))
                 room -= length
                 self._advance()
             elif self.same_type and room < self.seq_len:
                 break  # the document does not fit: pad, it starts the next sequence
             else:  # cut: concat packing always, same-type only for a document longer than a sequence
-                pieces.append((f, start, start + room))
+                pieces.append((self.index, f, start, start + room))
                 self.offset += room
                 room = 0
         self.read += self.seq_len - room
         return pieces
 
-    def fill(
-        self,
-        pieces: list[tuple[int, int, int]],
-        ids: np.ndarray,
-        labels: np.ndarray,
-        positions: np.ndarray,
-        pad_id: int,
-        arange: np.ndarray,
-    ) -> None:
-        """Write one sequence made of these pieces into rows of a batch: ids, labels, position_ids."""
-        t = 0
-        for f, start, end in pieces:
-            n = end - start
-            size = self.dtype.itemsize
-            ids[t : t + n] = np.frombuffer(
-                os.pread(self.tokens[f].fileno(), n * size, start * size), self.dtype
-            )
-            positions[t : t + n] = arange[:n]
-            t += n
-        ids[t:] = pad_id
-        positions[t:] = arange[: self.seq_len - t]  # padding is a piece of its own, out of the loss
-        labels[:] = ids
-        labels[positions == 0] = IGNORE_INDEX  # never predict a piece's first token from another piece
-        labels[t:] = IGNORE_INDEX
+    def next_whole_document(self, room: int) -> Piece | None:
+        """The unread part of the current document, taken when it fits in `room` (else None)."""
+        f, start, end = self._current()
+        if end - start > room:
+            return None
+        self._advance()
+        self.read += end - start
+        return self.index, f, start, end
+
+    def read_tokens(self, f: int, start: int, end: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        return np.frombuffer(
+            os.pread(self.tokens[f].fileno(), (end - start) * size, start * size), self.dtype
+        )
+
+
+def first_fit(streams: list[SourceStream], partners: list[int], room: int) -> list[Piece]:
+    """Whole documents of the partner streams for the room a same-type sequence leaves: in turns over
+    the partners in manifest order, each one's current document while one fits."""
+    pieces, trying = [], partners
+    while room and trying:
+        fitted = []
+        for s in trying:
+            piece = streams[s].next_whole_document(room)
+            if piece is not None:  # a partner whose document did not fit never fits the smaller room
+                pieces.append(piece)
+                room -= piece[3] - piece[2]
+                fitted.append(s)
+        trying = fitted
+    return pieces
+
+
+def fill_sequence(
+    streams: list[SourceStream],
+    pieces: list[Piece],
+    ids: np.ndarray,
+    labels: np.ndarray,
+    positions: np.ndarray,
+    source: np.ndarray,
+    pad_id: int,
+    arange: np.ndarray,
+) -> None:
+    """Write one sequence made of these pieces into rows of a batch: ids, labels, position_ids and
+    the source of every token (padding is the first piece's: the source the sequence was scheduled to)."""
+    t = 0
+    for s, f, start, end in pieces:
+        n = end - start
+        ids[t : t + n] = streams[s].read_tokens(f, start, end)
+        positions[t : t + n] = arange[:n]
+        source[t : t + n] = s
+        t += n
+    ids[t:] = pad_id
+    positions[t:] = arange[: len(ids) - t]  # padding is a piece of its own, out of the loss
+    source[t:] = pieces[0][0]
+    labels[:] = ids
+    labels[positions == 0] = IGNORE_INDEX  # never predict a piece's first token from another piece
+    labels[t:] = IGNORE_INDEX
 
 
 class PackedSequences:
@@ -204,9 +257,10 @@ class PackedSequences:
         """This worker's batches (every `workers`-th, from `worker`), each with the state after it."""
         state, m = self.state, self.manifest
         streams = [
-            SourceStream(s, m["seed"], self.seq_len, c)
-            for s, c in zip(m["sources"], state["sources"], strict=True)
+            SourceStream(s, m["seed"], self.seq_len, c, index)
+            for index, (s, c) in enumerate(zip(m["sources"], state["sources"], strict=True))
         ]
+        partners = same_type_partners(m)
         schedule = Interleave(sequences_per_source(m), [c["sequences"] for c in state["sources"]])
         arange = np.arange(self.seq_len, dtype=np.int64)
         start, bsz = state["sequences"], self.batch_size
@@ -216,14 +270,24 @@ class PackedSequences:
             if mine and row == 0:
                 rows = min(bsz, self.per_rank - b * bsz)
                 ids = np.empty((rows, self.seq_len), dtype=np.int64)
-                labels, positions = np.empty_like(ids), np.empty_like(ids)
-                source = np.empty(rows, dtype=np.int64)
+                labels, positions, source = np.empty_like(ids), np.empty_like(ids), np.empty_like(ids)
             for r in range(self.world):
                 s = schedule.next()
                 pieces = streams[s].next_sequence()
+                room = self.seq_len - sum(end - first for _, _, first, end in pieces)
+                if room and partners[s]:
+                    pieces += first_fit(streams, partners[s], room)
                 if mine and r == self.rank:
-                    streams[s].fill(pieces, ids[row], labels[row], positions[row], self.pad_id, arange)
-                    source[row] = s
+                    fill_sequence(
+                        streams,
+                        pieces,
+                        ids[row],
+                        labels[row],
+                        positions[row],
+                        source[row],
+                        self.pad_id,
+                        arange,
+                    )
             if mine and row == rows - 1:
                 yield {
                     "input_ids": ids,
@@ -264,9 +328,12 @@ def heldout_batches(folder: str | Path, seq_len: int, sequences: int, batch_size
     for first in range(0, sequences, batch_size):
         rows = min(batch_size, sequences - first)
         ids = np.empty((rows, seq_len), dtype=np.int64)
-        labels, positions = np.empty_like(ids), np.empty_like(ids)
+        labels, positions, source = np.empty_like(ids), np.empty_like(ids), np.empty_like(ids)
         for row in range(rows):
-            stream.fill(stream.next_sequence(), ids[row], labels[row], positions[row], pad_id, arange)
+            pieces = stream.next_sequence()
+            fill_sequence(
+                [stream], pieces, ids[row], labels[row], positions[row], source[row], pad_id, arange
+            )
         yield {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),
