@@ -105,8 +105,10 @@ def test_rewarm_and_constant_differ_only_after_the_resume(ablation):
     assert [held[s]["lr"] for s in range(half + 1, STEPS + 1)] == pytest.approx([reached] * half)
     assert warm[half + 1]["lr"] == pytest.approx(3e-3)
     assert warm[STEPS]["lr"] == pytest.approx(3e-4)
-    config = json.loads((out / "runs" / "rewarm" / "config.json").read_text())
-    assert config["schedule"]["on_resume"] == "rewarm"
+    # the restart is planned, and both parts ran with it: the run's config says where and how
+    for mode in ("constant", "rewarm"):
+        schedule = json.loads((out / "runs" / mode / "config.json").read_text())["schedule"]
+        assert schedule["restarts"] == [half] and schedule["restart"] == mode
 
 
 def test_ablation_skips_finished_runs_when_run_again(ablation, setup):

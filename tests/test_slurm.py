@@ -169,8 +169,10 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     assert shards(out) == shards(local_clean)
 
 
-def test_training_as_a_slurm_batch_job_with_two_ranks(tmp_path):
-    """trainer/slurm/train.sbatch: srun starts two CPU ranks of trainer/main.py, which checkpoint."""
+def test_training_as_a_slurm_batch_job_that_is_signalled_requeues_itself_and_finishes(tmp_path):
+    """trainer/slurm/train.sbatch: srun starts two CPU ranks of trainer/main.py; SIGUSR1 (what `--signal`
+    sends before the time limit) makes them checkpoint and exit 75, the script requeues the job, and the
+    same command line (`--resume auto`) continues the run to its end."""
     from trainer_setup import build_small_setup
 
     s = build_small_setup(tmp_path)
@@ -181,13 +183,28 @@ def test_training_as_a_slurm_batch_job_with_two_ranks(tmp_path):
         "OMP_NUM_THREADS": "1",
         "PYTHON": str(REPO / ".venv" / "bin" / "python"),
     }
-    proc = subprocess.run(
-        ["sbatch", "--wait", "--ntasks-per-node=2", f"--output={tmp_path / 'slurm-%j.out'}",
-         "trainer/slurm/train.sbatch", "--mix", str(s["manifest"]), "--config", str(s["config"]),
-         "--output", str(out), "max_steps=3", "eval.sets=[]", "checkpoint.every=3"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=900,
+    log_file = tmp_path / "slurm.out"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks-per-node=2", f"--output={log_file}", "trainer/slurm/train.sbatch",
+         "--mix", str(s["manifest"]), "--config", str(s["config"]), "--output", str(out), "--resume", "auto",
+         "--set", "eval.sets=[]", "--set", "checkpoint.every=100"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=60, check=True,
     )  # fmt: skip
-    log = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert proc.returncode == 0, proc.stderr + log[-3000:]
-    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    job = submitted.stdout.strip().split(";")[0]
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    assert metrics.is_file(), log_file.read_text()[-3000:] if log_file.is_file() else "no log"
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)  # every rank, not the script
+    wait_for_queue()
+    log = log_file.read_text()
+    assert "requeueing job" in log and "start 2" in log, log[-3000:]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000016", log[-3000:]
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert len(kept) == 2 and kept[1] == "step_00000016", kept  # the one the stop saved, and the end
+    stopped_at = int(kept[0].split("_")[1])
+    assert 1 <= stopped_at < 16
+    # every step logged once: the first start stopped after step N, the second went on from N + 1
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 17))
     assert "2 ranks" in log

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 from conftest import REPO
 from cpt.report.collect import read_metrics
 from trainer.schedule import lr_multiplier
-from trainer_setup import SEQ_LEN, build_small_setup
+from trainer_setup import SEQ_LEN, build_small_setup, run_train, train_cmd
 
 
 @pytest.fixture(scope="module")
@@ -27,40 +28,15 @@ def setup(tmp_path_factory):
     return build_small_setup(tmp_path_factory.mktemp("trainer"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def train_cmd(setup, output: Path, *extra: str, ranks: int = 2) -> list[str]:
-    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
-    launcher += ["--master_port", str(_free_port())]
-    return [*launcher, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
-            "--output", str(output), *extra]  # fmt: skip
-
-
-def run_train(setup, output: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        train_cmd(setup, output, *extra, ranks=ranks),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+# a planned re-warm at optimizer step 10 (of 16): the interrupted runs below must follow it exactly once
+RESTART = ("--set", "schedule.restarts=[10]")
 
 
 @pytest.fixture(scope="module")
 def reference(setup):
-    """An uninterrupted two-rank run of the whole stage."""
+    """An uninterrupted two-rank run of the whole stage, re-warmed at step 10 as planned."""
     out = setup["root"] / "runs" / "reference"
-    run_train(setup, out)
+    run_train(setup, out, *RESTART)
     return out
 
 
@@ -131,41 +107,119 @@ def test_config_and_manifest_errors_are_one_line_and_name_the_fix(setup, tmp_pat
     assert proc.returncode == 2 and "manifest_hash" in proc.stderr and "cpt-mix build" in proc.stderr
 
 
-def test_two_ranks_killed_mid_run_resume_to_the_same_losses(setup, reference, tmp_path):
+def test_a_model_that_does_not_read_the_shards_is_refused_before_deepspeed_starts(setup, tmp_path):
+    def dry_run(model: Path, *extra: str) -> subprocess.CompletedProcess:
+        args = ["--mix", str(setup["manifest"]), "--config", str(setup["config"]), "--model", str(model)]
+        return subprocess.run(
+            [sys.executable, "trainer/main.py", *args, "--dry-run", *extra],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    def model_copy(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(setup["model"], folder)
+        return folder
+
+    assert dry_run(setup["model"]).returncode == 0
+    untokenized = model_copy("no_tokenizer")
+    (untokenized / "tokenizer.json").unlink()
+    proc = dry_run(untokenized)
+    assert proc.returncode == 2 and "no tokenizer.json" in proc.stderr and "init-embeddings" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    other = model_copy("other_tokenizer")  # the same vocabulary, other bytes: not provably the same
+    tokenizer = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer, indent=1), encoding="utf-8")
+    proc = dry_run(other)
+    assert proc.returncode == 2 and "not the one the stage's shards were made with" in proc.stderr
+    small = model_copy("too_few_rows")  # the shards' tokenizer, but fewer embedding rows than its ids
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    proc = dry_run(small)
+    assert (
+        proc.returncode == 2 and "embedding rows" in proc.stderr and "cpt-tok init-embeddings" in proc.stderr
+    )
+    # an eval set tokenized with another tokenizer
+    heldout = tmp_path / "heldout_other"
+    shutil.copytree(setup["root"] / "tokens" / "heldout_en", heldout)
+    meta = json.loads((heldout / "tokens.json").read_text())
+    (heldout / "tokens.json").write_text(json.dumps({**meta, "tokenizer_sha256": "0" * 64}))
+    proc = dry_run(setup["model"], "--set", f"eval.sets=[{{name: en_old, path: {heldout}}}]")
+    assert proc.returncode == 2 and "eval.sets[0].path" in proc.stderr and "another tokenizer" in proc.stderr
+
+
+def _ranks(launcher: subprocess.Popen) -> list:
+    """The trainer's rank processes under a deepspeed launcher, and their loader workers: what Slurm
+    signals (every process of the job step), less the launcher, which only waits for them."""
+    import psutil
+
+    ranks = [
+        p
+        for p in psutil.Process(launcher.pid).children(recursive=True)
+        if "--local_rank" in " ".join(p.cmdline())
+    ]
+    return ranks + [c for r in ranks for c in r.children(recursive=True)]
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.time() + 600
+    while time.time() < deadline and not condition():
+        time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before {what}"
+    assert condition(), f"no {what} within 10 minutes"
+
+
+def test_killed_then_signalled_around_a_planned_restart_a_run_ends_as_if_uninterrupted(
+    setup, reference, tmp_path
+):
     ref = read_metrics(reference)
     assert max(ref) == 16 and all("loss" in ref[s] for s in range(1, 17))
     assert ref[16]["loss"] < ref[1]["loss"]  # it learns
-    assert {"loss/zh_web", "loss/en_web", "lr", "grad_norm", "tokens_per_s", "tflops_per_device"} <= set(
-        ref[1]
-    )
+    assert {"loss/zh_web", "loss/en_web", "lr", "grad_norm", "tokens_per_s", "tflops_per_device",
+            "tflops_per_device_docs"} <= set(ref[1])  # fmt: skip
     assert {"eval/en_old/ppl", "eval/zh_new/ppl"} <= set(ref[0]) and "eval/zh_new/ppl" in ref[16]
     assert ref[16]["tokens_seen"] == 16 * 2 * 2 * SEQ_LEN
     assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    # the planned restart: metrics step 11 is optimizer step 10, back at the peak (warmup of 10% of 6 steps)
+    assert ref[11]["lr"] == pytest.approx(3.0e-3) and ref[10]["lr"] < ref[11]["lr"] > ref[16]["lr"]
 
-    out = tmp_path / "killed"
+    out, log = tmp_path / "interrupted", tmp_path / "stopped.log"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        train_cmd(setup, out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    # 1. `--resume auto` on an empty folder starts the run; kill -9, every process, after step 8 (before
+    # the restart)
+    first = subprocess.Popen(
+        train_cmd(setup, out, *RESTART, "--resume", "auto"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.time() + 600
-    while time.time() < deadline and not (out / "checkpoints" / "step_00000008").is_dir():
-        time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before its step-8 checkpoint"
-    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, every rank, mid-run
-    proc.wait()
-    latest = (out / "checkpoints" / "latest").read_text().strip()
-    assert latest in ("step_00000004", "step_00000008")
+    _wait_for(lambda: (out / "checkpoints" / "step_00000008").is_dir(), first, "its step-8 checkpoint")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert (out / "checkpoints" / "latest").read_text().strip() in ("step_00000004", "step_00000008")
 
-    run_train(setup, out, "--resume")
+    # 2. the same command resumes; SIGUSR1 to every rank (as Slurm's --signal sends it) after the restart:
+    # a checkpoint at the next step boundary, then exit status 75
+    with open(log, "w") as stderr:
+        second = subprocess.Popen(
+            train_cmd(setup, out, *RESTART, "--resume", "auto"), cwd=REPO, env=env, stdout=stderr,
+            stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+        _wait_for(lambda: max(read_metrics(out), default=0) >= 11, second, "step 11")
+        for process in _ranks(second):
+            process.send_signal(signal.SIGUSR1)
+        assert second.wait(timeout=600) == 75, log.read_text()[-3000:]
+    stopped_at = int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 11 <= stopped_at < 16 and "stopped by SIGUSR1" in log.read_text()
+    assert (out / "checkpoints" / f"step_{stopped_at:08d}").is_dir()  # saved where it stopped
+
+    # 3. and once more: it finishes; every step's loss and LR are those of the uninterrupted run
+    run_train(setup, out, *RESTART, "--resume", "auto")
     resumed = read_metrics(out)
-    resumed_from = int(latest.split("_")[1])
-    for step in range(resumed_from + 1, 17):
+    for step in range(1, 17):
         assert resumed[step]["loss"] == ref[step]["loss"], step  # bit for bit
-        assert resumed[step]["lr"] == ref[step]["lr"]
+        assert resumed[step]["lr"] == ref[step]["lr"], step
+        assert resumed[step]["grad_norm"] == ref[step]["grad_norm"], step
     assert resumed[16]["eval/zh_new/ppl"] == ref[16]["eval/zh_new/ppl"]
     kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
-    assert kept == ["step_00000012", "step_00000016"]  # keep: 2, no .tmp left behind
+    assert kept == ["step_00000012", "step_00000016"] or kept == [f"step_{stopped_at:08d}", "step_00000016"]
 
 
 def test_a_run_refuses_to_overwrite_itself(setup, reference):
@@ -220,15 +274,27 @@ def test_embeddings_and_lora_modes_train_what_they_should(setup, tmp_path):
             assert not any("norm" in k for k in changed)
 
 
-def test_init_from_starts_a_new_stage_from_another_runs_weights(setup, reference, tmp_path):
+def test_init_from_starts_a_new_stage_from_another_runs_weights_held_in_memory(setup, reference, tmp_path):
+    from trainer.export import export
+
     out = tmp_path / "next_stage"
-    run_train(setup, out, "--init-from", f"{reference}:step_00000012", "max_steps=2", "eval.sets=[]", ranks=1)
+    run_train(setup, out, "--init-from", f"{reference}:step_00000012", "max_steps=2", "eval.sets=[]")
     metrics = read_metrics(out)
     assert sorted(metrics) == [1, 2]
     # fresh schedule: warming up again from the start
-    assert metrics[1]["lr"] == pytest.approx(3.0e-3 * lr_multiplier(0, 32, "cosine", 0.1, 0.1))
+    assert metrics[1]["lr"] == pytest.approx(3.0e-3 * lr_multiplier(0, 16, "cosine", 0.1, 0.1))
     ref = read_metrics(reference)
     assert metrics[1]["loss"] < ref[1]["loss"] and math.isfinite(metrics[2]["loss"])
+    # nothing written to start it: the model folder it records is the source run's
+    assert not (out / "init").exists()
+    recorded = json.loads((out / "config.json").read_text())["model"]["path"]
+    assert Path(recorded) == Path(setup["model"]).resolve()
+    # both ranks train on the checkpoint's weights: the same losses as a run started from its export
+    exported = export(reference, tmp_path / "step12", tag="step_00000012", dtype=torch.float32)
+    run_train(setup, tmp_path / "from_export", "--model", str(exported), "max_steps=2", "eval.sets=[]")
+    from_export = read_metrics(tmp_path / "from_export")
+    for step in (1, 2):
+        assert metrics[step]["loss"] == pytest.approx(from_export[step]["loss"], rel=1e-6), step
 
 
 def test_ema_weights_are_evaluated_alongside_and_survive_a_resume(setup, tmp_path):

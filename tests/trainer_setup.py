@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from conftest import REPO
 from cpt.demo import sample_warc
 from cpt.manifest import write_stage_manifest
 from cpt.mix.plan import plan
@@ -25,8 +29,9 @@ def _token_folder(folder: Path, texts: list[str], sp, tokenizer_dir: Path) -> Pa
     return folder
 
 
-def build_small_setup(root: Path) -> dict:
-    """A tokenizer, a tiny Llama, token shards (zh new, en old, held-out of each) and a stage manifest."""
+def build_small_setup(root: Path, tied: bool = False) -> dict:
+    """A tokenizer, a tiny Llama (`tied`: its head is its input embedding), token shards (zh new, en old,
+    held-out of each) and a stage manifest."""
     import sentencepiece as spm
 
     from cpt.demo.tiny_model import make_tiny_llama
@@ -55,7 +60,7 @@ def build_small_setup(root: Path) -> dict:
         replay=Replay(share=0.25, sources=[Source(name="en_web", path=str(shards["en_web"]))]),
     )
     write_stage_manifest(plan(stage), root / "mix")
-    model = make_tiny_llama(root / "tok", root / "model", hidden=32, layers=2, heads=4)
+    model = make_tiny_llama(root / "tok", root / "model", hidden=32, layers=2, heads=4, tied=tied)
     config = root / "train.yaml"
     config.write_text(
         f"""
@@ -75,3 +80,32 @@ log: {{every: 1}}
 """
     )
     return {"root": root, "manifest": root / "mix" / "manifest.json", "model": model, "config": config}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_cmd(setup, output: Path, *extra: str, ranks: int = 2) -> list[str]:
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
+    launcher += ["--master_port", str(free_port())]
+    return [*launcher, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
+            "--output", str(output), *extra]  # fmt: skip
+
+
+def run_train(setup, output: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        train_cmd(setup, output, *extra, ranks=ranks),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

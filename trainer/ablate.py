@@ -7,8 +7,10 @@ a base stage), the CPT stage every run trains on, and the axes to vary:
 - `replay`: the stage's replay share (Ibrahim et al. 2024: replay lowers forgetting);
 - `lr_scale`: a multiple of the config's peak LR and floor (a higher LR learns more and forgets more);
 - `resume`: `continue`, `rewarm` or `constant`: each run stops half-way and resumes on the same data,
-  its schedule continuing (the trainer's default), warming up and decaying again, or holding the LR it
-  had reached (`schedule.on_resume`; Gupta et al. 2023: re-warming hurts).
+  its schedule continuing (the trainer's default), or restarting at the half-way step as planned from
+  the start (`schedule.restarts: [HALF]`, `schedule.restart: rewarm` or `constant`, both parts with
+  the same config): warming up and decaying again, or holding the LR it had reached (Gupta et al.
+  2023: re-warming hurts).
 
 With `mode: one_at_a_time` (the default) each axis is varied alone around `center`; `mode: product`
 runs every combination. Every run is an ordinary trainer run (`trainer/main.py`, its own log, metrics
@@ -36,7 +38,7 @@ from cpt.report.collect import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 AXES = ("replay", "lr_scale", "resume")
-RESUME = ("continue", "rewarm", "constant")  # schedule.on_resume
+RESUME = ("continue", "rewarm", "constant")  # continue, or schedule.restart at the half-way step
 
 
 @dataclass
@@ -350,14 +352,16 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
             start = ["--resume"] if done else origin
             half = grid.steps // 2
             split = "resume" in params  # stop half-way, then resume on the same data
+            if split and params["resume"] != "continue":
+                # planned for the whole run: both parts follow one schedule, restarting at the resume point
+                common += _set(f"schedule.restarts=[{half}]", f"schedule.restart={params['resume']}")
             if split and done < half:
                 tqdm.write(f"[{name}] steps {done + 1}-{half} -> {run_dir}")
                 train(run_dir, *start, *common, *_set(f"max_steps={half}", f"checkpoint.every={half}"))
                 start, done = ["--resume"], half
             how = f" ({params['resume']} after step {half})" if split else ""
             tqdm.write(f"[{name}] steps {done + 1}-{grid.steps}{how} -> {run_dir}")
-            on_resume = [f"schedule.on_resume={params['resume']}"] if split else []
-            train(run_dir, *start, *common, *_set(f"checkpoint.every={grid.steps}", *on_resume))
+            train(run_dir, *start, *common, *_set(f"checkpoint.every={grid.steps}"))
         metrics = read_metrics(run_dir)
         end = max(metrics)
         result = {

@@ -12,6 +12,9 @@ from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 
+# what a job scheduler sends before it stops a job (a run saves and exits on those it is given)
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
 
 @dataclass
 class ModelConfig:
@@ -56,10 +59,15 @@ class ScheduleConfig:
     warmup_ratio: float = 0.01
     min_lr: float = 1e-5  # cosine floor (Ziya2) and the end of wsd's decay
     decay_ratio: float = 0.1  # wsd: the last share of steps decays linearly to min_lr
-    # what the LR does on --resume: `continue` the schedule exactly (the default: re-warming when
-    # continuing on the same data hurts, Gupta et al. 2023); `rewarm`: warm up and decay again over the
-    # remaining steps; `constant`: hold the LR it had reached. The last two are for `cpt ablate`
-    on_resume: Literal["continue", "rewarm", "constant"] = "continue"
+    # optimizer steps (0-based) at which the schedule restarts, whether or not the run was interrupted there
+    # (none by default: re-warming when continuing on the same data hurts, Gupta et al. 2023; `cpt ablate`
+    # measures it). `rewarm`: from the step, a new warmup (warmup_ratio of the steps left) and decay over
+    # the rest of the stage; `constant`: hold the LR the schedule had reached at the step
+    restarts: list[int] = field(default_factory=list)
+    restart: Literal["rewarm", "constant"] = "rewarm"
+    # removed (it re-anchored the schedule at whatever step a run resumed at): kept only to say what replaces
+    # it; `continue`, what every earlier run folder's config.json holds, changes nothing and is accepted
+    on_resume: str | None = None
 
 
 @dataclass
@@ -87,6 +95,9 @@ class EvalConfig:
 class CheckpointConfig:
     every: int = 100  # steps; a checkpoint is always written at the end
     keep: int = 3  # the last K are kept
+    # on any of these, save a checkpoint at the next step boundary and exit with status 75, to be run again
+    # with --resume auto: Slurm sends SIGTERM on preemption and `--signal USR1@SECONDS` before the time limit
+    signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass
@@ -140,10 +151,21 @@ class TrainConfig:
             problems.append(f"optim.betas: two values within [0, 1) (got {self.optim.betas})")
         if not 0 <= self.schedule.warmup_ratio < 1 or not 0 < self.schedule.decay_ratio <= 1:
             problems.append("schedule: warmup_ratio within [0, 1) and decay_ratio within (0, 1]")
+        restarts = self.schedule.restarts
+        if any(r <= 0 for r in restarts) or restarts != sorted(set(restarts)):
+            problems.append(f"schedule.restarts: optimizer steps > 0 in increasing order (got {restarts})")
+        if self.schedule.on_resume not in (None, "continue"):
+            problems.append(
+                "schedule.on_resume was removed: use schedule.restarts: [STEP] and schedule.restart: "
+                f"{self.schedule.on_resume} (the LR then restarts at STEP whether or not the run resumes there)"
+            )
         if self.ema is not None and not 0 < self.ema < 1:
             problems.append(f"ema: a decay within (0, 1) (got {self.ema})")
         if self.ema is not None and self.deepspeed.zero_stage == 3:
             problems.append("ema: needs whole parameters on every rank (zero_stage 0-2)")
+        for name in self.checkpoint.signals:
+            if name not in STOP_SIGNALS:
+                problems.append(f"checkpoint.signals: {name!r} is not one of {', '.join(STOP_SIGNALS)}")
         names = [s.name for s in self.eval.sets]
         for i, s in enumerate(self.eval.sets):
             if not s.name or not s.path or names.count(s.name) > 1:

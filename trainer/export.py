@@ -42,22 +42,47 @@ def run_config(run_dir: Path) -> TrainConfig:
     return build(TrainConfig, data, str(path))
 
 
-def full_state_dict(run_dir: Path, tag: str) -> dict:
+def base_model(run_dir: Path, cfg: TrainConfig | None = None) -> Path:
+    """The model folder a run's architecture and tokenizer come from: its `model.path` (a run started with
+    --init-from records the source's), or the `init/` export that earlier releases wrote for --init-from."""
+    if (run_dir / "init" / "config.json").is_file():
+        return run_dir / "init"
+    return Path((cfg or run_config(run_dir)).model.path)
+
+
+def full_state_dict(run_dir: Path, tag: str, masters: bool = True) -> dict:
+    """A checkpoint's weights by parameter name, in fp32.
+
+    masters: the optimizer's fp32 master weights (DeepSpeed's zero_to_fp32: every rank's optimizer file is
+    read, moments included). Otherwise the module weights of the model-states file, memory-mapped, in the
+    precision the run computed in (bf16 under bf16: what a bf16 export holds), for ZeRO 0-2; a ZeRO-3
+    checkpoint, whose model-states files hold no whole weights, falls back to the masters."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = checkpoint.checkpoint_dir(run_dir)
     checkpoint.verify(folder / tag)  # zero_to_fp32 unpickles without restriction: plain data first
-    if any((folder / tag).glob("*optim_states.pt")) and any((folder / tag).glob("*zero_pp_rank_*")):
+    module_file = folder / tag / "mp_rank_00_model_states.pt"  # ZeRO 0-2 (ZeRO-3 names it per rank)
+    zero = any((folder / tag).glob("*optim_states.pt")) and any((folder / tag).glob("*zero_pp_rank_*"))
+    if zero and (masters or not module_file.is_file()):
         return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
     # ZeRO stage 0 keeps whole weights in the model-states file; read as plain data, as verify did
-    states = checkpoint.load_plain(folder / tag / "mp_rank_00_model_states.pt")
+    states = checkpoint.load_plain(module_file)
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def trained_model(run_dir: str | Path, tag: str | None = None):
+def trained_model(
+    run_dir: str | Path,
+    tag: str | None = None,
+    masters: bool = True,
+    attention: str | None = None,
+    weights: bool = True,
+):
     """The run's model with the checkpoint's weights, LoRA merged; and the model folder it started from.
 
-    `tag` is any spelling `checkpoint.resolve_tag` takes; without one, the latest that loads."""
+    `tag` is any spelling `checkpoint.resolve_tag` takes; without one, the latest that loads. `masters`:
+    as `full_state_dict`; `attention`: the attention implementation to build it with (transformers'
+    default when None); `weights=False`: the same model with its initial weights, nothing read (for ranks
+    that receive the weights from another)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     run_dir = Path(run_dir)
@@ -65,13 +90,14 @@ def trained_model(run_dir: str | Path, tag: str | None = None):
     tag, skipped = checkpoint.choose(run_dir, tag)
     for line in skipped:
         log.warning("warning: %s: passed over, using %s", line, tag)
-    base = (run_dir / "init") if (run_dir / "init" / "config.json").is_file() else Path(cfg.model.path)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32)
+    base = base_model(run_dir, cfg)
+    extra = {"attn_implementation": attention} if attention else {}
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32, **extra)
     if cfg.mode == "lora":
         from trainer.model import with_lora
 
         model = with_lora(model, cfg.lora)
-    state = full_state_dict(run_dir, tag)
+    state = full_state_dict(run_dir, tag, masters) if weights else model.state_dict()
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

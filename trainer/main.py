@@ -1,7 +1,8 @@
 """Continued pre-training with DeepSpeed: `deepspeed trainer/main.py --mix stage2 [--set key=value ...]`.
 
-Reads top to bottom: config → manifest → model → data → engine → (resume) → loop (forward, backward,
-step, log, evaluate, checkpoint) → final checkpoint. On CPU it runs on gloo (`deepspeed --num_gpus 2`
+Reads top to bottom: config → manifest → model (checked against the shards' tokenizer) → data → engine
+→ (resume) → loop (forward, backward, step, log, evaluate, checkpoint; a stop signal saves at the next
+step boundary and exits 75) → final checkpoint. On CPU it runs on gloo (`deepspeed --num_gpus 2`
 starts two CPU ranks); on GPUs it runs unchanged.
 """
 
@@ -13,6 +14,7 @@ import logging
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +28,12 @@ import torch
 
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
-from cpt.io import OutputError, check_replaceable, write_json
+from cpt.data.loader import IGNORE_INDEX, cu_seqlens
+from cpt.io import OutputError, write_json
 from cpt.manifest import ManifestError, read_stage_manifest
 from trainer import checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
-from trainer.export import EXPORTED
 from trainer.metrics import RunLogger, SourceLosses
 from trainer.model import (
     WeightEMA,
@@ -39,6 +41,8 @@ from trainer.model import (
     load_model,
     parameter_groups,
     peak_flops,
+    pick_attention,
+    prepare_model,
     trainable_summary,
 )
 from trainer.schedule import Schedule
@@ -46,6 +50,8 @@ from trainer.schedule import Schedule
 log = logging.getLogger("cpt.trainer")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "trainer" / "configs" / "cpt.yaml"
+AUTO = "auto"  # --resume auto: resume when there is a checkpoint, else start
+STOPPED = 75  # exit status of a run stopped by a signal after its checkpoint (EX_TEMPFAIL: run it again)
 
 
 class RunError(ValueError):
@@ -75,20 +81,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
     )
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument(
+    parser.add_argument(
         "--resume",
         nargs="?",
         const=checkpoint.LATEST,
         metavar="STEP",
         help="continue this run from its latest complete checkpoint, or from the one named (step_8, "
-        "step_00000008 or 8); a damaged latest one is passed over, with a warning",
+        "step_00000008 or 8); a damaged latest one is passed over, with a warning. `--resume auto`: continue "
+        "when the run folder holds a checkpoint, else start (from --model or --init-from), so one command "
+        "line serves a job that is requeued",
     )
-    start.add_argument(
+    parser.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
         help="start a new stage from another run's weights (its folder, or folder:step_N): fresh optimizer, "
-        "new warmup",
+        "new warmup; the model folder is that run's",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and plan, then exit"
@@ -101,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the older spelling of --set key=value, kept for this release; applied before the --set ones",
     )
     args = parser.parse_args(argv)
+    if args.resume not in (None, AUTO) and args.init_from:
+        parser.error("--init-from starts a new run: it goes with --resume auto only (or no --resume)")
     if args.resume is not None and "=" in args.resume:  # `--resume key=value`: an override, not a step
         args.positional_overrides.insert(0, args.resume)
         args.resume = checkpoint.LATEST
@@ -243,16 +252,78 @@ def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:
             )
 
 
+def check_model(model_dir: str, manifest: dict) -> None:
+    """The model folder is one, holds the tokenizer the stage's shards were made with, and has an
+    embedding row for every id that tokenizer gives: found now, not as an IndexError (a device assert on
+    a GPU) at the first step, or never (another tokenizer of the same size trains on the wrong rows)."""
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise ConfigError("model.path", [f"{model_dir}: not a Hugging Face model folder (no config.json)"])
+    ours = manifest.get("tokenizer_sha256")
+    if not ours:  # a manifest of the releases before tokenizer hashes: nothing to compare
+        return
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ConfigError(
+            "model.path",
+            [
+                f"{model_dir} has no tokenizer.json, so nothing shows it reads the stage's shards (tokenizer "
+                f"sha256 {ours[:12]}…); put the tokenizer they were made with beside the weights (`cpt-tok "
+                "init-embeddings` writes both)"
+            ],
+        )
+    from cpt.tokens import tokenizer_hash
+
+    theirs = tokenizer_hash(tokenizer)
+    if theirs != ours:
+        raise ConfigError(
+            "model.path",
+            [
+                f"{model_dir}: its tokenizer (sha256 {theirs[:12]}…) is not the one the stage's shards were "
+                f"made with ({ours[:12]}…); tokenize with the model's tokenizer, or extend the model to the "
+                "shards' tokenizer with `cpt-tok init-embeddings`"
+            ],
+        )
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(tokenizer)).get_vocab_size(with_added_tokens=True)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if rows is not None and ids > int(rows):
+        raise ConfigError(
+            "model.path",
+            [
+                f"{model_dir}: the tokenizer gives token ids up to {ids - 1} but the model has {rows} "
+                "embedding rows; resize it for the tokenizer with `cpt-tok init-embeddings`"
+            ],
+        )
+
+
 def read_run_config(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
-    """The config with every override applied, the stage's manifest and the run folder, each checked once."""
+    """The config with every override applied, the stage's manifest and the run folder, each checked once.
+
+    With --init-from, the model folder is the source run's (its architecture and tokenizer), whatever
+    model.path says."""
     overrides = list(args.overrides)
     overrides += [f"mix={args.mix}"] if args.mix else []
     overrides += [f"model.path={args.model}"] if args.model else []
     overrides += [f"output={args.output}"] if args.output else []
+    if args.init_from:
+        from trainer.export import base_model, run_config
+
+        source = Path(split_init_from(args.init_from)[0])
+        if not ((source / "config.json").is_file() and checkpoint.checkpoint_tags(source)):
+            raise checkpoint.CheckpointError(
+                f"--init-from {source}: not a trainer run folder (it needs config.json and "
+                "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
+            )
+        base = base_model(source, run_config(source)).resolve()  # absolute: found from any folder
+        overrides += [f"model.path={json.dumps(str(base))}"]
     cfg = load_config(args.config, overrides)
     manifest = find_manifest(cfg.mix)
     run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
     check_output(run_dir, cfg.model.path)
+    check_model(cfg.model.path, manifest)
     check_eval_sets(cfg, manifest)
     return cfg, manifest, run_dir
 
@@ -280,23 +351,17 @@ class Start:
 def choose_start(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path) -> Start:
     """Resume, init-from or a fresh start, with the checkpoint each names found and verified now."""
     start = Start(existing=checkpoint.checkpoint_tags(run_dir))
-    if args.resume:
+    resume = args.resume
+    if resume == AUTO:  # the same command line starts the run and continues it after a requeue
+        resume = checkpoint.LATEST if start.existing else None
+    if resume:
         if not start.existing:
             raise checkpoint.CheckpointError(f"--resume: {run_dir} has no complete checkpoint")
-        start.resume_tag, start.skipped = checkpoint.choose(run_dir, args.resume)
+        start.resume_tag, start.skipped = checkpoint.choose(run_dir, resume)
     elif args.init_from:
-        source, tag = split_init_from(args.init_from)
-        if not ((Path(source) / "config.json").is_file() and checkpoint.checkpoint_tags(source)):
-            raise checkpoint.CheckpointError(
-                f"--init-from {source}: not a trainer run folder (it needs config.json and "
-                "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
-            )
+        source, tag = split_init_from(args.init_from)  # a run folder: read_run_config checked it
         start.init_source = source
         start.init_tag, start.skipped = checkpoint.choose(source, tag)
-        from trainer.export import run_config
-
-        run_config(Path(source))  # its config.json must read before any rank starts
-        check_replaceable(run_dir / "init", EXPORTED, "trainer/export.py")  # where its weights go
     return start
 
 
@@ -351,24 +416,20 @@ def init_distributed(rank: int) -> torch.device:
     return device
 
 
-def export_init_weights(source: str, tag: str, run_dir: Path, rank: int, device: torch.device) -> str | None:
-    """`--init-from RUN[:step_N]`: rank 0 exports that checkpoint's weights to a model folder; None
-    (on every rank) when that fails, after rank 0 has printed why."""
-    from trainer.export import export
+def init_model(cfg: TrainConfig, start: Start, rank: int):
+    """`--init-from RUN[:step_N]`: the model built from that run's checkpoint, held in memory (nothing is
+    written). Rank 0 reads the weights (the module states, memory-mapped: what a bf16 export of it would
+    hold; a ZeRO-3 checkpoint is read through its fp32 masters); the other ranks build the architecture
+    only, and DeepSpeed's initialize broadcasts rank 0's parameters to them (it does so for every model not
+    built under zero.Init, before ZeRO partitions anything), so the weights are read once per run, not
+    once per rank."""
+    from trainer.export import trained_model
 
-    target = run_dir / "init"
-    failed = torch.zeros(1, device=device)  # on the device: NCCL broadcasts no CPU tensor
-    if rank == 0:
-        try:
-            export(source, target, tag=tag, dtype=torch.float32)
-        # ConfigError and OutputError are ValueErrors; a missing base model is an OSError. Any of them
-        # must reach the other ranks through the broadcast, or they would wait for rank 0 forever
-        except (checkpoint.CheckpointError, ValueError, OSError, RuntimeError) as e:
-            print(f"error: --init-from {source}: {e}", file=sys.stderr)
-            failed += 1
-    if torch.distributed.is_initialized():  # every rank learns whether rank 0 succeeded
-        torch.distributed.broadcast(failed, src=0)
-    return None if failed.item() else str(target)
+    attention = pick_attention(cfg.model.attention)
+    model, _, _ = trained_model(
+        start.init_source, start.init_tag, masters=False, attention=attention, weights=rank == 0
+    )
+    return prepare_model(model, cfg), attention
 
 
 def write_run_files(
@@ -416,12 +477,15 @@ def build_engine(cfg: TrainConfig, model, stage_steps: int):
     return engine, schedule
 
 
-def resume(
-    engine, schedule: Schedule, loader, ema, run_dir: Path, tag: str, manifest: dict
-) -> tuple[int, int]:
-    """Restore a checkpoint of this run (engine, schedule, loader position, RNG, EMA) and apply
-    `schedule.on_resume`; the step and the tokens seen it was saved at."""
-    state = checkpoint.load(engine, run_dir, tag)
+def resume(engine, loader, ema, run_dir: Path, tag: str, manifest: dict) -> tuple[int, int]:
+    """Restore a checkpoint of this run (engine, schedule, loader position, RNG, EMA); the step and the
+    tokens seen it was saved at."""
+    try:
+        state = checkpoint.load(engine, run_dir, tag)
+    except checkpoint.CheckpointError:
+        raise
+    except ValueError as e:  # the schedule refuses a config whose restarts rewrite steps already taken
+        raise RunError(f"{checkpoint.checkpoint_dir(run_dir) / tag}: {e}") from None
     if state["manifest_hash"] != manifest["manifest_hash"]:
         raise RunError(
             f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
@@ -436,10 +500,6 @@ def resume(
         ema.shadow = shadow
     step, tokens_seen = state["step"], state["tokens_seen"]
     log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
-    if schedule.on_resume(step):
-        log.info(
-            "schedule.on_resume=%s from step %d (LR %.3g)", schedule.config.on_resume, step, schedule.lrs[0]
-        )
     return step, tokens_seen
 
 
@@ -454,12 +514,12 @@ def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device) -> dict:
 
 
 def save_checkpoint(
-    engine, ema, loader, cfg: TrainConfig, manifest: dict, run_dir: Path, step: int, tokens_seen: int
+    engine, ema, loader_state: dict, manifest: dict, run_dir: Path, step: int, tokens_seen: int, cfg
 ) -> None:
     client = {
         "step": step,
         "tokens_seen": tokens_seen,
-        "loader": loader.state_dict(),
+        "loader": loader_state,
         "manifest_hash": manifest["manifest_hash"],
     }
     extra = {"ema": ema.shadow} if ema is not None else None
@@ -478,6 +538,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class StopSignals:
+    """Signals that ask the run to stop: the first is noted and acted on at the next step boundary (a
+    checkpoint, then exit status STOPPED); a second of the same has its usual effect at once."""
+
+    def __init__(self, names: list[str]):
+        self.received: str | None = None
+        self._before = {getattr(signal, n): signal.signal(getattr(signal, n), self._note) for n in names}
+
+    def _note(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            return
+        before = self._before.get(signum)
+        if callable(before):
+            before(signum, frame)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+@dataclass
+class StepTotals:
+    """What one optimizer step's micro-batches hold, summed over ranks: the target tokens its loss is
+    averaged over, the sum of squared piece lengths (for attention FLOPs under document masking), and
+    whether any rank was asked to stop."""
+
+    targets: float
+    piece_squares: float
+    stop: bool
+
+
+def step_totals(batches: list[dict], stop: bool, device) -> StepTotals:
+    """One all-reduce a step, before its forward passes: the loss of every micro-batch needs the whole
+    step's token count, and every rank must stop at the same step."""
+    targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    squares = sum(float((np.diff(cu_seqlens(b["position_ids"].numpy())) ** 2.0).sum()) for b in batches)
+    sums = torch.tensor([targets, squares, float(stop)], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    targets, squares, stops = sums.tolist()
+    return StepTotals(targets, squares, stops > 0)
+
+
 def train(args: argparse.Namespace, first: bool) -> int:
     # -- config, manifest, run folder, and where the weights come from: all checked before any work -
     try:
@@ -487,11 +590,6 @@ def train(args: argparse.Namespace, first: bool) -> int:
         raise RunError(str(e)) from None
     for line in start.skipped if first else ():
         print(f"warning: {line}: passed over, using {start.resume_tag or start.init_tag}", file=sys.stderr)
-    # a folder that is not a model is found now, not after DeepSpeed has started
-    if not start.init_tag and not (Path(cfg.model.path) / "config.json").is_file():
-        raise ConfigError(
-            "model.path", [f"{cfg.model.path}: not a Hugging Face model folder (no config.json)"]
-        )
 
     # -- data ------------------------------------------------------------------------------------
     rank, world = process_ranks()
@@ -509,11 +607,12 @@ def train(args: argparse.Namespace, first: bool) -> int:
         return 0
     if total_steps < 1:
         raise RunError(f"the stage gives fewer sequences than one step ({plan})")
-    if start.existing and not args.resume:  # the folders on disk decide, whatever `latest` says
+    if start.existing and not start.resume_tag:  # the folders on disk decide, whatever `latest` says
         raise RunError(
             f"{run_dir} already holds checkpoints ({checkpoint.describe(start.existing)}): pass --resume to "
             "continue it, or another --output"
         )
+    signals = StopSignals(cfg.checkpoint.signals)  # from here on, a stop request waits for a step boundary
 
     # -- model -------------------------------------------------------------------------------------
     device = init_distributed(rank)
@@ -521,13 +620,13 @@ def train(args: argparse.Namespace, first: bool) -> int:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_path = cfg.model.path
     if start.init_tag:
-        model_path = export_init_weights(start.init_source, start.init_tag, run_dir, rank, device)
-        if model_path is None:  # rank 0 has said why
-            return 2
-    model, attention = load_model(cfg, model_path)
-    log.info("model %s (%s attention): %s", model_path, attention, trainable_summary(model))
+        model, attention = init_model(cfg, start, rank)
+        origin = f"{checkpoint.checkpoint_dir(start.init_source) / start.init_tag}"
+    else:
+        model, attention = load_model(cfg)
+        origin = cfg.model.path
+    log.info("model %s (%s attention): %s", origin, attention, trainable_summary(model))
     if rank == 0:
         write_run_files(cfg, manifest, run_dir, start, tokens_per_step)
 
@@ -536,7 +635,8 @@ def train(args: argparse.Namespace, first: bool) -> int:
     ema = WeightEMA(engine.module, cfg.ema) if cfg.ema else None
     step, tokens_seen = 0, 0
     if start.resume_tag:
-        step, tokens_seen = resume(engine, schedule, loader, ema, run_dir, start.resume_tag, manifest)
+        step, tokens_seen = resume(engine, loader, ema, run_dir, start.resume_tag, manifest)
+    first_step, saved_step = step, step
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
@@ -546,7 +646,7 @@ def train(args: argparse.Namespace, first: bool) -> int:
         wandb={"project": cfg.log.wandb_project, "config": asdict(cfg)} if cfg.log.wandb else None,
         start_step=step,
     )
-    flops = flops_per_token(getattr(model, "config", None) or model.base_model.config, seq_len)
+    model_config = getattr(model, "config", None) or model.base_model.config
     peak = peak_flops(cfg.log.peak_tflops)
     losses_since_log = SourceLosses([src["name"] for src in manifest["sources"]], device)
     progress = None
@@ -555,7 +655,7 @@ def train(args: argparse.Namespace, first: bool) -> int:
 
         progress = tqdm(total=total_steps, initial=step, desc=f"train {manifest['stage']}", unit="step")
     engine.train()
-    tick, tick_step = time.perf_counter(), step
+    tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
     micro_batches = iter(loader)
 
     if cfg.eval.sets and step == 0:  # the starting point: how the base model does on both domains
@@ -564,15 +664,22 @@ def train(args: argparse.Namespace, first: bool) -> int:
 
     while step < total_steps:
         lr = schedule.get_last_lr()[0]  # the LR this step uses (the schedule moves on at its end)
-        for _ in range(accumulation):
-            batch = next(micro_batches)
+        position = loader.state_dict()  # the data before this step: what a stop here saves
+        batches = [next(micro_batches) for _ in range(accumulation)]
+        totals = step_totals(batches, signals.received is not None, device)
+        if totals.stop:
+            break
+        # the step's loss is the mean over all its target tokens, on every rank and micro-batch: DeepSpeed
+        # averages gradients over ranks (hence x world) and would divide by the accumulation steps (not here)
+        scale = world / max(totals.targets, 1.0)
+        for batch in batches:
             losses, mask = token_losses(engine, batch, device)
-            loss = losses.sum() / mask.sum().clamp(min=1)
-            engine.backward(loss)
+            engine.backward(losses.sum() * scale, scale_wrt_gas=False)
             engine.step()
             losses_since_log.add(losses, mask, batch["source"])
         step += 1
         tokens_seen += tokens_per_step
+        piece_squares += totals.piece_squares
         if ema is not None:
             ema.update(engine.module)
         if progress is not None:
@@ -581,36 +688,55 @@ def train(args: argparse.Namespace, first: bool) -> int:
         if step % cfg.log.every == 0 or step == total_steps:
             window = losses_since_log.reduce()
             elapsed = max(time.perf_counter() - tick, 1e-9)
-            tokens_per_s = (step - tick_step) * tokens_per_step / elapsed
+            window_tokens = (step - tick_step) * tokens_per_step
+            tokens_per_s = window_tokens / elapsed
+            # attention as papers count it (the whole sequence), and as document masking computes it
+            flops = flops_per_token(model_config, seq_len)
+            flops_docs = flops_per_token(model_config, piece_squares / max(window_tokens, 1))
+            norm = engine.get_global_grad_norm()  # None where DeepSpeed did not compute one: logged so
             record = {
                 "loss": window.loss,
                 "lr": lr,
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "grad_norm": None if norm is None else float(norm),
                 "tokens_seen": tokens_seen,
                 "tokens_per_s": tokens_per_s,
                 "tflops_per_device": tokens_per_s * flops / world / 1e12,
+                "tflops_per_device_docs": tokens_per_s * flops_docs / world / 1e12,
             }
             if peak:
                 record["mfu"] = tokens_per_s * flops / world / peak
+                record["mfu_docs"] = tokens_per_s * flops_docs / world / peak
             record.update(window.by_source)
             logger.log(step, record)
             if progress is not None:
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-            tick, tick_step = time.perf_counter(), step
+            tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
 
         paused = False
         if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
             logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device))
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
-            save_checkpoint(engine, ema, loader, cfg, manifest, run_dir, step, tokens_seen)
-            paused = True
+            save_checkpoint(engine, ema, loader.state_dict(), manifest, run_dir, step, tokens_seen, cfg)
+            saved_step, paused = step, True
         if paused:  # evaluation and checkpoints do not count against tokens/s
             tick, tick_step = time.perf_counter(), step
 
+    stopped = step < total_steps
+    if stopped and saved_step != step:  # asked to stop: the steps since the last checkpoint are kept
+        save_checkpoint(engine, ema, position, manifest, run_dir, step, tokens_seen, cfg)
     if progress is not None:
         progress.close()
     logger.close()
+    if stopped:
+        if rank == 0:
+            kept = f"checkpoint step_{step:08d}" if step > first_step else "nothing trained yet"
+            print(
+                f"stopped by {signals.received or 'another rank'} at step {step} ({kept}); run the same "
+                "command with --resume auto to continue",
+                file=sys.stderr,
+            )
+        return STOPPED
     if rank == 0:
         print(
             f"done: {step} steps, {tokens_seen:,} tokens; checkpoints in {checkpoint.checkpoint_dir(run_dir)}"

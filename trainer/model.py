@@ -46,6 +46,12 @@ def load_model(cfg: TrainConfig, path: str | None = None):
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     attention = pick_attention(cfg.model.attention)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+    return prepare_model(model, cfg), attention
+
+
+def prepare_model(model, cfg: TrainConfig):
+    """A loaded fp32 model set up for training in `cfg.mode`: no cache, gradient checkpointing as asked,
+    only the embeddings trainable (embeddings), or wrapped with LoRA adapters (lora)."""
     model.config.use_cache = False  # with a cache, packed documents would attend to each other
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -55,14 +61,23 @@ def load_model(cfg: TrainConfig, path: str | None = None):
             p.requires_grad = any(e in name for e in EMBEDDINGS)
     elif cfg.mode == "lora":
         model = with_lora(model, cfg.lora)
-    return model, attention
+    return model
 
 
 def with_lora(model, lora: LoraConfig):
-    """The model wrapped with peft LoRA adapters as the config describes (training and export alike)."""
+    """The model wrapped with peft LoRA adapters as the config describes (training and export alike).
+
+    On a base whose head is its input embedding, the tied matrix stays one matrix: peft's default keeps a
+    trainable copy for each of `embed_tokens` and `lm_head`, which then drift apart and double the
+    vocabulary's weights and optimizer state, and the merged export would no longer have the base's shape."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    tie = embeddings_tied(model) and any(
+        name.split(".")[-1] in EMBEDDINGS for name in [*lora.modules_to_save, *lora.target_modules]
+    )
+    if tie:
+        log.info("the head is tied to the input embedding: LoRA trains them as one matrix")
     return get_peft_model(
         model,
         PeftLoraConfig(
@@ -71,9 +86,16 @@ def with_lora(model, lora: LoraConfig):
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
             modules_to_save=lora.modules_to_save,
+            ensure_weight_tying=tie,
             task_type="CAUSAL_LM",
         ),
     )
+
+
+def embeddings_tied(model) -> bool:
+    """Whether the output head and the input embedding are one Parameter (`tie_word_embeddings`)."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -89,9 +111,13 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def flops_per_token(model_config, seq_len: int) -> float:
+def flops_per_token(model_config, context: float) -> float:
     """Model FLOPs of one training token (forward + backward), as torchtitan and PaLM count them:
-    6 x (parameters less the input embedding) + 12 x layers x hidden x sequence length (attention)."""
+    6 x (parameters less the input embedding) + 12 x layers x hidden x context (attention).
+
+    `context` is the sequence length for the convention papers report (every token attends over the whole
+    sequence); with document masking a token attends only within its document, and the attention work is
+    counted by passing the token-weighted mean document length, sum(n^2) / sum(n) over the pieces."""
     c = model_config
     hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
     heads, kv_heads = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
@@ -100,7 +126,7 @@ def flops_per_token(model_config, seq_len: int) -> float:
     attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
     mlp = 3 * hidden * inter
     params = layers * (attn + mlp) + vocab * hidden  # blocks + lm_head (norms are negligible)
-    return 6 * params + 12 * layers * hidden * seq_len
+    return 6 * params + 12 * layers * hidden * context
 
 
 def peak_flops(configured_tflops: float | None) -> float | None:

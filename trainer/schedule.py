@@ -3,14 +3,18 @@ sets each optimizer step's LR from it and whose state every checkpoint keeps.
 
 Being a function of the step alone, a resumed run continues its schedule exactly (no re-warming on the
 same data: Gupta et al. 2023), and a new stage started with `--init-from` re-warms and re-decays
-(Ibrahim et al. 2024).
+(Ibrahim et al. 2024). A re-warm (or a held LR) within a stage is planned, `schedule.restarts`, and
+happens at its step whether or not the run was interrupted there.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 from trainer.config import ScheduleConfig
+
+log = logging.getLogger(__name__)
 
 
 def lr_multiplier(
@@ -43,9 +47,10 @@ class Schedule:
     """The LR of each optimizer step of a stage, set on the optimizer's parameter groups.
 
     Handed to DeepSpeed as its `lr_scheduler`: the engine calls `step()` after each optimizer step and
-    saves `state_dict()` in every checkpoint (restored by `load_state_dict` on resume). The state is
-    the step reached, the peak LR of each group, the LRs in use, and the step the schedule restarted
-    from when a resume re-anchored it (`schedule.on_resume`: rewarm or constant; 0 when it never was).
+    saves `state_dict()` in every checkpoint (restored by `load_state_dict` on resume). The LR of a step
+    is a function of the step and the config alone, planned restarts included (`schedule.restarts`), so
+    a run interrupted anywhere follows the schedule of one that never was. The state is the step
+    reached, the peak LR of each group, the LRs in use, and the restarts the steps taken followed.
     """
 
     def __init__(self, optimizer, config: ScheduleConfig, peak_lr: float, total_steps: int):
@@ -55,16 +60,22 @@ class Schedule:
         self.total_steps = total_steps  # the stage's steps, even when the run stops early
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.step_count = 0  # optimizer steps taken: the LRs set now are those of this step
-        self.restart_step = 0
-        self.restart_mode = "continue"  # how the schedule restarted at restart_step: rewarm or constant
+        late = [r for r in config.restarts if r >= total_steps]
+        if late:
+            log.warning("schedule.restarts %s: past the stage's %d steps, never reached", late, total_steps)
         self._set_lrs(self._lrs_at(0))
 
     def multiplier(self, step: int) -> float:
         """The LR of optimizer step `step` as a fraction of the peak."""
-        start = self.restart_step
-        if start and self.restart_mode == "constant":
-            step, start = start, 0  # held at the LR of the step the run resumed at
-        # from step 0, or after a rewarm a new warmup and decay over the steps after `start`
+        return self._multiplier(step, self.config.restarts)
+
+    def _multiplier(self, step: int, restarts: list[int]) -> float:
+        earlier = [r for r in restarts if r <= step]
+        start = earlier[-1] if earlier else 0
+        if start and self.config.restart == "constant":
+            # held at the LR the schedule (with the restarts before this one) had reached there
+            return self._multiplier(start, earlier[:-1])
+        # from step 0, or after a rewarm a new warmup and decay over the steps left of the stage
         c = self.config
         return lr_multiplier(
             step - start, self.total_steps - start, c.kind, c.warmup_ratio, self.floor, c.decay_ratio
@@ -87,35 +98,41 @@ class Schedule:
         """The LR of each parameter group for the step about to be taken."""
         return list(self.lrs)
 
-    def on_resume(self, step: int) -> bool:
-        """Apply `schedule.on_resume` to a run resumed at `step`: with rewarm or constant, re-anchor the
-        schedule there and set the LRs it gives; with continue, leave the restored state as it is.
-        Whether the LRs changed."""
-        if self.config.on_resume == "continue" or not step:
-            return False
-        self.restart_step, self.restart_mode = step, self.config.on_resume
-        self._set_lrs(self._lrs_at(step))
-        return True
-
     def state_dict(self) -> dict:
         return {
             "step": self.step_count,
             "base_lrs": list(self.base_lrs),
             "lrs": list(self.lrs),
-            "restart_step": self.restart_step,
-            "restart_mode": self.restart_mode,
+            "restarts": list(self.config.restarts),
+            "restart": self.config.restart,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint's schedule. The optimizer's own state brings back the LRs its groups
-        had, so they are not set here; only what `get_last_lr` reports and the next `step` uses."""
+        had, so they are not set here; only what `get_last_lr` reports and the next `step` uses.
+
+        The restarts at or before the restored step shaped the LRs already used (the restored ones
+        included) and must be the config's; those after it are planned, and come from the config."""
         if "last_epoch" in state:  # a checkpoint of the releases that kept a torch LambdaLR
             state = {"step": state["last_epoch"], "base_lrs": state["base_lrs"], "lrs": state["_last_lr"]}
-        self.step_count = int(state["step"])
+        if "restarts" in state:
+            restarts, mode = [int(r) for r in state["restarts"]], str(state["restart"])
+        else:  # the releases whose `schedule.on_resume` re-anchored the schedule at the step resumed at
+            anchor = int(state.get("restart_step", 0))
+            restarts, mode = ([anchor] if anchor else []), str(state.get("restart_mode", "continue"))
+        step = int(state["step"])
+        taken = [r for r in restarts if r <= step]
+        planned = [r for r in self.config.restarts if r <= step]
+        if taken != planned or (taken and mode != self.config.restart):
+            raise ValueError(
+                f"schedule.restarts differ from the checkpoint's for steps already taken (up to step {step}, "
+                f"the checkpoint has {taken or 'none'}{f' {mode}' if taken else ''}, the config "
+                f"{planned or 'none'}{f' {self.config.restart}' if planned else ''}): set schedule.restarts "
+                "and schedule.restart as the run had them"
+            )
+        self.step_count = step
         self.base_lrs = list(state["base_lrs"])
         self.lrs = list(state["lrs"])
-        self.restart_step = int(state.get("restart_step", 0))
-        self.restart_mode = str(state.get("restart_mode", "continue"))
 
     def __repr__(self) -> str:
         return f"Schedule({self.config.kind}, {self.total_steps} steps, at step {self.step_count})"

@@ -19,7 +19,10 @@ def make_tiny_llama(
     layers: int = 2,
     heads: int = 4,
     seed: int = 0,
+    tied: bool = False,
 ) -> Path:
+    """The model folder written: a random Llama of this shape over the tokenizer's vocabulary; `tied`: one
+    matrix for the input embedding and the output head (`tie_word_embeddings`, as Llama-3.2-1B and Qwen2)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -44,7 +47,7 @@ def make_tiny_llama(
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=pad,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     output = Path(output)
@@ -64,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--tied", action="store_true", help="one matrix for the input embedding and the output head"
+    )
     args = parser.parse_args(argv)
-    path = make_tiny_llama(args.tokenizer, args.output, args.hidden, args.layers, args.heads)
+    path = make_tiny_llama(args.tokenizer, args.output, args.hidden, args.layers, args.heads, tied=args.tied)
     print(f"wrote {path}")
     return 0
 
