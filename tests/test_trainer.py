@@ -152,12 +152,14 @@ def _ranks(launcher: subprocess.Popen) -> list:
     signals (every process of the job step), less the launcher, which only waits for them."""
     import psutil
 
-    ranks = [
-        p
-        for p in psutil.Process(launcher.pid).children(recursive=True)
-        if "--local_rank" in " ".join(p.cmdline())
-    ]
-    return ranks + [c for r in ranks for c in r.children(recursive=True)]
+    # each process once, as Slurm signals it (a loader worker, forked from its rank, shares its command line)
+    processes = psutil.Process(launcher.pid).children(recursive=True)
+    return [p for p in processes if "--local_rank" in " ".join(p.cmdline())]
+
+
+def _first_errors(log: Path) -> str:
+    """The lines that name an error, first ones first: where several ranks fail, the first cause."""
+    return "\n".join([line for line in log.read_text().splitlines() if "Error" in line][:20])
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
@@ -205,7 +207,7 @@ def test_killed_then_signalled_around_a_planned_restart_a_run_ends_as_if_uninter
         _wait_for(lambda: max(read_metrics(out), default=0) >= 11, second, "step 11")
         for process in _ranks(second):
             process.send_signal(signal.SIGUSR1)
-        assert second.wait(timeout=600) == 75, log.read_text()[-3000:]
+        assert second.wait(timeout=600) == 75, _first_errors(log)
     stopped_at = int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert 11 <= stopped_at < 16 and "stopped by SIGUSR1" in log.read_text()
     assert (out / "checkpoints" / f"step_{stopped_at:08d}").is_dir()  # saved where it stopped
@@ -366,3 +368,25 @@ def test_ablate_grid_errors_name_each_key_path(tmp_path):
                     "eval: {old: a, new: b}\nmode: product\naxes: {resume: [rewarm, constant], lr_scale: [2]}\n")  # fmt: skip
     loaded = load_grid(grid)
     assert list(loaded.axes) == ["resume", "lr_scale"] and loaded.center == {} and loaded.eval.new == "b"
+
+
+def test_a_stop_signal_waits_for_the_step_and_a_forked_loader_worker_leaves_it_to_its_rank():
+    import multiprocessing
+
+    from trainer.main import StopSignals
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        signals = StopSignals(["SIGUSR1"])
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(3.0,))
+        worker.start()
+        time.sleep(0.5)
+        for _ in range(2):  # twice: the second of the same signal would end a rank at once
+            os.kill(worker.pid, signal.SIGUSR1)
+            time.sleep(0.2)
+        worker.join(10)
+        assert worker.exitcode == 0  # the worker lived on to serve its rank
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.received == "SIGUSR1"  # the rank noted it, and goes on to its step boundary
+    finally:
+        signal.signal(signal.SIGUSR1, before)

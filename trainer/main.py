@@ -544,9 +544,14 @@ class StopSignals:
 
     def __init__(self, names: list[str]):
         self.received: str | None = None
+        self._pid = os.getpid()
         self._before = {getattr(signal, n): signal.signal(getattr(signal, n), self._note) for n in names}
 
     def _note(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            # a loader worker, forked from its rank, inherits this handler: Slurm signals every process of
+            # the step, and the worker leaves the stop to its rank (it must live to serve the last batch)
+            return
         if self.received is None:
             self.received = signal.Signals(signum).name
             return
