@@ -1,14 +1,27 @@
-"""Training throughput and MFU of cpt's trainer against Hugging Face's Trainer, same model, same data.
+"""Training throughput, MFU and peak memory of cpt's trainer against Hugging Face's Trainer, same model, same data.
 
     python benchmarks/bench_trainer.py --size tiny                 # CPU: a 0.6M-parameter Llama, seq 256
+    python benchmarks/bench_trainer.py --size 100m --steps 40      # CPU: a 125M-parameter Llama, seq 512
     python benchmarks/bench_trainer.py --size 1b --steps 30        # one GPU: Llama-3.2-1B's shape, seq 4096
 
 Both sides train a randomly initialised Llama of the given shape on the same packed, document-masked
-sequences (synthetic token shards planned into one stage and read through cpt's loader), one device,
-the same micro-batch, accumulation, precision, optimizer (AdamW) and attention implementation. cpt
+sequences (synthetic token shards planned into one stage and read through cpt's loader; position_ids
+mark the documents), one device, the same micro-batch, accumulation, precision, optimizer (AdamW,
+betas 0.9/0.95, weight decay 0.1 off norms, clip 1.0), constant LR and attention implementation. cpt
 runs `deepspeed trainer/main.py` (ZeRO-2); Hugging Face runs `transformers.Trainer` on the same
-`PackedSequences` batches. Tokens/s is the median over steps after `--warmup`; MFU uses the model
-FLOPs of trainer/model.py over the device's bf16 peak (GPUs only). Both run in one invocation.
+`PackedSequences` batches. Each side runs in its own process tree, one after the other, in the order
+cpt, HF, HF, cpt, ... over `--repeats`, so a change in the machine's load falls on both alike.
+
+Tokens/s is the median over the steps after `--warmup` (of every repeat); MFU uses the model FLOPs of
+trainer/model.py over the device's bf16 peak (GPUs only). Memory is sampled with psutil from a thread
+of this process over the side's whole process tree (cpt: the deepspeed launcher, its launch process,
+the rank and its loader worker; HF: its process and its DataLoader worker). Every process of the tree
+imports torch, so a sum of RSS counts the shared library pages once a process: the tree's PSS (each
+shared page split among the processes that map it) is what the tree costs, and both are reported,
+with the largest process's own peak RSS (the kernel's high-water mark, VmHWM, exact between samples).
+`getrusage(RUSAGE_CHILDREN).ru_maxrss` would give only that last figure, and only over every child
+waited for so far, both sides mixed. cpt's run ends with the checkpoint the trainer always writes at
+its last step, which HF's side does not write: sampling stops when the checkpoint folder appears.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,13 +46,26 @@ SHAPES = {
     # Llama-3.2-1B (1.24B parameters, tied embeddings), with LLaMA-2's 32k vocabulary
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=True, seq_len=4096, micro=4),
+    # GPT-2-small's width and depth in Llama's form (GQA, SwiGLU, untied), 124.7M parameters, for CPU
+    "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, seq_len=512, micro=2),
     "tiny": dict(hidden_size=64, intermediate_size=168, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=3776, tie_word_embeddings=False, seq_len=256, micro=2),
 }  # fmt: skip
+RSS_EVERY, TREE_EVERY, PSS_EVERY = 0.25, 2.0, 10.0  # seconds
+# A PSS read walks the page tables under the process's mmap lock (~70 ms of CPU for a 3 GiB rank, and
+# its page faults wait meanwhile): read at most every PSS_EVERY, and only when the tree's RSS is near
+# its peak, which a training step reaches once a step
+PSS_NEAR_PEAK = 0.97
+MiB = 2**20
 
 
-def make_model(folder: Path, shape: dict) -> None:
+def make_model(folder: Path, shape: dict) -> int:
+    """A random Llama of `shape` and a word-level tokenizer of its vocabulary (the trainer checks that the
+    model folder holds the tokenizer the shards were made with); the parameter count."""
     import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -48,17 +75,19 @@ def make_model(folder: Path, shape: dict) -> None:
         eos_token_id=2,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    vocab = {f"<{i}>": i for i in range(shape["vocab_size"])}
+    Tokenizer(WordLevel(vocab, unk_token="<0>")).save(str(folder / "tokenizer.json"))
+    return sum(p.numel() for p in model.parameters())
 
 
-def make_stage(root: Path, shape: dict, sequences: int) -> Path:
+def make_stage(root: Path, tokenizer: Path, shape: dict, sequences: int) -> Path:
     from cpt.manifest import write_stage_manifest
     from cpt.mix.plan import plan
     from cpt.mix.stage import Replay, Source, Stage
     from cpt.tokens import write_manifest
 
-    tokenizer = root / "tokenizer.json"
-    tokenizer.write_text('{"model": "bench"}')
     tokens = sequences * shape["seq_len"]
     rng = np.random.default_rng(0)
     for name, share in (("new", 0.75), ("old", 0.25)):
@@ -83,8 +112,87 @@ def make_stage(root: Path, shape: dict, sequences: int) -> Path:
     return root / "mix" / "manifest.json"
 
 
-def run_cpt(root: Path, manifest: Path, model: Path, args, shape: dict) -> list[float]:
-    config = root / "cpt.yaml"
+class TreeMemory:
+    """Peak memory of a process and all its descendants, sampled from a thread until the process ends
+    or `stop_at` exists: the sum of their RSS, the sum of their PSS, and the largest VmHWM (bytes)."""
+
+    def __init__(self, pid: int, stop_at: Path | None = None):
+        self.pid, self.stop_at = pid, stop_at
+        self.rss = self.pss = self.largest = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:  # it ended before the first sample
+            return
+        tree, listed, pss_read = [root], 0.0, 0.0
+        while not self._done.is_set() and not (self.stop_at and self.stop_at.exists()):
+            if time.monotonic() - listed >= TREE_EVERY:  # listing walks every process of the machine
+                try:
+                    tree, listed = [root, *root.children(recursive=True)], time.monotonic()
+                except psutil.NoSuchProcess:
+                    return
+            alive, rss = [], 0
+            for proc in tree:
+                try:
+                    rss += proc.memory_info().rss
+                    self.largest = max(self.largest, _vm_hwm(proc.pid))
+                    alive.append(proc)
+                except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                    continue
+            if rss >= PSS_NEAR_PEAK * self.rss and time.monotonic() - pss_read >= PSS_EVERY:
+                try:
+                    self.pss = max(self.pss, sum(_smaps_pss(proc.pid) for proc in alive))
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+                pss_read = time.monotonic()
+            self.rss = max(self.rss, rss)
+            self._done.wait(RSS_EVERY)
+
+    def stop(self) -> dict:
+        self._done.set()
+        self._thread.join()
+        return {
+            "tree_rss_mib": self.rss / MiB,
+            "tree_pss_mib": self.pss / MiB,
+            "largest_mib": self.largest / MiB,
+        }
+
+
+def _smaps_pss(pid: int) -> int:
+    return _proc_field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _vm_hwm(pid: int) -> int:
+    return _proc_field(f"/proc/{pid}/status", "VmHWM:")
+
+
+def _proc_field(path: str, key: str) -> int:
+    """A `key: N kB` line of a /proc file in bytes; 0 for a process that has exited but not yet been
+    waited for (its memory is gone and the line with it)."""
+    with open(path) as f:
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith(key)), 0)
+
+
+def run_measured(cmd: list[str], what: str, stop_at: Path | None = None) -> dict:
+    """Run `cmd` from the repository root, its process tree's memory sampled; exit with its stderr when
+    it fails."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    memory = TreeMemory(proc.pid, stop_at)
+    _, stderr = proc.communicate()
+    peaks = memory.stop()
+    if proc.returncode:
+        sys.exit(f"{what} failed:\n{stderr[-3000:]}")
+    return peaks
+
+
+def run_cpt(run: Path, manifest: Path, model: Path, args, shape: dict) -> tuple[list[float], dict]:
+    config = run.with_suffix(".yaml")
     config.write_text(
         f"""
 model: {{path: {model}, attention: {args.attention}}}
@@ -97,22 +205,35 @@ log: {{every: 1, tensorboard: false}}
 max_steps: {args.steps}
 """
     )
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "trainer/main.py",
-           "--mix", str(manifest), "--config", str(config), "--output", str(root / "cpt_run")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"cpt trainer failed:\n{proc.stderr[-3000:]}")
+    # a port of its own: DeepSpeed's default (29500) may be held by another run on the machine
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", _free_port(),
+           "trainer/main.py", "--mix", str(manifest), "--config", str(config), "--output", str(run)]  # fmt: skip
     from cpt.report.collect import read_metrics
+    from trainer.checkpoint import checkpoint_dir
 
-    metrics = read_metrics(root / "cpt_run")
-    return [
+    memory = run_measured(cmd, "cpt trainer", stop_at=checkpoint_dir(run))
+
+    metrics = read_metrics(run)
+    rates = [
         metrics[s]["tokens_per_s"]
         for s in sorted(metrics)
         if s > args.warmup and "tokens_per_s" in metrics[s]
     ]
+    return rates, memory
 
 
-def run_hf(root: Path, manifest: Path, model_dir: Path, args, shape: dict) -> list[float]:
+def run_hf(run: Path, manifest: Path, model: Path, args, shape: dict) -> tuple[list[float], dict]:
+    cmd = [sys.executable, __file__, "--hf-worker", str(run), "--mix", str(manifest), "--model", str(model),
+           "--size", args.size, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--accumulation", str(args.accumulation), "--precision", args.precision,
+           "--attention", args.attention]  # fmt: skip
+    memory = run_measured(cmd, "HF Trainer")
+    return json.loads((run / "rates.json").read_text()), memory
+
+
+def train_hf(run: Path, manifest: Path, model_dir: Path, args, shape: dict) -> list[float]:
+    """Hugging Face's Trainer on the stage's packed sequences, in this process: tokens/s of each step
+    after the warmup."""
     import torch
     from torch.utils.data import IterableDataset
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -135,16 +256,13 @@ def run_hf(root: Path, manifest: Path, model_dir: Path, args, shape: dict) -> li
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
 
-    attention = (
-        args.attention if args.attention != "auto" else ("flash_attention_2" if _has_flash() else "sdpa")
-    )
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, attn_implementation=attention, dtype=torch.float32
+        model_dir, attn_implementation=args.attention, dtype=torch.float32
     )
     model.config.use_cache = False
     timer = StepTimes()
     training = TrainingArguments(
-        output_dir=str(root / "hf_run"),
+        output_dir=str(run),
         per_device_train_batch_size=shape["micro"],
         gradient_accumulation_steps=args.accumulation,
         max_steps=args.steps,
@@ -170,67 +288,139 @@ def run_hf(root: Path, manifest: Path, model_dir: Path, args, shape: dict) -> li
     ]
 
 
-def _has_flash() -> bool:
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the median")
     parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--attention", default="auto", help="auto, sdpa, flash_attention_2, ...")
     parser.add_argument("--json", help="also write the results here")
+    # one HF Trainer run, started by this script in a process of its own so its memory is its own
+    parser.add_argument("--hf-worker", metavar="RUN", help=argparse.SUPPRESS)
+    parser.add_argument("--mix", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < args.warmup + 2 or args.repeats < 1:
+        parser.error(f"--steps must exceed --warmup by 2 or more and --repeats be >= 1 (got --steps {args.steps}, "
+                     f"--warmup {args.warmup}, --repeats {args.repeats})")  # fmt: skip
     import torch
 
-    from trainer.model import flops_per_token, peak_flops
+    from trainer.model import flops_per_token, peak_flops, pick_attention
 
-    args.precision = args.precision or ("bf16" if torch.cuda.is_available() else "fp32")
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     shape = SHAPES[args.size]
+    if args.hf_worker:
+        rates = train_hf(Path(args.hf_worker), Path(args.mix), Path(args.model), args, shape)
+        (Path(args.hf_worker) / "rates.json").write_text(json.dumps(rates))
+        return
+    args.precision = args.precision or ("bf16" if torch.cuda.is_available() else "fp32")
+    args.attention = pick_attention(args.attention)  # one choice, passed to both sides
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    machine = {
+        "device": _device_name(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": os.getloadavg(),
+        "code": _code_version(),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         root = Path(tmp)
-        make_model(root / "model", shape)
-        manifest = make_stage(root, shape, (args.steps + 2) * shape["micro"] * args.accumulation)
+        parameters = make_model(root / "model", shape)
+        sequences = (args.steps + 2) * shape["micro"] * args.accumulation
+        manifest = make_stage(root, root / "model" / "tokenizer.json", shape, sequences)
         from transformers import AutoConfig
 
         flops = flops_per_token(AutoConfig.from_pretrained(root / "model"), shape["seq_len"])
         peak = peak_flops(None)
-        results = {
-            "size": args.size,
-            "precision": args.precision,
-            "device": _device_name(),
-            "steps": args.steps,
-        }
-        for name, run in (("cpt", run_cpt), ("hf_trainer", run_hf)):
-            rates = run(root, manifest, root / "model", args, shape)
-            tokens_per_s = statistics.median(rates)
+        print(
+            f"{args.size}: Llama of {parameters:,} parameters (hidden {shape['hidden_size']}, "
+            f"{shape['num_hidden_layers']} layers, {shape['num_attention_heads']}/"
+            f"{shape['num_key_value_heads']} heads, vocab {shape['vocab_size']:,}), seq {shape['seq_len']}, "
+            f"micro-batch {shape['micro']} x {args.accumulation}, {args.precision}, {args.attention}; "
+            f"{machine['cpu']} x {machine['cores']}, load {_load(machine['load_before'])}; code {machine['code']}",
+            flush=True,
+        )
+        sides = {"cpt": run_cpt, "hf_trainer": run_hf}
+        runs = {name: [] for name in sides}
+        for repeat in range(args.repeats):
+            order = list(sides) if repeat % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                rates, memory = sides[name](root / f"{name}_{repeat}", manifest, root / "model", args, shape)
+                runs[name].append({"tokens_per_s": statistics.median(rates), "rates": rates, **memory})
+                print(f"  {name} run {repeat + 1}: {_describe(runs[name][-1])}", flush=True)
+        results = {"size": args.size, "parameters": parameters, "precision": args.precision,
+                   "attention": args.attention, "steps": args.steps, "warmup": args.warmup,
+                   "micro_batch": shape["micro"], "accumulation": args.accumulation,
+                   "seq_len": shape["seq_len"], **machine}  # fmt: skip
+        for name, done in runs.items():
+            tokens_per_s = statistics.median(r for run in done for r in run["rates"])
             results[name] = {
                 "tokens_per_s": tokens_per_s,
                 "tflops": tokens_per_s * flops / 1e12,
                 "mfu": tokens_per_s * flops / peak if peak else None,
+                **{k: max(run[k] for run in done) for k in ("tree_rss_mib", "tree_pss_mib", "largest_mib")},
+                "runs": done,
             }
             mfu = f", MFU {results[name]['mfu']:.1%}" if peak else ""
-            print(
-                f"{name:>10}: {tokens_per_s:,.0f} tokens/s, {tokens_per_s * flops / 1e12:.3f} TFLOP/s{mfu}",
-                flush=True,
-            )
-        ratio = results["cpt"]["tokens_per_s"] / results["hf_trainer"]["tokens_per_s"]
-        results["cpt_over_hf"] = ratio
-        print(f"cpt / HF Trainer: {ratio:.2f}x ({args.size}, {args.precision}, {results['device']})")
+            print(f"{name:>10}: {_describe(results[name])}, {results[name]['tflops']:.3f} TFLOP/s{mfu}")
+        results["load_after"] = os.getloadavg()
+        cpt, hf = results["cpt"], results["hf_trainer"]
+        results["cpt_over_hf"] = {
+            k: cpt[k] / hf[k] for k in ("tokens_per_s", "tree_rss_mib", "tree_pss_mib", "largest_mib")
+        }
+        ratio = results["cpt_over_hf"]
+        print(
+            f"cpt / HF Trainer: tokens/s {ratio['tokens_per_s']:.2f}x, peak tree RSS {ratio['tree_rss_mib']:.2f}x, "
+            f"tree PSS {ratio['tree_pss_mib']:.2f}x, largest process {ratio['largest_mib']:.2f}x "
+            f"({args.size}, {args.precision}, {results['device']}; load {_load(results['load_after'])} after)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def _code_version() -> str:
+    """The commit measured, and the files of the trainer and the library that differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "trainer", "cpt"], capture_output=True,
+                                 text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    files = [line[3:] for line in changed.stdout.splitlines()]
+    return head.stdout.strip() + (f" + changes to {', '.join(files)}" if files else "")
+
+
+def _describe(result: dict) -> str:
+    return (
+        f"{result['tokens_per_s']:,.0f} tokens/s, peak tree RSS {result['tree_rss_mib']:,.0f} MiB, "
+        f"tree PSS {result['tree_pss_mib']:,.0f} MiB, largest process {result['largest_mib']:,.0f} MiB"
+    )
+
+
+def _load(averages: tuple[float, float, float]) -> str:
+    return " ".join(f"{a:.2f}" for a in averages)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return "?"
 
 
 def _device_name() -> str:
