@@ -53,6 +53,19 @@ class TokenizeRun:
     folders: list[Path] = field(default_factory=list)  # the token-shard folders written
 
 
+def _default_eos(folder: Path) -> str:
+    """The tokenizer's own end-of-text token (tokenizer_config.json's eos_token), else LLaMA's `</s>`."""
+    import json
+
+    try:
+        eos = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return "</s>"
+    if isinstance(eos, dict):  # an AddedToken written out
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) and eos else "</s>"
+
+
 def prepare(
     input_dir: str | Path,
     tokenizer: str | Path,
@@ -61,7 +74,7 @@ def prepare(
     tasks: int | None = None,
     executor: str = "local",
     workers: int | None = None,
-    eos_token: str = "</s>",
+    eos_token: str | None = None,
     progress: bool = True,
     record: bool = True,
     split_by: str | None = None,
@@ -95,6 +108,7 @@ def prepare(
             str(tokenizer_json), [f"not a tokenizer.json the tokenizers library reads ({e})"]
         ) from None
     vocab = loaded.get_vocab_size()
+    eos_token = eos_token or _default_eos(tokenizer_json.parent)
     if eos_token not in loaded.get_vocab():
         raise ConfigError("--eos", [f"{eos_token!r} is not a token of {tokenizer}"])
     token_size = 2 if vocab <= 2**16 else 4
@@ -256,7 +270,11 @@ def add_arguments(sub) -> None:
     )
     p.add_argument("--output", required=True, help="token shard folder, e.g. data/tokens/zh_web")
     p.add_argument("--source", help="source name recorded in tokens.json (default: the output folder's name)")
-    p.add_argument("--eos", default="</s>", help="end-of-document token (default: </s>)")
+    p.add_argument(
+        "--eos",
+        help="end-of-document token (default: the tokenizer's eos_token in tokenizer_config.json, e.g. "
+        "<|end_of_text|> for Llama 3, else </s>)",
+    )
     p.add_argument(
         "--split-by",
         metavar="KEY",

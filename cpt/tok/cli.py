@@ -1,7 +1,8 @@
 """`cpt-tok`: train, merge and compare tokenizers for vocabulary extension.
 
 cpt-tok train  --input PARQUET_DIR_OR_TXT --vocab-size N --output DIR [--model-type bpe|unigram] [--set k=v]
-cpt-tok merge  --base BASE --add DIR --output DIR [--pieces non-ascii|all]
+cpt-tok train  --input PARQUET_DIR_OR_TXT --model-type byte-bpe --base BASE --new-tokens N --output DIR
+cpt-tok merge  --base BASE --add DIR --output DIR [--pieces non-ascii|all] [--new-tokens N]
 cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
 """
 
@@ -35,13 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a SentencePiece model on Parquet shards or text files")
+    t = sub.add_parser(
+        "train", help="train a SentencePiece model or a byte-level BPE on Parquet shards or text files"
+    )
     t.add_argument(
         "--input", required=True, help="a clean/dedup output folder, Parquet shards, or text files"
     )
-    t.add_argument("--vocab-size", type=int, required=True, help="pieces in the new model")
-    t.add_argument("--output", required=True, help="folder for tokenizer.model and train.json")
-    t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="default: bpe (as LLaMA)")
+    t.add_argument("--vocab-size", type=int, help="pieces in the new SentencePiece model (bpe, unigram)")
+    t.add_argument(
+        "--output", required=True, help="folder for tokenizer.model (or tokenizer.json) and train.json"
+    )
+    t.add_argument(
+        "--model-type",
+        choices=["bpe", "unigram", "byte-bpe"],
+        default="bpe",
+        help="bpe (default, as LLaMA 1/2), unigram: SentencePiece; byte-bpe: a byte-level BPE for a "
+        "tokenizer.json base (Llama 3, Qwen), trained with the base's own pre-tokenizer",
+    )
+    t.add_argument("--base", help="byte-bpe: the base tokenizer (a folder with tokenizer.json, or the file)")
+    t.add_argument(
+        "--new-tokens", type=int, help="byte-bpe: how many tokens the base lacks to learn (merge adds these)"
+    )
     t.add_argument("--max-lines", type=int, default=2_000_000, help="lines sampled to train on (default 2M)")
     t.add_argument("--seed", type=int, default=0, help="sampling seed")
     t.add_argument(
@@ -50,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any SentencePiece trainer option, e.g. --set character_coverage=1.0 (repeatable)",
+        help="any SentencePiece trainer option, e.g. --set character_coverage=1.0 (repeatable); "
+        "byte-bpe takes min_frequency (default 2)",
     )
     # the old spelling, kept working for one release
     t.add_argument("--option", dest="options", action="append", help=argparse.SUPPRESS)
@@ -61,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument(
         "--base",
         required=True,
-        help="base tokenizer: a SentencePiece .model or a folder holding tokenizer.model",
+        help="base tokenizer: a SentencePiece .model or a folder holding tokenizer.model, or a byte-level "
+        "BPE tokenizer.json (or its folder: Llama 3, Qwen), whose new tokens and merges go after its own",
     )
     m.add_argument("--add", required=True, help="the tokenizer whose missing pieces are added (from `train`)")
     m.add_argument(
@@ -72,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["non-ascii", "all"],
         default="non-ascii",
         help="non-ascii (default): ASCII text keeps its base encoding; all: Chinese-LLaMA's union",
+    )
+    m.add_argument(
+        "--new-tokens",
+        type=int,
+        help="byte-level: add at most this many, most frequent first (default: the count train was given)",
     )
 
     e = sub.add_parser(
@@ -99,9 +121,28 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command == "train" and args.model_type == "byte-bpe":
+            from cpt.tok.train import train_byte_bpe
+
+            if args.base is None or args.new_tokens is None:
+                raise TokenizerError(
+                    "--model-type byte-bpe needs --base (the tokenizer it extends) and --new-tokens"
+                )
+            path = train_byte_bpe(
+                args.input,
+                args.output,
+                args.base,
+                args.new_tokens,
+                args.max_lines,
+                args.seed,
+                _options(args.options),
+            )
+            print(f"wrote {path}")
+        elif args.command == "train":
             from cpt.tok.train import train
 
+            if args.vocab_size is None:
+                raise TokenizerError(f"--model-type {args.model_type} needs --vocab-size")
             path = train(
                 args.input,
                 args.output,
@@ -113,12 +154,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"wrote {path}")
         elif args.command == "merge":
+            from pathlib import Path
+
+            from cpt.tok import bpe
             from cpt.tok.merge import merge
 
-            result = merge(args.base, args.add, args.output, args.pieces)
+            base = Path(args.base)
+            sentencepiece = base.suffix == ".model" or (base / "tokenizer.model").is_file()
+            if not sentencepiece and bpe.tokenizer_json_path(base).is_file():
+                result = bpe.merge(args.base, args.add, args.output, args.pieces, args.new_tokens)
+                unit, skipped = "tokens", " tokens with ASCII skipped"
+                if result.unreachable:
+                    skipped += f", {result.unreachable:,} not reachable by one merge"
+            else:
+                result = merge(args.base, args.add, args.output, args.pieces)
+                unit, skipped = "pieces", " pieces with ASCII skipped"
             print(
-                f"{args.output}: {result.base_pieces:,} base + {result.added:,} added = {result.total:,} pieces"
-                + (f" ({result.skipped_ascii:,} pieces with ASCII skipped)" if result.skipped_ascii else "")
+                f"{args.output}: {result.base_pieces:,} base + {result.added:,} added = {result.total:,} {unit}"
+                + (f" ({result.skipped_ascii:,}{skipped})" if result.skipped_ascii else "")
             )
         elif args.command == "init-embeddings":
             from cpt.tok.embeddings import init_embeddings
@@ -130,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'tied' if result.tied else 'input and output'} embeddings"
             )
         else:
-            from cpt.tok.report import compare, table
+            from cpt.tok.report import compare, table, verdict
 
             rows = compare(args.tokenizer, args.input, args.max_docs)
             print(table(rows))
+            judged = verdict(rows)
+            if judged is not None:
+                print(judged)
             if args.json:
                 data = [
                     {**r.__dict__, "tokens_per_char": r.tokens_per_char, "bytes_per_token": r.bytes_per_token}

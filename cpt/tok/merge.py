@@ -18,7 +18,13 @@ from cpt.io import OutputError, check_replaceable, holds_only, written_dir
 # what a merge writes: an --output that holds anything else (a model's weights, a trained tokenizer's
 # train.json, a corpus) is not replaced
 TOKENIZER_FOLDER = holds_only(
-    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 NORMAL = 1  # sentencepiece ModelProto.SentencePiece.Type.NORMAL
 

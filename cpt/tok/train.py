@@ -1,4 +1,4 @@
-"""Train a SentencePiece model on text streamed from Parquet shards or text files.
+"""Train a SentencePiece model, or a byte-level BPE, on text streamed from Parquet shards or text files.
 
 Lines are sampled as they stream by (reservoir sampling, seeded), so no corpus-sized temporary file
 is written and memory holds only the sample SentencePiece trains on. Defaults follow LLaMA's model:
@@ -102,3 +102,27 @@ def train(
     info = {"source": str(source), "lines_sampled": len(lines), "seed": seed, **settings}
     write_json(output / "train.json", info)
     return output / "tokenizer.model"
+
+
+def train_byte_bpe(
+    source: str | Path,
+    output: str | Path,
+    base: str | Path,
+    new_tokens: int,
+    max_lines: int = 2_000_000,
+    seed: int = 0,
+    options: dict | None = None,
+) -> Path:
+    """Train a byte-level BPE with the base's front end (see `cpt.tok.bpe`); returns its tokenizer.json."""
+    from cpt.tok import bpe
+
+    options = dict(options or {})
+    min_frequency = options.pop("min_frequency", 2)
+    if options:
+        raise TokenizerError(f"--set {next(iter(options))}: byte-bpe takes only --set min_frequency=N")
+    bpe.load_byte_level(base, "--base")  # before reading the corpus
+    lines = sample_lines(iter_texts(source), max_lines, seed)
+    if not lines:
+        raise TokenizerError(f"{source}: no text to train on")
+    info = {"source": str(source), "lines_sampled": len(lines), "seed": seed}
+    return bpe.train(lines, base, new_tokens, output, info, min_frequency)
