@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from cpt.shards import ShardReadError, read_rows
@@ -28,6 +29,7 @@ class Row:
 
 
 def load_sentencepiece(path: str | Path):
+    """A `sentencepiece.SentencePieceProcessor` for a `.model` file or a folder with `tokenizer.model`."""
     import sentencepiece as spm
 
     path = Path(path)
@@ -36,7 +38,71 @@ def load_sentencepiece(path: str | Path):
         raise TokenizerError(
             f"{path}: no SentencePiece model (a .model file or a folder with tokenizer.model)"
         )
-    return spm.SentencePieceProcessor(model_file=str(model))
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model))
+    except (RuntimeError, OSError) as e:
+        raise TokenizerError(f"{model}: not a SentencePiece model ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model; `encode` adds no BOS or EOS."""
+
+    def __init__(self, name: str, path: str | Path):
+        self.name = name
+        self.sp = load_sentencepiece(path)
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts)) if texts else []
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (byte-level BPE: Llama 3, Qwen); no special tokens are added."""
+
+    def __init__(self, name: str, path: str | Path):
+        from tokenizers import Tokenizer
+
+        self.name = name
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception on a malformed file
+            raise TokenizerError(f"{path}: not a tokenizer.json ({_first_line(e)})") from None
+        # a file may enable padding or truncation: counts must be of each text whole and alone
+        self.tok.no_padding()
+        self.tok.no_truncation()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | HFTokenizer:
+    """A tokenizer with `.name` (the path as given), `.encode(text)` and `.encode_batch(texts)`, neither
+    adding special tokens: a SentencePiece `.model` file or a folder with `tokenizer.model` (kept even when
+    the folder also holds tokenizer.json), or a `tokenizer.json` file or a folder with only that."""
+    name, path = str(path), Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.model").is_file():
+            return SentencePieceTokenizer(name, path / "tokenizer.model")
+        if (path / "tokenizer.json").is_file():
+            return HFTokenizer(name, path / "tokenizer.json")
+        raise TokenizerError(f"{path}: no tokenizer.model or tokenizer.json in this folder")
+    if not path.is_file():
+        raise TokenizerError(
+            f"{path}: no such tokenizer (a .model file, a tokenizer.json or a folder with either)"
+        )
+    if path.suffix == ".json":
+        return HFTokenizer(name, path)
+    return SentencePieceTokenizer(name, path)
 
 
 def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, str]]:
@@ -71,16 +137,34 @@ def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, 
             yield path.stem, text
 
 
+BATCH = 256  # documents encoded at a time; the counts are those of encoding each alone
+
+
+def _batches(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    batch: list[tuple[str, str]] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def compare(tokenizers: list[str | Path], source: str | Path, max_docs: int = 10_000) -> list[Row]:
-    models = [(str(t), load_sentencepiece(t)) for t in tokenizers]
+    # the same tokenizer named twice would count its text twice in one row
+    models = [load_tokenizer(t) for t in dict.fromkeys(str(t) for t in tokenizers)]
     totals: dict[tuple[str, str], Row] = {}
-    for lang, text in texts_by_language(source, max_docs):
-        chars, size = len(text), len(text.encode("utf-8"))
-        for name, sp in models:
-            row = totals.setdefault((name, lang), Row(name, lang, 0, 0, 0))
-            row.chars += chars
-            row.bytes += size
-            row.tokens += len(sp.encode(text))
+    for batch in _batches(texts_by_language(source, max_docs), BATCH):
+        texts = [text for _, text in batch]
+        counts = [[len(ids) for ids in m.encode_batch(texts)] for m in models]
+        for i, (lang, text) in enumerate(batch):
+            chars, size = len(text), len(text.encode("utf-8"))
+            for m, n in zip(models, counts, strict=True):
+                row = totals.setdefault((m.name, lang), Row(m.name, lang, 0, 0, 0))
+                row.chars += chars
+                row.bytes += size
+                row.tokens += n[i]
     if not totals:
         raise TokenizerError(f"{source}: no text found")
     return list(totals.values())
@@ -98,3 +182,109 @@ def table(rows: list[Row]) -> str:
             f"{r.lang:<8} {name:<40} {r.tokens:>10,} {r.tokens_per_char:>9.3f} {r.bytes_per_token:>9.2f} {ratio:>9.3f}"
         )
     return "\n".join(lines)
+
+
+# Extension is likely to pay when it saves at least this share of the corpus's tokens:
+# - Cui et al. 2023 (Chinese-LLaMA, arXiv 2304.08177): extending LLaMA's 32k vocabulary to 49,953 roughly
+#   halved the tokens of Chinese text, and paid;
+# - Chinese-LLaMA-Alpaca-3 (ymcui/Chinese-LLaMA-Alpaca-3, README and issue 3): Llama 3's 128k tokenizer
+#   already encodes Chinese about 95% as efficiently as their extended Chinese-LLaMA-2 one, so they did
+#   not extend it;
+# - Zhao et al. 2024, "LLaMA Beyond English: An Empirical Study on Language Capability Transfer" (arXiv
+#   2401.01055): at small CPT budgets extension did worse than the original vocabulary (0.5B tokens on
+#   the original beat 30B on the extended one), so a saving must be large to outweigh relearning.
+PAYS_FROM = 0.30
+
+
+@dataclass
+class LanguageChange:
+    """One language's tokens under the base (first) tokenizer and the extended (last) one."""
+
+    lang: str
+    chars: int
+    tokens_before: int
+    tokens_after: int
+    tokens_per_char_before: float
+    tokens_per_char_after: float
+
+
+@dataclass
+class Verdict:
+    """Whether extending the base tokenizer is likely to pay on this corpus; `str()` is the one line,
+    also kept in `line` so that `dataclasses.asdict()` holds it."""
+
+    base: str
+    extended: str
+    tokens_before: int
+    tokens_after: int
+    saved: float  # (tokens_before - tokens_after) / tokens_before: 1 - after / before, over all languages
+    pays_from: float
+    pays: bool
+    languages: list[LanguageChange]
+    line: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.line = self._render()
+
+    def __str__(self) -> str:
+        return self.line
+
+    def _render(self) -> str:
+        shifts = ", ".join(
+            f"{c.lang} {c.tokens_per_char_before:.3f} -> {c.tokens_per_char_after:.3f}"
+            + (" tokens/char" if i == 0 else "")
+            for i, c in enumerate(self.languages)
+        )
+        if self.saved >= 0:
+            head = f"extension saves {self.saved:.1%} of this corpus's tokens"
+        else:
+            head = f"extension adds {-self.saved:.1%} to this corpus's tokens"
+        threshold = f"{self.pays_from:.0%}"
+        if self.pays:
+            tail = (
+                f"at least the {threshold} from which it is likely to pay, given a CPT budget of billions "
+                "of tokens (Zhao et al. 2024 found extension hurt at small budgets)"
+            )
+        else:
+            tail = (
+                f"below the {threshold} from which it is likely to pay: keep the base tokenizer "
+                "(Chinese-LLaMA-Alpaca-3 did not extend Llama 3)"
+            )
+        return f"verdict: {head} ({shifts}); {tail}"
+
+
+def verdict(rows: list[Row]) -> Verdict | None:
+    """The last tokenizer of `rows` against the first (the base), over the languages both have; None with
+    a single tokenizer. Languages are listed by their base token count, largest first."""
+    names = list(dict.fromkeys(r.tokenizer for r in rows))
+    if len(names) < 2:
+        return None
+    base, extended = names[0], names[-1]
+    before = {r.lang: r for r in rows if r.tokenizer == base}
+    after = {r.lang: r for r in rows if r.tokenizer == extended}
+    langs = sorted(before.keys() & after.keys(), key=lambda lang: (-before[lang].tokens, lang))
+    changes = [
+        LanguageChange(
+            lang,
+            before[lang].chars,
+            before[lang].tokens,
+            after[lang].tokens,
+            before[lang].tokens_per_char,
+            after[lang].tokens_per_char,
+        )
+        for lang in langs
+    ]
+    tokens_before = sum(c.tokens_before for c in changes)
+    tokens_after = sum(c.tokens_after for c in changes)
+    # exact, so that a saving of exactly PAYS_FROM pays whatever the float rounding
+    saved_exact = Fraction(tokens_before - tokens_after, tokens_before) if tokens_before else Fraction(0)
+    return Verdict(
+        base=base,
+        extended=extended,
+        tokens_before=tokens_before,
+        tokens_after=tokens_after,
+        saved=float(saved_exact),
+        pays_from=PAYS_FROM,
+        pays=saved_exact >= Fraction(str(PAYS_FROM)),
+        languages=changes,
+    )
