@@ -225,6 +225,9 @@ def test_bad_byte_level_input_gives_one_line_errors(small_base, small_merged, tm
                    "--output", str(tmp_path / "m"), check=False)  # fmt: skip
     assert proc.returncode == 2 and "not a byte-level BPE" in proc.stderr and str(converted) in proc.stderr
     assert not (tmp_path / "m").exists()
+    proc = cpt_tok("merge", "--base", str(shared_data("tokenizers", "llama-32k.model")), "--add",
+                   str(small_merged), "--output", str(tmp_path / "m"), "--new-tokens", "3", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "byte-level" in proc.stderr and not (tmp_path / "m").exists()
 
 
 def _rows(model_dir: Path):

@@ -9,6 +9,7 @@ cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from cpt.config import ConfigError, apply_overrides
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise TokenizerError(
                     "--model-type byte-bpe needs --base (the tokenizer it extends) and --new-tokens"
                 )
+            if args.vocab_size is not None:
+                raise TokenizerError("--vocab-size is for SentencePiece; byte-bpe takes --new-tokens")
             path = train_byte_bpe(
                 args.input,
                 args.output,
@@ -137,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 _options(args.options),
             )
-            print(f"wrote {path}")
+            found = json.loads((path.parent / "train.json").read_text(encoding="utf-8"))["new_tokens"]
+            short = (
+                f" (the corpus gave only {found:,} of the {args.new_tokens:,} asked)"
+                if found < args.new_tokens
+                else ""
+            )
+            print(f"wrote {path}: {found:,} tokens the base lacks{short}")
         elif args.command == "train":
             from cpt.tok.train import train
 
@@ -167,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 if result.unreachable:
                     skipped += f", {result.unreachable:,} not reachable by one merge"
             else:
+                if args.new_tokens is not None:
+                    raise TokenizerError(
+                        "--new-tokens is for byte-level bases; a SentencePiece merge adds all"
+                    )
                 result = merge(args.base, args.add, args.output, args.pieces)
                 unit, skipped = "pieces", " pieces with ASCII skipped"
             print(
