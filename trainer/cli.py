@@ -1,7 +1,7 @@
-"""`cpt`: the project-wide commands, `cpt report` and `cpt ablate`.
+"""`cpt`: the project-wide commands, `cpt report`, `cpt ablate` and `cpt eval`.
 
-It sits on the top floor, beside the trainer, because `ablate` drives trainer runs; `report` itself
-is library code (`cpt.report`) and only reads files.
+It sits on the top floor, beside the trainer, because `ablate` drives trainer runs and `eval` reads
+them; `report` itself is library code (`cpt.report`) and only reads files.
 """
 
 from __future__ import annotations
@@ -33,8 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ablate.add_arguments(a)
+    from trainer import bench
+
+    e = sub.add_parser(
+        "eval",
+        help="MMLU, CMMLU and C-Eval from local files through lm-evaluation-harness (offline)",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(e)
     args = parser.parse_args(argv)
-    return report.run(args) if args.command == "report" else ablate.run(args)
+    commands = {"report": report.run, "ablate": ablate.run, "eval": bench.run}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

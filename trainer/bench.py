@@ -1,0 +1,380 @@
+"""`cpt eval`: MMLU, CMMLU and C-Eval as CPT runs are reported, through lm-evaluation-harness, offline.
+
+    cpt eval --model HF_DIR | RUN[:STEP] --tasks mmlu,cmmlu[,ceval] --data DIR [--shots 0|5] [--limit N]
+             --output DIR
+
+Each subject is lm-eval's own task of that name (`mmlu_astronomy`, `cmmlu_anatomy`,
+`ceval-valid_accountant`: its YAML, so its prompt, few-shot examples from `dev` taken first-n, answer
+letters and log-likelihood scoring), with the dataset replaced by the local CSV files: nothing is
+downloaded. The local layouts are those the benchmarks publish:
+
+    DIR/mmlu/{dev,val,test}/SUBJECT_{split}.csv   no header: question, A, B, C, D, answer letter
+    DIR/cmmlu/{dev,test}/SUBJECT.csv              header ",Question,A,B,C,D,Answer"
+    DIR/ceval/{dev,val}/SUBJECT_{split}.csv       header "id,question,A,B,C,D,answer[,explanation]"
+
+MMLU is scored on `test` where it is there, else on `val`; CMMLU on `test`; C-Eval on `val` (its test
+answers are not public). `--limit N` takes a seeded subset of N questions per subject (the same one
+every time). OUTPUT gets lm-eval's results (`results.json`), every question's choice
+(`samples.jsonl`) and a summary (`summary.json`, `summary.md`): accuracy with its standard error per
+subject, per task and per language (English: MMLU; Chinese: CMMLU and C-Eval).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LETTERS = ("A", "B", "C", "D")
+
+
+class BenchError(ValueError):
+    """Benchmark files that are missing or malformed; the message names the file (and the line)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a benchmark's local CSV files are and how lm-eval names its tasks."""
+
+    name: str
+    lang: str
+    yaml_dir: str  # under lm_eval/tasks
+    task: str  # lm-eval's task name for a subject
+    eval_splits: tuple[str, ...]  # the first one present is scored
+    split_key: str  # the split name lm-eval's YAML scores ("test" / "val")
+    file: str  # a subject's file in a split folder
+    header: tuple[str, ...] | None  # None: no header row (MMLU)
+
+    def path(self, root: Path, split: str, subject: str) -> Path:
+        return root / self.name / split / self.file.format(subject=subject, split=split)
+
+
+LAYOUTS = {
+    "mmlu": Layout("mmlu", "en", "mmlu/default", "mmlu_{subject}", ("test", "val"), "test",
+                   "{subject}_{split}.csv", None),
+    "cmmlu": Layout("cmmlu", "zh", "cmmlu", "cmmlu_{subject}", ("test",), "test", "{subject}.csv",
+                    ("", "Question", "A", "B", "C", "D", "Answer")),
+    "ceval": Layout("ceval", "zh", "ceval", "ceval-valid_{subject}", ("val",), "val", "{subject}_{split}.csv",
+                    ("id", "question", "A", "B", "C", "D", "answer")),
+}  # fmt: skip
+
+
+def _read_rows(path: Path, layout: Layout) -> list[dict]:
+    """The questions of one CSV file as lm-eval's task for it reads them, or a BenchError naming the line."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise BenchError(f"{path}: cannot be read as CSV ({e})") from None
+    if layout.header is None:
+        body, start = table, 1
+    else:
+        if not table or tuple(table[0][: len(layout.header)]) != layout.header:
+            got = ",".join(table[0]) if table else "an empty file"
+            raise BenchError(f"{path}: expected the header {','.join(layout.header)}, found {got}")
+        names, body, start = table[0], table[1:], 2
+    rows = []
+    for n, fields in enumerate(body, start):
+        if not any(f.strip() for f in fields):
+            continue
+        if layout.header is None:
+            if len(fields) != 6:
+                raise BenchError(
+                    f"{path}:{n}: {len(fields)} fields, expected 6 (question, A, B, C, D, answer)"
+                )
+            question, *choices, answer = fields
+            row = {"question": question, "choices": choices, "answer": answer.strip()}
+            key = "answer"
+        else:
+            if len(fields) != len(names):
+                raise BenchError(f"{path}:{n}: {len(fields)} fields, the header has {len(names)}")
+            row = {k: v for k, v in zip(names, fields, strict=True) if k}
+            key = layout.header[-1]
+            row[key] = row[key].strip()
+        if row[key] not in LETTERS:
+            raise BenchError(f"{path}:{n}: answer {row[key]!r} is not one of A, B, C, D")
+        if layout.header is None:
+            row["answer"] = LETTERS.index(row["answer"])  # as cais/mmlu holds it (doc_to_target: answer)
+        rows.append(row)
+    if not rows:
+        raise BenchError(f"{path}: no questions")
+    return rows
+
+
+@dataclass
+class Subject:
+    task: str  # mmlu, cmmlu, ceval
+    name: str
+    split: str
+    questions: list[dict]
+    dev: list[dict]
+    indices: list[int]  # the questions' lines in the file (0-based), after --limit
+
+
+def load_subjects(data: str | Path, task: str, shots: int, limit: int | None, seed: int = 0) -> list[Subject]:
+    """Every subject of `task` under DATA, its questions (a seeded subset of `limit`) and dev examples."""
+    layout, root = LAYOUTS[task], Path(data)
+    folder = next((root / task / s for s in layout.eval_splits if (root / task / s).is_dir()), None)
+    if folder is None:
+        wanted = " or ".join(str(root / task / s) for s in layout.eval_splits)
+        raise BenchError(f"{wanted}: no such folder (--data holds {task}/<split>/*.csv)")
+    suffix = "" if "{split}" not in layout.file else f"_{folder.name}"
+    files = sorted(folder.glob("*.csv"))
+    if not files:
+        raise BenchError(f"{folder}: no .csv files")
+    subjects = []
+    for path in files:
+        name = path.stem.removesuffix(suffix)
+        questions = _read_rows(path, layout)
+        dev_path = layout.path(root, "dev", name)
+        if shots and not dev_path.is_file():
+            raise BenchError(f"{dev_path}: missing ({shots}-shot prompts take their examples from dev)")
+        dev = _read_rows(dev_path, layout) if dev_path.is_file() else []
+        if len(dev) < shots:
+            raise BenchError(f"{dev_path}: {len(dev)} examples, fewer than --shots {shots}")
+        indices = list(range(len(questions)))
+        if limit is not None and limit < len(questions):
+            indices = sorted(random.Random(f"{seed}:{task}:{name}").sample(indices, limit))
+        subjects.append(Subject(task, name, folder.name, [questions[i] for i in indices], dev, indices))
+    return subjects
+
+
+def lm_eval_task(subject: Subject, shots: int):
+    """lm-eval's own task for this subject (its YAML), reading the local rows instead of the Hub."""
+    import datasets
+    import lm_eval
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    layout = LAYOUTS[subject.task]
+    name = layout.task.format(subject=subject.name)
+    yaml_path = Path(lm_eval.__file__).parent / "tasks" / layout.yaml_dir / f"{name}.yaml"
+    if not yaml_path.is_file():
+        raise BenchError(
+            f"{layout.path(Path('.'), subject.split, subject.name)}: {subject.name!r} is not a subject of "
+            f"lm-eval's {subject.task} (no task {name})"
+        )
+    config = load_yaml(yaml_path)
+    for key in ("dataset_path", "dataset_name", "dataset_kwargs"):
+        config.pop(key, None)
+    splits = {layout.split_key: subject.questions, "dev": subject.dev or subject.questions[:0]}
+    config["custom_dataset"] = lambda **_: {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
+    config["num_fewshot"] = shots
+    config.pop("tag", None)  # the group tags of the full benchmark: not registered here
+    return ConfigurableTask(config=config)
+
+
+@dataclass
+class Score:
+    correct: int
+    total: int
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def stderr(self) -> float:
+        """Of the mean of 0/1 outcomes (n - 1 in the variance, as lm-eval's `mean_stderr`)."""
+        if self.total < 2:
+            return float("nan")
+        p = self.acc
+        return math.sqrt(p * (1 - p) / (self.total - 1))
+
+
+@dataclass
+class Summary:
+    shots: int
+    subjects: dict[str, dict] = field(default_factory=dict)  # "task/subject" -> acc, stderr, n
+    tasks: dict[str, dict] = field(default_factory=dict)
+    languages: dict[str, dict] = field(default_factory=dict)
+
+
+def _score(scores: list[Score]) -> Score:
+    return Score(sum(s.correct for s in scores), sum(s.total for s in scores))
+
+
+def _figures(s: Score) -> dict:
+    return {"acc": s.acc, "stderr": s.stderr, "n": s.total}
+
+
+def evaluate(
+    model,
+    tokenizer,
+    data: str | Path,
+    tasks: list[str],
+    shots: int = 5,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> tuple[Summary, dict, list[dict]]:
+    """Run the subjects of `tasks` on `model` (a Hugging Face model object or folder) with lm-eval.
+
+    Returns the summary, lm-eval's results (per subject task) and one record per question: the subject,
+    its line in the file, the log-likelihood of each letter, the choice (the largest) and the answer."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one line per subject task otherwise
+
+    unknown = [t for t in tasks if t not in LAYOUTS]
+    if unknown:
+        raise BenchError(f"--tasks {unknown[0]}: not one of {', '.join(LAYOUTS)}")
+    subjects = [s for t in tasks for s in load_subjects(data, t, shots, limit, seed)]
+    task_objects = {f"{s.task}/{s.name}": lm_eval_task(s, shots) for s in subjects}
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    out = simple_evaluate(
+        model=lm,
+        tasks=list(task_objects.values()),
+        num_fewshot=shots,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    summary, records = Summary(shots), []
+    by_task: dict[str, list[Score]] = {}
+    by_lang: dict[str, list[Score]] = {}
+    for s in subjects:
+        name = task_objects[f"{s.task}/{s.name}"].config.task
+        correct = 0
+        for sample in sorted(out["samples"][name], key=lambda x: x["doc_id"]):
+            logliks = [float(r[0]) for r in sample["filtered_resps"]]
+            choice = max(range(len(logliks)), key=lambda i: logliks[i])
+            target = int(sample["target"])
+            correct += choice == target
+            records.append({"task": s.task, "subject": s.name, "split": s.split,
+                            "line": s.indices[sample["doc_id"]], "logliks": logliks,
+                            "choice": LETTERS[choice], "answer": LETTERS[target]})  # fmt: skip
+        score = Score(correct, len(s.questions))
+        summary.subjects[f"{s.task}/{s.name}"] = _figures(score)
+        by_task.setdefault(s.task, []).append(score)
+        by_lang.setdefault(LAYOUTS[s.task].lang, []).append(score)
+    summary.tasks = {t: _figures(_score(v)) for t, v in by_task.items()}
+    summary.languages = {lang: _figures(_score(v)) for lang, v in by_lang.items()}
+    results = {k: out[k] for k in ("results", "configs", "versions", "n-shot") if k in out}
+    return summary, results, records
+
+
+def table(summary: Summary) -> str:
+    """A Markdown table: every subject, then each task and each language (all questions pooled)."""
+    lines = [f"{summary.shots}-shot | acc | ± stderr | questions", " | ".join(["---"] * 4)]
+
+    def row(name: str, f: dict) -> str:
+        return f"{name} | {f['acc']:.4f} | {f['stderr']:.4f} | {f['n']}"
+
+    lines += [row(k, v) for k, v in summary.subjects.items()]
+    lines += [row(f"**{k}**", v) for k, v in summary.tasks.items()]
+    lines += [row(f"**{k}** (language)", v) for k, v in summary.languages.items()]
+    return "\n".join(f"| {line} |" for line in lines)
+
+
+def _json_default(value):
+    return repr(value)  # lm-eval's configs hold functions (our dataset loader): named, not serialised
+
+
+MARKER = "summary.json"
+
+
+def write(output: str | Path, summary: Summary, results: dict, records: list[dict], about: dict) -> None:
+    from dataclasses import asdict
+
+    from cpt.io import holds, written_dir
+
+    with written_dir(output, holds(MARKER), "cpt eval") as tmp:
+        (tmp / "results.json").write_text(
+            json.dumps(results, indent=2, ensure_ascii=False, default=_json_default)
+        )
+        with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        (tmp / "summary.md").write_text(table(summary) + "\n", encoding="utf-8")
+        (tmp / MARKER).write_text(
+            json.dumps({**about, **asdict(summary)}, indent=2, ensure_ascii=False) + "\n"
+        )
+
+
+def load_model(spec: str):
+    """(model, tokenizer, what) for `--model`: a Hugging Face folder, or a run folder with `:STEP` (the
+    latest checkpoint that loads without it), LoRA merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, _, tag = spec.partition(":")
+    folder = Path(path)
+    if (folder / "checkpoints").is_dir():
+        from trainer.export import trained_model
+
+        model, base, tag = trained_model(folder, tag or None)
+        return model, AutoTokenizer.from_pretrained(base), f"{folder}:{tag}"
+    if not (folder / "config.json").is_file():
+        raise BenchError(
+            f"{spec}: neither a Hugging Face model folder (config.json) nor a run (checkpoints/)"
+        )
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), str(folder)
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--model", required=True, help="a Hugging Face model folder, or RUN[:STEP] (a trainer run)"
+    )
+    p.add_argument(
+        "--tasks", default="mmlu,cmmlu", help="comma-separated: mmlu, cmmlu, ceval (default mmlu,cmmlu)"
+    )
+    p.add_argument(
+        "--data", required=True, help="folder holding mmlu/, cmmlu/, ceval/ in their published layouts"
+    )
+    p.add_argument(
+        "--shots", type=int, choices=[0, 5], default=5, help="few-shot examples from dev (default 5)"
+    )
+    p.add_argument("--limit", type=int, help="a seeded subset of N questions per subject (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the subset's seed")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument(
+        "--output", required=True, help="folder for results.json, samples.jsonl, summary.{json,md}"
+    )
+
+
+def run(args) -> int:
+    import sys
+    import time
+
+    import torch
+
+    from cpt.io import OutputError, check_replaceable, holds
+
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise BenchError(f"--limit {args.limit}: must be at least 1")
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        check_replaceable(args.output, holds(MARKER), "cpt eval")
+        for t in tasks:  # the files first: a bad one is said before a model is loaded
+            if t not in LAYOUTS:
+                raise BenchError(f"--tasks {t}: not one of {', '.join(LAYOUTS)}")
+            for s in load_subjects(args.data, t, args.shots, args.limit, args.seed):
+                lm_eval_task(s, args.shots)
+        model, tokenizer, what = load_model(args.model)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        start = time.perf_counter()
+        summary, results, records = evaluate(model, tokenizer, args.data, tasks, args.shots, args.limit,
+                                             args.seed, args.batch_size, device)  # fmt: skip
+        seconds = time.perf_counter() - start
+        about = {"model": what, "tasks": tasks, "data": str(args.data), "limit": args.limit, "seed": args.seed,
+                 "seconds": round(seconds, 1), "questions": len(records)}  # fmt: skip
+        write(args.output, summary, results, records, about)
+    except (BenchError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(summary))
+    print(f"{len(records):,} questions in {seconds:.1f} s; wrote {args.output}")
+    return 0
