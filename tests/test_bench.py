@@ -216,3 +216,52 @@ def test_a_trainer_run_is_evaluated_at_a_checkpoint_by_step(data, tmp_path):
         "mmlu": summary["tasks"]["mmlu"]
     }
     assert summary["tasks"]["mmlu"]["n"] == 6 and summary["shots"] == 0
+
+
+def test_benchmarks_in_training_are_logged_and_leave_the_trajectory_as_it_was(data, tmp_path):
+    from cpt.report.collect import read_metrics
+    from trainer_setup import build_small_setup, run_train
+
+    setup = build_small_setup(tmp_path)
+    plain = tmp_path / "plain"
+    run_train(setup, plain)
+    bench = ["--set", f"eval.benchmarks={{tasks: [mmlu, cmmlu], data: {data}, limit: 2, shots: 0}}"]
+    run_train(setup, tmp_path / "bench", *bench)
+    without, with_bench = read_metrics(plain), read_metrics(tmp_path / "bench")
+    steps = sorted(s for s in with_bench if "loss" in with_bench[s])
+    assert steps == sorted(s for s in without if "loss" in without[s]) and len(steps) == 16
+    for s in steps:  # the same losses, learning rates and gradient norms at every step: RNG states kept
+        assert {k: with_bench[s][k] for k in ("loss", "lr", "grad_norm")} == {
+            k: without[s][k] for k in ("loss", "lr", "grad_norm")
+        }
+    logged = sorted(s for s, m in with_bench.items() if "bench/mmlu/acc" in m)
+    assert logged == [0, 8, 16]  # the start, every eval.every steps, the end
+    for s in logged:
+        m = with_bench[s]
+        assert 0 <= m["bench/mmlu/acc"] <= 1 and 0 <= m["bench/cmmlu/acc"] <= 1
+        assert {"bench/en/acc", "bench/zh/acc", "eval/en_old/ppl"} <= set(m)
+    proc = subprocess.run(
+        [sys.executable, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
+         "--output", str(tmp_path / "bad"), "--set", f"eval.benchmarks={{tasks: [ceval], data: {tmp_path}, shots: 5}}",
+         "--dry-run"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert (
+        proc.returncode == 2 and "eval.benchmarks" in proc.stderr and str(tmp_path / "ceval") in proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_kept_rng_restores_what_lm_eval_seeds():
+    import random
+
+    import numpy as np
+    import torch
+
+    from trainer.bench import kept_rng
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    with kept_rng():
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)  # what simple_evaluate does
+        random.random(), np.random.rand(), torch.rand(1)
+    after = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    assert after == (random.random(), float(np.random.rand()), float(torch.rand(1)))

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,16 +233,26 @@ def evaluate(
     subjects = [s for t in tasks for s in load_subjects(data, t, shots, limit, seed)]
     task_objects = {f"{s.task}/{s.name}": lm_eval_task(s, shots) for s in subjects}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    out = simple_evaluate(
-        model=lm,
-        tasks=list(task_objects.values()),
-        num_fewshot=shots,
-        log_samples=True,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    # a model object makes HFLM one process (each training rank evaluates all of it), but lm-eval only
+    # returns results where LOCAL_RANK is 0 (its tensor-parallel convention): the call is made as that one
+    local_rank = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        out = simple_evaluate(
+            model=lm,
+            tasks=list(task_objects.values()),
+            num_fewshot=shots,
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        if local_rank is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = local_rank
     summary, records = Summary(shots), []
     by_task: dict[str, list[Score]] = {}
     by_lang: dict[str, list[Score]] = {}
@@ -264,6 +275,50 @@ def evaluate(
     summary.languages = {lang: _figures(_score(v)) for lang, v in by_lang.items()}
     results = {k: out[k] for k in ("results", "configs", "versions", "n-shot") if k in out}
     return summary, results, records
+
+
+@contextmanager
+def kept_rng():
+    """Python's, NumPy's and torch's random states as they were: lm-eval seeds them all, and a run that
+    evaluates must train as one that does not."""
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def check(cfg) -> None:
+    """The files of a trainer config's `eval.benchmarks`, read and checked before training starts."""
+    for task in cfg.tasks:
+        for s in load_subjects(cfg.data, task, cfg.shots, cfg.limit, cfg.seed):
+            lm_eval_task(s, cfg.shots)
+
+
+def in_training(model, tokenizer, cfg, device) -> dict:
+    """`bench/<task>/acc` (and its stderr) and `bench/<lang>/acc` of the live model, its mode and every
+    random state left as they were. Each rank evaluates the same questions (no collective is needed, and
+    under ZeRO-3 the forward passes line up); rank 0 logs them."""
+    was_training = model.training
+    with kept_rng():
+        try:
+            summary, _, _ = evaluate(model, tokenizer, cfg.data, cfg.tasks, cfg.shots, cfg.limit, cfg.seed,
+                                     cfg.batch_size, str(device))  # fmt: skip
+        finally:
+            model.train(was_training)
+    out = {}
+    for name, figures in {**summary.tasks, **summary.languages}.items():
+        out[f"bench/{name}/acc"] = figures["acc"]
+        out[f"bench/{name}/stderr"] = figures["stderr"]
+    return out
 
 
 def table(summary: Summary) -> str:

@@ -85,10 +85,24 @@ class EvalSet:
 
 
 @dataclass
+class BenchmarkConfig:
+    """Benchmarks run with the held-out sets (at step 0, every `eval.every` steps and at the end), through
+    `cpt eval`'s tasks: lm-eval's own prompts and scoring on local files."""
+
+    tasks: list[str] = field(default_factory=list)  # mmlu (the old domain, English); cmmlu, ceval (Chinese)
+    data: str = ""  # a folder holding mmlu/, cmmlu/, ceval/ in their published layouts (as cpt eval --data)
+    limit: int = 20  # questions per subject: a seeded subset, the same at every evaluation
+    shots: int = 0  # 0 or 5 (few-shot examples from dev)
+    seed: int = 0  # the subset's seed
+    batch_size: int = 8
+
+
+@dataclass
 class EvalConfig:
     every: int = 50  # steps; 0 turns evaluation off (it also runs at the end)
     sets: list[EvalSet] = field(default_factory=list)
     batch_size: int = 4
+    benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 @dataclass
@@ -166,6 +180,14 @@ class TrainConfig:
         for name in self.checkpoint.signals:
             if name not in STOP_SIGNALS:
                 problems.append(f"checkpoint.signals: {name!r} is not one of {', '.join(STOP_SIGNALS)}")
+        bench = self.eval.benchmarks
+        for task in bench.tasks:
+            if task not in ("mmlu", "cmmlu", "ceval"):
+                problems.append(f"eval.benchmarks.tasks: {task!r} is not one of mmlu, cmmlu, ceval")
+        if bench.tasks and not bench.data:
+            problems.append("eval.benchmarks.data: missing (the folder holding mmlu/, cmmlu/, ceval/)")
+        if bench.shots not in (0, 5) or bench.limit < 1 or bench.batch_size < 1:
+            problems.append("eval.benchmarks: shots 0 or 5, limit and batch_size >= 1")
         names = [s.name for s in self.eval.sets]
         for i, s in enumerate(self.eval.sets):
             if not s.name or not s.path or names.count(s.name) > 1:

@@ -325,6 +325,13 @@ def read_run_config(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
     check_output(run_dir, cfg.model.path)
     check_model(cfg.model.path, manifest)
     check_eval_sets(cfg, manifest)
+    if cfg.eval.benchmarks.tasks:
+        from trainer import bench
+
+        try:
+            bench.check(cfg.eval.benchmarks)
+        except bench.BenchError as e:
+            raise ConfigError("eval.benchmarks", [str(e)]) from None
     return cfg, manifest, run_dir
 
 
@@ -503,13 +510,18 @@ def resume(engine, loader, ema, run_dir: Path, tag: str, manifest: dict) -> tupl
     return step, tokens_seen
 
 
-def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device) -> dict:
-    """Held-out loss and perplexity of every eval set, of the weights and (with `ema`) of their average."""
+def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device, tokenizer=None) -> dict:
+    """Held-out loss and perplexity of every eval set, of the weights and (with `ema`) of their average;
+    with `eval.benchmarks`, the benchmarks' accuracies of the weights (`tokenizer`: the model's)."""
     results = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
     if ema is not None:
         with ema.applied(engine.module):
             averaged = evaluate(engine, cfg.eval.sets, seq_len, cfg.eval.batch_size, device, cfg.data.pad_id)
         results.update({k.replace("eval/", "eval_ema/", 1): v for k, v in averaged.items()})
+    if cfg.eval.benchmarks.tasks:
+        from trainer import bench
+
+        results.update(bench.in_training(engine.module, tokenizer, cfg.eval.benchmarks, device))
     return results
 
 
@@ -663,8 +675,14 @@ def train(args: argparse.Namespace, first: bool) -> int:
     tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
     micro_batches = iter(loader)
 
-    if cfg.eval.sets and step == 0:  # the starting point: how the base model does on both domains
-        logger.log(0, run_evaluation(engine, ema, cfg, seq_len, device))
+    evaluating = bool(cfg.eval.sets or cfg.eval.benchmarks.tasks)
+    tokenizer = None
+    if cfg.eval.benchmarks.tasks:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if evaluating and step == 0:  # the starting point: how the base model does on both domains
+        logger.log(0, run_evaluation(engine, ema, cfg, seq_len, device, tokenizer))
         tick = time.perf_counter()
 
     while step < total_steps:
@@ -718,8 +736,8 @@ def train(args: argparse.Namespace, first: bool) -> int:
             tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
 
         paused = False
-        if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
-            logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device))
+        if evaluating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
+            logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device, tokenizer))
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
             save_checkpoint(engine, ema, loader.state_dict(), manifest, run_dir, step, tokens_seen, cfg)
