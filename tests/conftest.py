@@ -25,6 +25,16 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def cpt_tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `cpt-tok ARGS` as a user would; `check`: a failure raises with its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cpt.tok.cli", *args], cwd=REPO, capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
 def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python pipelines/run.py ARGS` as a user would, from the repository root."""
     proc = subprocess.run(

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, run_cli, shared_data
+from conftest import REPO, cpt_tok, run_cli, shared_data
 from cpt.shards import CLEAN_SCHEMA
 
 NEW_TOKENS = 3000
@@ -30,15 +30,6 @@ HARD_TEXTS = [
     "",
     " ",
 ]
-
-
-def cpt_tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cpt.tok.cli", *args], cwd=REPO, capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
 
 
 def encoder(folder: Path):

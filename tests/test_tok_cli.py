@@ -4,24 +4,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sentencepiece as spm
 
-from conftest import REPO, shared_data
+from conftest import cpt_tok, shared_data
 from cpt.shards import CLEAN_SCHEMA
-
-
-def cpt_tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cpt.tok.cli", *args], cwd=REPO, capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
 
 
 def test_train_merge_report_extend_a_small_english_base_for_chinese(tmp_path):
