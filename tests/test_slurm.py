@@ -169,6 +169,12 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     assert shards(out) == shards(local_clean)
 
 
+def read_log(path):
+    """srun merges the ranks' output into one file in chunks that may split a progress bar's multi-byte
+    characters, with the other rank's lines between the halves: the log is not always valid UTF-8."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
 def test_training_as_a_slurm_batch_job_that_is_signalled_requeues_itself_and_finishes(tmp_path):
     """trainer/slurm/train.sbatch: srun starts two CPU ranks of trainer/main.py; SIGUSR1 (what `--signal`
     sends before the time limit) makes them checkpoint and exit 75, the script requeues the job, and the
@@ -195,10 +201,10 @@ def test_training_as_a_slurm_batch_job_that_is_signalled_requeues_itself_and_fin
     deadline = time.time() + 600
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.1)
-    assert metrics.is_file(), log_file.read_text()[-3000:] if log_file.is_file() else "no log"
+    assert metrics.is_file(), read_log(log_file)[-3000:] if log_file.is_file() else "no log"
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)  # every rank, not the script
     wait_for_queue()
-    log = log_file.read_text()
+    log = read_log(log_file)
     assert "requeueing job" in log and "start 2" in log, log[-3000:]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000016", log[-3000:]
     kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
