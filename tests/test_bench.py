@@ -167,6 +167,49 @@ def test_cpt_eval_picks_what_a_direct_computation_picks_on_every_question(model,
     assert "mmlu_astronomy" in results["results"] and "acc,none" in results["results"]["mmlu_astronomy"]
 
 
+def greedy(model_dir: Path, prompt: str, new_tokens: int) -> str:
+    """The argmax token appended `new_tokens` times, with transformers' forward alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok(prompt)["input_ids"]
+    start = len(ids)
+    for _ in range(new_tokens):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return tok.decode(ids[start:], skip_special_tokens=True)
+
+
+def test_greedy_continuations_of_the_fixed_prompts_and_of_a_prompts_file(model, data, tmp_path):
+    from trainer.bench import PROMPTS
+
+    proc = cpt("eval", "--model", str(model), "--tasks", "cmmlu", "--data", str(data), "--shots", "0",
+               "--limit", "2", "--max-new-tokens", "6", "--output", str(tmp_path / "out"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = json.loads((tmp_path / "out" / "summary.json").read_text())["continuations"]
+    assert [c["prompt"] for c in samples] == list(PROMPTS)
+    assert any(c["continuation"] for c in samples)
+    for c in samples[:: len(samples) - 1]:  # an English and a Chinese prompt
+        assert c["continuation"] == greedy(model, c["prompt"], 6)
+    assert f"**{PROMPTS[0]}**" in (tmp_path / "out" / "summary.md").read_text()
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("北京是\n\nThe sun\n", encoding="utf-8")
+    proc = cpt("eval", "--model", str(model), "--tasks", "cmmlu", "--data", str(data), "--shots", "0",
+               "--limit", "2", "--prompts", str(prompts), "--output", str(tmp_path / "out"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = json.loads((tmp_path / "out" / "summary.json").read_text())["continuations"]
+    assert [c["prompt"] for c in samples] == ["北京是", "The sun"]
+    proc = cpt("eval", "--model", str(model), "--tasks", "cmmlu", "--data", str(data), "--shots", "0",
+               "--limit", "2", "--max-new-tokens", "0", "--output", str(tmp_path / "out"))  # fmt: skip
+    assert (
+        proc.returncode == 0
+        and json.loads((tmp_path / "out" / "summary.json").read_text())["continuations"] == []
+    )
+
+
 def test_the_limit_subset_is_seeded_and_the_same_every_time(data):
     from trainer.bench import load_subjects
 

@@ -277,6 +277,59 @@ def evaluate(
     return summary, results, records
 
 
+# The fixed prompts whose greedy continuations `cpt eval` records: the same ones for every model, so the
+# report can set a base and its continued stages side by side ("can it still continue English text, and
+# can it now continue Chinese?"). English first, then Chinese.
+PROMPTS = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "Once upon a time, there was a little girl who",
+    "中国的首都是",
+    "今天天气很好，我们一起去",
+    "长江是中国最长的河流，它",
+)
+
+
+def continuations(model, tokenizer, prompts, max_new_tokens: int = 32, device: str = "cpu") -> list[dict]:
+    """Each prompt's greedy continuation (no sampling: the same model gives the same text), decoded
+    without special tokens. The prompts go one at a time, so no padding changes what a prompt sees."""
+    import torch
+
+    model = model.to(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+            with torch.no_grad():
+                generated = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                )
+            text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+            out.append({"prompt": prompt, "continuation": text})
+    finally:
+        model.train(was_training)
+    return out
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """`--prompts FILE`: one prompt a line (UTF-8), blank lines skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise BenchError(f"{path}: no prompts (one a line)")
+    return prompts
+
+
 @contextmanager
 def kept_rng():
     """Python's, NumPy's and torch's random states as they were: lm-eval seeds them all, and a run that
@@ -321,6 +374,11 @@ def in_training(model, tokenizer, cfg, device) -> dict:
     return out
 
 
+def continuation_lines(samples: list[dict]) -> str:
+    """The continuations as Markdown: each prompt in bold, then what the model wrote after it."""
+    return "\n".join(f"- **{c['prompt']}**{c['continuation']}".replace("\n", " ") for c in samples)
+
+
 def table(summary: Summary) -> str:
     """A Markdown table: every subject, then each task and each language (all questions pooled)."""
     lines = [f"{summary.shots}-shot | acc | ± stderr | questions", " | ".join(["---"] * 4)]
@@ -341,7 +399,9 @@ def _json_default(value):
 MARKER = "summary.json"
 
 
-def write(output: str | Path, summary: Summary, results: dict, records: list[dict], about: dict) -> None:
+def write(
+    output: str | Path, summary: Summary, results: dict, records: list[dict], about: dict, samples: list[dict]
+) -> None:
     from dataclasses import asdict
 
     from cpt.io import holds, written_dir
@@ -353,9 +413,13 @@ def write(output: str | Path, summary: Summary, results: dict, records: list[dic
         with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        (tmp / "summary.md").write_text(table(summary) + "\n", encoding="utf-8")
+        text = table(summary) + "\n"
+        if samples:
+            text += "\nGreedy continuations:\n\n" + continuation_lines(samples) + "\n"
+        (tmp / "summary.md").write_text(text, encoding="utf-8")
         (tmp / MARKER).write_text(
-            json.dumps({**about, **asdict(summary)}, indent=2, ensure_ascii=False) + "\n"
+            json.dumps({**about, **asdict(summary), "continuations": samples}, indent=2, ensure_ascii=False)
+            + "\n"
         )
 
 
@@ -396,6 +460,17 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     p.add_argument(
+        "--prompts",
+        help="a UTF-8 file, one prompt a line, whose greedy continuations are recorded "
+        "(default: six fixed English and Chinese prompts)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="tokens of each greedy continuation (default 32; 0: no continuations)",
+    )
+    p.add_argument(
         "--output", required=True, help="folder for results.json, samples.jsonl, summary.{json,md}"
     )
 
@@ -411,6 +486,9 @@ def run(args) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise BenchError(f"--limit {args.limit}: must be at least 1")
+        if args.max_new_tokens < 0:
+            raise BenchError(f"--max-new-tokens {args.max_new_tokens}: must be 0 or more")
+        prompts = read_prompts(args.prompts) if args.prompts else list(PROMPTS)
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         check_replaceable(args.output, holds(MARKER), "cpt eval")
         for t in tasks:  # the files first: a bad one is said before a model is loaded
@@ -424,12 +502,19 @@ def run(args) -> int:
         summary, results, records = evaluate(model, tokenizer, args.data, tasks, args.shots, args.limit,
                                              args.seed, args.batch_size, device)  # fmt: skip
         seconds = time.perf_counter() - start
+        samples = (
+            continuations(model, tokenizer, prompts, args.max_new_tokens, device)
+            if args.max_new_tokens
+            else []
+        )
         about = {"model": what, "tasks": tasks, "data": str(args.data), "limit": args.limit, "seed": args.seed,
                  "seconds": round(seconds, 1), "questions": len(records)}  # fmt: skip
-        write(args.output, summary, results, records, about)
+        write(args.output, summary, results, records, about, samples)
     except (BenchError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(summary))
+    if samples:
+        print("\ngreedy continuations:\n" + continuation_lines(samples))
     print(f"{len(records):,} questions in {seconds:.1f} s; wrote {args.output}")
     return 0
