@@ -283,6 +283,15 @@ def test_benchmarks_in_training_are_logged_and_leave_the_trajectory_as_it_was(da
         m = with_bench[s]
         assert 0 <= m["bench/mmlu/acc"] <= 1 and 0 <= m["bench/cmmlu/acc"] <= 1
         assert {"bench/en/acc", "bench/zh/acc", "eval/en_old/ppl"} <= set(m)
+    # the two ranks shared the questions (one of each subject's two each) and summed their counts: at step 0
+    # (the base's weights) the figures are those cpt eval gives the base on all the questions
+    proc = cpt("eval", "--model", str(setup["model"]), "--tasks", "mmlu,cmmlu", "--data", str(data), "--shots",
+               "0", "--limit", "2", "--max-new-tokens", "0", "--output", str(tmp_path / "base_eval"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = json.loads((tmp_path / "base_eval" / "summary.json").read_text())
+    for name, figures in {**base["tasks"], **base["languages"]}.items():
+        assert with_bench[0][f"bench/{name}/acc"] == pytest.approx(figures["acc"])
+        assert with_bench[0][f"bench/{name}/stderr"] == pytest.approx(figures["stderr"])
     proc = subprocess.run(
         [sys.executable, "trainer/main.py", "--mix", str(setup["manifest"]), "--config", str(setup["config"]),
          "--output", str(tmp_path / "bad"), "--set", f"eval.benchmarks={{tasks: [ceval], data: {tmp_path}, shots: 5}}",

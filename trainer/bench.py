@@ -200,7 +200,37 @@ def _score(scores: list[Score]) -> Score:
 
 
 def _figures(s: Score) -> dict:
-    return {"acc": s.acc, "stderr": s.stderr, "n": s.total}
+    return {"acc": s.acc, "stderr": s.stderr, "n": s.total, "correct": s.correct}
+
+
+def summarize(shots: int, scores: dict[str, Score]) -> Summary:
+    """Accuracy per subject ("task/subject"), per task and per language, from each subject's counts."""
+    summary = Summary(shots)
+    by_task: dict[str, list[Score]] = {}
+    by_lang: dict[str, list[Score]] = {}
+    for key, score in scores.items():
+        task = key.partition("/")[0]
+        summary.subjects[key] = _figures(score)
+        by_task.setdefault(task, []).append(score)
+        by_lang.setdefault(LAYOUTS[task].lang, []).append(score)
+    summary.tasks = {t: _figures(_score(v)) for t, v in by_task.items()}
+    summary.languages = {lang: _figures(_score(v)) for lang, v in by_lang.items()}
+    return summary
+
+
+class _ExpectedWarnings:
+    """Drops lm-eval's warnings about what cpt does on purpose, one per subject or call otherwise: a
+    dataset from a function (the local CSV rows) and a model object instead of a Hub name."""
+
+    EXPECTED = (
+        "Custom kwargs can be passed to `--metadata`",
+        "`pretrained` model kwarg is not of type `str`",
+        "Passed an already-initialized model through `pretrained`",
+    )
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not any(e in message for e in self.EXPECTED)
 
 
 def evaluate(
@@ -213,11 +243,14 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 8,
     device: str = "cpu",
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Summary, dict, list[dict]]:
     """Run the subjects of `tasks` on `model` (a Hugging Face model object or folder) with lm-eval.
 
     Returns the summary, lm-eval's results (per subject task) and one record per question: the subject,
-    its line in the file, the log-likelihood of each letter, the choice (the largest) and the answer."""
+    its line in the file, the log-likelihood of each letter, the choice (the largest) and the answer.
+    `shard=(i, n)` scores only every n-th question of each subject from the i-th (training ranks share
+    the work this way); the summary then counts those alone, every subject still listed."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
@@ -226,36 +259,47 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one line per subject task otherwise
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface"):
+        if not any(isinstance(f, _ExpectedWarnings) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_ExpectedWarnings())
 
     unknown = [t for t in tasks if t not in LAYOUTS]
     if unknown:
         raise BenchError(f"--tasks {unknown[0]}: not one of {', '.join(LAYOUTS)}")
     subjects = [s for t in tasks for s in load_subjects(data, t, shots, limit, seed)]
+    index, count = shard
+    if count > 1:
+        subjects = [
+            Subject(s.task, s.name, s.split, s.questions[index::count], s.dev, s.indices[index::count])
+            for s in subjects
+        ]
+    scores = {f"{s.task}/{s.name}": Score(0, 0) for s in subjects}
+    subjects = [s for s in subjects if s.questions]  # (a shard may hold none of a small subject)
     task_objects = {f"{s.task}/{s.name}": lm_eval_task(s, shots) for s in subjects}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    # a model object makes HFLM one process (each training rank evaluates all of it), but lm-eval only
+    # a model object makes HFLM one process (each training rank runs its own share), but lm-eval only
     # returns results where LOCAL_RANK is 0 (its tensor-parallel convention): the call is made as that one
     local_rank = os.environ.get("LOCAL_RANK")
     os.environ["LOCAL_RANK"] = "0"
     try:
-        out = simple_evaluate(
-            model=lm,
-            tasks=list(task_objects.values()),
-            num_fewshot=shots,
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        out = {"samples": {}}
+        if task_objects:  # (a shard of tiny subjects may hold no question at all)
+            out = simple_evaluate(
+                model=lm,
+                tasks=list(task_objects.values()),
+                num_fewshot=shots,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
     finally:
         if local_rank is None:
             os.environ.pop("LOCAL_RANK", None)
         else:
             os.environ["LOCAL_RANK"] = local_rank
-    summary, records = Summary(shots), []
-    by_task: dict[str, list[Score]] = {}
-    by_lang: dict[str, list[Score]] = {}
+    records = []
     for s in subjects:
         name = task_objects[f"{s.task}/{s.name}"].config.task
         correct = 0
@@ -267,12 +311,8 @@ def evaluate(
             records.append({"task": s.task, "subject": s.name, "split": s.split,
                             "line": s.indices[sample["doc_id"]], "logliks": logliks,
                             "choice": LETTERS[choice], "answer": LETTERS[target]})  # fmt: skip
-        score = Score(correct, len(s.questions))
-        summary.subjects[f"{s.task}/{s.name}"] = _figures(score)
-        by_task.setdefault(s.task, []).append(score)
-        by_lang.setdefault(LAYOUTS[s.task].lang, []).append(score)
-    summary.tasks = {t: _figures(_score(v)) for t, v in by_task.items()}
-    summary.languages = {lang: _figures(_score(v)) for lang, v in by_lang.items()}
+        scores[f"{s.task}/{s.name}"] = Score(correct, len(s.questions))
+    summary = summarize(shots, scores)
     results = {k: out[k] for k in ("results", "configs", "versions", "n-shot") if k in out}
     return summary, results, records
 
@@ -356,17 +396,31 @@ def check(cfg) -> None:
             lm_eval_task(s, cfg.shots)
 
 
-def in_training(model, tokenizer, cfg, device) -> dict:
+def in_training(model, tokenizer, cfg, device, shard: tuple[int, int] = (0, 1)) -> dict:
     """`bench/<task>/acc` (and its stderr) and `bench/<lang>/acc` of the live model, its mode and every
-    random state left as they were. Each rank evaluates the same questions (no collective is needed, and
-    under ZeRO-3 the forward passes line up); rank 0 logs them."""
+    random state left as they were.
+
+    With `shard=(rank, world)` each rank scores every world-th question of each subject and one
+    all-reduce sums the counts, so the figures are those of all the questions. Under ZeRO-3 the trainer
+    passes (0, 1) instead: every forward pass gathers parameters from all ranks, so every rank must run
+    the same ones, and each evaluates all the questions."""
     was_training = model.training
     with kept_rng():
         try:
             summary, _, _ = evaluate(model, tokenizer, cfg.data, cfg.tasks, cfg.shots, cfg.limit, cfg.seed,
-                                     cfg.batch_size, str(device))  # fmt: skip
+                                     cfg.batch_size, str(device), shard)  # fmt: skip
         finally:
             model.train(was_training)
+    if shard[1] > 1:
+        import torch
+
+        keys = list(summary.subjects)  # the same order on every rank: the files' sorted order
+        counts = [float(summary.subjects[k][f]) for k in keys for f in ("correct", "n")]
+        sums = torch.tensor(counts, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        totals = sums.tolist()
+        scores = {k: Score(int(totals[2 * i]), int(totals[2 * i + 1])) for i, k in enumerate(keys)}
+        summary = summarize(summary.shots, scores)
     out = {}
     for name, figures in {**summary.tasks, **summary.languages}.items():
         out[f"bench/{name}/acc"] = figures["acc"]

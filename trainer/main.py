@@ -521,7 +521,12 @@ def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device, tokenize
     if cfg.eval.benchmarks.tasks:
         from trainer import bench
 
-        results.update(bench.in_training(engine.module, tokenizer, cfg.eval.benchmarks, device))
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        # the ranks share the questions, except under ZeRO-3, where every forward pass needs all of them
+        shard = (
+            (torch.distributed.get_rank(), world) if world > 1 and cfg.deepspeed.zero_stage < 3 else (0, 1)
+        )
+        results.update(bench.in_training(engine.module, tokenizer, cfg.eval.benchmarks, device, shard))
     return results
 
 
