@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, shared_data
 from cpt.demo.sample_warc import write_sample_warc
 from cpt.report.collect import chains, collect, read_metrics
 from trainer_setup import SEQ_LEN, build_small_setup
@@ -55,11 +55,16 @@ def ablation(setup):
         f"sources:\n  - {{name: zh_web, path: {tokens / 'zh_web'}, weight: 1.0}}\n"
         f"replay:\n  share: 0.25\n  sources:\n    - {{name: en_web, path: {tokens / 'en_web'}}}\n"
     )
+    # the runs also take MMLU and CMMLU (one question a subject): the findings are read on accuracy too
+    config = root / "train_bench.yaml"
+    bench = f"  benchmarks: {{tasks: [mmlu, cmmlu], data: {shared_data('benchmarks')}, limit: 1, shots: 0}}\n"
+    config.write_text(setup["config"].read_text().replace("eval:\n", "eval:\n" + bench, 1))
     grid = root / "grid.yaml"
     grid.write_text(
-        f"name: two\nconfig: {setup['config']}\n"
+        f"name: two\nconfig: {config}\n"
         f"base: {{model: {setup['model']}, stage: {root / 'base.yaml'}, steps: {STEPS}}}\n"
-        f"stage: {root / 'cpt.yaml'}\nsteps: {STEPS}\neval: {{old: en_old, new: zh_new}}\n"
+        f"stage: {root / 'cpt.yaml'}\nsteps: {STEPS}\n"
+        "eval: {old: en_old, new: zh_new, old_bench: mmlu, new_bench: cmmlu}\n"
         "center: {resume: constant}\naxes: {resume: [constant, rewarm]}\n"
     )
     out = root / "ablate"
@@ -81,11 +86,17 @@ def test_ablation_runs_the_grid_from_one_base_and_summarises_it(ablation):
         assert r["old_loss"][0] == pytest.approx(summary["runs"][0]["old_loss"][0], rel=1e-5)
         assert r["forgetting"] == pytest.approx(r["old_loss"][1] - r["old_loss"][0])
         assert r["learning"] == pytest.approx(r["new_loss"][0] - r["new_loss"][1])
+        # benchmark accuracy, from the run's own bench/<task>/acc at its first and last step
+        assert r["old_acc"] == [metrics[0]["bench/mmlu/acc"], metrics[STEPS]["bench/mmlu/acc"]]
+        assert r["new_acc"] == [metrics[0]["bench/cmmlu/acc"], metrics[STEPS]["bench/cmmlu/acc"]]
+        assert r["old_acc"][0] == summary["runs"][0]["old_acc"][0]
+        assert r["acc_forgetting"] == pytest.approx(r["old_acc"][0] - r["old_acc"][1])
+        assert r["acc_learning"] == pytest.approx(r["new_acc"][1] - r["new_acc"][0])
     claims = [f["claim"] for f in summary["findings"]]
-    assert claims == [
-        "re-warming the LR when resuming on the same data hurts, against holding the LR constant"
-    ]
-    assert "re-warming" in proc.stdout and (out / "report" / "index.html").is_file()
+    rewarm = "re-warming the LR when resuming on the same data hurts, against holding the LR constant"
+    assert claims == [rewarm, rewarm + " (on benchmark accuracy)"]
+    assert "re-warming" in proc.stdout and "mmlu acc" in proc.stdout
+    assert (out / "report" / "index.html").is_file()
 
 
 def test_rewarm_and_constant_differ_only_after_the_resume(ablation):
@@ -132,6 +143,36 @@ def test_ablate_rejects_a_bad_grid_naming_file_and_keys(tmp_path):
         assert key in err, err
 
 
+def test_findings_on_accuracy_read_a_fall_as_forgetting_and_a_rise_as_learning():
+    from trainer.ablate import _findings
+
+    def run(replay, lr, old_acc, new_acc):
+        return {"params": {"replay": replay, "lr_scale": lr}, "old_acc": old_acc, "new_acc": new_acc,
+                "acc_forgetting": old_acc[0] - old_acc[1], "acc_learning": new_acc[1] - new_acc[0]}  # fmt: skip
+
+    center = {"replay": 0.0, "lr_scale": 1.0}
+    runs = [run(0.0, 1.0, [0.5, 0.4], [0.25, 0.35]), run(0.2, 1.0, [0.5, 0.48], [0.25, 0.3]),
+            run(0.0, 2.0, [0.5, 0.3], [0.25, 0.45])]  # fmt: skip
+    found = {f["claim"]: f["reproduced"] for f in _findings(runs, center, on="acc")}
+    assert found == {"replay lowers forgetting (on benchmark accuracy)": True,
+                     "a higher LR learns more and forgets more (on benchmark accuracy)": True}  # fmt: skip
+    runs[1]["acc_forgetting"] = 0.3  # replay forgetting more: the claim fails
+    assert not _findings(runs, center, on="acc")[0]["reproduced"]
+
+
+def test_ablate_refuses_a_benchmark_the_config_does_not_run(setup, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"name: b\nconfig: {setup['config']}\nbase: {{model: {setup['model']}}}\n"
+        f"stage: {setup['root'] / 'cpt.yaml'}\nsteps: 4\n"
+        "eval: {old: en_old, new: zh_new, old_bench: mmlu, new_bench: cmmlu}\n"
+        "center: {resume: constant}\naxes: {resume: [constant]}\n"
+    )
+    proc = cpt("ablate", "--grid", str(grid), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "eval.old_bench: `mmlu` is not a task or language of eval.benchmarks" in proc.stderr
+
+
 def test_shipped_forgetting_grid_varies_each_axis_around_the_center():
     proc = cpt("ablate", "--grid", "mixes/ablations/forgetting.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -156,6 +197,11 @@ def project(setup, ablation, tmp_path_factory):
     )  # fmt: skip
     assert tok.returncode == 0, tok.stderr
     out, _ = ablation
+    # cpt eval of the base and of a run's last checkpoint: the before/after table and the continuations
+    for name, model in (("base", out / "base"), ("constant", f"{out / 'runs' / 'constant'}:{STEPS}")):
+        proc = cpt("eval", "--model", str(model), "--tasks", "mmlu,cmmlu", "--data", str(shared_data("benchmarks")),
+                   "--shots", "0", "--limit", "1", "--max-new-tokens", "4", "--output", str(root / "eval" / name))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return [root, setup["root"] / "mix", out / "base", out / "runs", out]
 
 
@@ -170,6 +216,8 @@ def test_collect_finds_every_part_and_chains_runs_started_from_a_base(project):
         assert step["docs_in"] == sum(rows[i]["docs_in"] for rows in dedup["languages"].values())
     assert [m["stage"] for _, m in found.manifests] == ["t"]
     assert len(found.ablations) == 1 and len(found.compression) == 1
+    assert [p.name for p, _ in found.evals] == ["base", "constant"]
+    assert all(e["tasks"]["mmlu"]["n"] == 8 and len(e["continuations"]) == 6 for _, e in found.evals)
     linked = chains(found.runs)
     assert [[r.name for r in c] for c in linked] == [["base", "constant"], ["base", "rewarm"]]
 
@@ -224,8 +272,12 @@ def test_report_page_opens_in_chromium_with_every_section_and_image(project, tmp
         "Mix composition of each stage",
         "Tokenizer compression before and after extension",
         "Training curves across stages",
+        "Benchmarks before and after",
         "Forgetting against learning",
     ]
+    text = page.read_text(encoding="utf-8")
+    assert "Greedy continuations of fixed prompts" in text and "中国的首都是" in text
+    assert "mmlu acc (old)" in text and "benchmark acc (start → end)" in text
     # clean, dedup funnels; dedup rates; one stage; tokenizers; two chains; the ablation and its curves
     assert len(seen["images"]) == 9 and all(ok for _, ok in seen["images"]), seen["images"]
     shot = (tmp_path / "report.png").read_bytes()

@@ -18,6 +18,11 @@ and checkpoints under OUTPUT/runs/NAME), started `--init-from` the base, so the 
 resumable like any run: a finished run is skipped when the grid is run again, an interrupted one
 resumes from its checkpoint. The summary goes to OUTPUT/ablation.json, with whether each claim above
 is reproduced at this size, and the report (forgetting against learning) to OUTPUT/report/.
+
+With `eval.old_bench` and `eval.new_bench` (a task or a language of the trainer config's
+`eval.benchmarks`, e.g. `mmlu` and `cmmlu`), each run also records the accuracy it starts and ends
+with, forgetting as the fall of the old benchmark's accuracy and learning as the rise of the new one's,
+and each claim is checked on accuracy as well as on loss.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class Base:
 class EvalNames:
     old: str = ""  # the trainer config's eval set of the old domain (forgetting)
     new: str = ""  # and of the new one (learning)
+    # optional: a task or language of the config's eval.benchmarks for each domain (mmlu / en, cmmlu / zh):
+    # the findings are then also read on benchmark accuracy
+    old_bench: str = ""
+    new_bench: str = ""
 
 
 @dataclass
@@ -92,6 +101,8 @@ class Grid:
                 problems.append("base.steps: how many steps to train the base on base.stage (at least 1)")
         if self.eval is not None and not (self.eval.old and self.eval.new):
             problems.append("eval: needs `old` and `new`, the eval set names of the old and the new domain")
+        if self.eval is not None and bool(self.eval.old_bench) != bool(self.eval.new_bench):
+            problems.append("eval: `old_bench` and `new_bench` go together (a benchmark of each domain)")
         if self.mode == "one_at_a_time":
             missing = [k for k in axes if k not in (self.center or {})]
             if missing:
@@ -251,8 +262,42 @@ def _eval(metrics: dict[int, dict], name: str, at: int) -> float:
     return metrics[at][key]
 
 
-def _findings(runs: list[dict], center: dict) -> list[dict]:
-    """Check the three claims on the runs that differ from the center in one axis only."""
+def _bench(metrics: dict[int, dict], name: str, at: int) -> float:
+    key = f"bench/{name}/acc"
+    if key not in metrics.get(at, {}):
+        raise RuntimeError(f"no {key} at step {at}: is `{name}` a task or language of eval.benchmarks?")
+    return metrics[at][key]
+
+
+# how a finding reads each measure: forgetting and learning are positive when the run forgot or learned;
+# `end` is what a run ends with on the two domains together, lower is better
+MEASURES = {
+    "loss": {
+        "forgetting": "forgetting",
+        "learning": "learning",
+        "old": "old_loss",
+        "new": "new_loss",
+        "end": lambda r: r["new_loss"][1] + r["old_loss"][1],
+        "end_name": "end loss new+old",
+        "suffix": "",
+    },
+    "acc": {
+        "forgetting": "acc_forgetting",
+        "learning": "acc_learning",
+        "old": "old_acc",
+        "new": "new_acc",
+        "end": lambda r: -(r["new_acc"][1] + r["old_acc"][1]),
+        "end_name": "end accuracy new+old",
+        "suffix": " (on benchmark accuracy)",
+    },
+}
+
+
+def _findings(runs: list[dict], center: dict, on: str = "loss") -> list[dict]:
+    """Check the three claims on the runs that differ from the center in one axis only, reading
+    forgetting and learning off the held-out loss (`on="loss"`) or benchmark accuracy (`"acc"`)."""
+    m = MEASURES[on]
+    fk, lk, ok, nk, sfx = m["forgetting"], m["learning"], m["old"], m["new"], m["suffix"]
 
     def along(axis: str) -> list[dict]:
         if axis not in center:
@@ -268,10 +313,10 @@ def _findings(runs: list[dict], center: dict) -> list[dict]:
         low, high = replay[0], replay[-1]
         found.append(
             {
-                "claim": "replay lowers forgetting",
-                "reproduced": high["forgetting"] < low["forgetting"],
-                "evidence": f"forgetting {low['forgetting']:+.3f} at replay {low['params']['replay']:g}, "
-                f"{high['forgetting']:+.3f} at {high['params']['replay']:g}",
+                "claim": "replay lowers forgetting" + sfx,
+                "reproduced": high[fk] < low[fk],
+                "evidence": f"forgetting {low[fk]:+.3f} at replay {low['params']['replay']:g}, "
+                f"{high[fk]:+.3f} at {high['params']['replay']:g}",
             }
         )
     lr = along("lr_scale")
@@ -279,27 +324,29 @@ def _findings(runs: list[dict], center: dict) -> list[dict]:
         low, high = lr[0], lr[-1]
         found.append(
             {
-                "claim": "a higher LR learns more and forgets more",
-                "reproduced": high["learning"] > low["learning"] and high["forgetting"] > low["forgetting"],
-                "evidence": f"LR x{low['params']['lr_scale']:g}: learning {low['learning']:.3f}, forgetting "
-                f"{low['forgetting']:+.3f}; x{high['params']['lr_scale']:g}: learning {high['learning']:.3f}, "
-                f"forgetting {high['forgetting']:+.3f}",
+                "claim": "a higher LR learns more and forgets more" + sfx,
+                "reproduced": high[lk] > low[lk] and high[fk] > low[fk],
+                "evidence": f"LR x{low['params']['lr_scale']:g}: learning {low[lk]:.3f}, forgetting "
+                f"{low[fk]:+.3f}; x{high['params']['lr_scale']:g}: learning {high[lk]:.3f}, "
+                f"forgetting {high[fk]:+.3f}",
             }
         )
     resume = {r["params"]["resume"]: r for r in along("resume")}
     # "hurts": a worse end on the two domains together than resuming without re-warming, one finding for
     # each way of not re-warming in the grid (Gupta et al. compare against a constant LR)
-    end = {k: r["new_loss"][1] + r["old_loss"][1] for k, r in resume.items()}
+    end = {k: m["end"](r) for k, r in resume.items()}
     against = {"constant": "holding the LR constant", "continue": "continuing the schedule"}
+    sign = 1 if on == "loss" else -1  # the evidence shows the measure itself (accuracy: higher is better)
     for k in ("constant", "continue"):
         if "rewarm" in resume and k in resume:
+            w, o = resume["rewarm"], resume[k]
             found.append(
                 {
-                    "claim": f"re-warming the LR when resuming on the same data hurts, against {against[k]}",
+                    "claim": f"re-warming the LR when resuming on the same data hurts, against {against[k]}"
+                    + sfx,
                     "reproduced": end["rewarm"] > end[k],
-                    "evidence": f"end loss new+old {end['rewarm']:.3f} re-warmed (new "
-                    f"{resume['rewarm']['new_loss'][1]:.3f}, old {resume['rewarm']['old_loss'][1]:.3f}), "
-                    f"{end[k]:.3f} {k} (new {resume[k]['new_loss'][1]:.3f}, old {resume[k]['old_loss'][1]:.3f})",
+                    "evidence": f"{m['end_name']} {sign * end['rewarm']:.3f} re-warmed (new {w[nk][1]:.3f}, "
+                    f"old {w[ok][1]:.3f}), {sign * end[k]:.3f} {k} (new {o[nk][1]:.3f}, old {o[ok][1]:.3f})",
                 }
             )
     return found
@@ -318,6 +365,19 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
         if key not in names:
             sets = ", ".join(sorted(names)) or "none"
             raise ConfigError(str(grid_file), [f"eval: `{key}` is not an eval set of {grid.config} ({sets})"])
+    if grid.eval.old_bench:
+        from trainer.bench import LAYOUTS
+
+        tasks = cfg.eval.benchmarks.tasks
+        known = {*tasks, *(LAYOUTS[t].lang for t in tasks if t in LAYOUTS)}
+        for key in ("old_bench", "new_bench"):
+            name = getattr(grid.eval, key)
+            if name not in known:
+                listed = ", ".join(sorted(known)) or "none: the config has no eval.benchmarks"
+                raise ConfigError(
+                    str(grid_file),
+                    [f"eval.{key}: `{name}` is not a task or language of eval.benchmarks ({listed})"],
+                )
     tokens_per_step = cfg.data.micro_batch_size * cfg.data.gradient_accumulation  # sequences, one rank
     from cpt.mix.stage import load_stage
 
@@ -374,6 +434,17 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
         }
         result["forgetting"] = result["old_loss"][1] - result["old_loss"][0]
         result["learning"] = result["new_loss"][0] - result["new_loss"][1]
+        if grid.eval.old_bench:
+            result["old_acc"] = [
+                _bench(metrics, grid.eval.old_bench, 0),
+                _bench(metrics, grid.eval.old_bench, end),
+            ]
+            result["new_acc"] = [
+                _bench(metrics, grid.eval.new_bench, 0),
+                _bench(metrics, grid.eval.new_bench, end),
+            ]
+            result["acc_forgetting"] = result["old_acc"][0] - result["old_acc"][1]
+            result["acc_learning"] = result["new_acc"][1] - result["new_acc"][0]
         write_json(run_dir / "result.json", result)
         runs.append(result)
 
@@ -388,17 +459,29 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
         "runs": runs,
         "findings": _findings(runs, grid.center) if grid.mode == "one_at_a_time" else [],
     }
+    if grid.eval.old_bench:
+        summary["eval"].update(old_bench=grid.eval.old_bench, new_bench=grid.eval.new_bench)
+        if grid.mode == "one_at_a_time":
+            summary["findings"] += _findings(runs, grid.center, on="acc")
     write_json(output / "ablation.json", summary)
     return summary, output
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'run':<28} {'old loss':>17} {'forgetting':>10} {'new loss':>17} {'learning':>9}"]
+    acc = "old_bench" in summary["eval"]
+    head = f"{'run':<28} {'old loss':>17} {'forgetting':>10} {'new loss':>17} {'learning':>9}"
+    if acc:
+        old, new = summary["eval"]["old_bench"], summary["eval"]["new_bench"]
+        head += f" {old + ' acc':>15} {new + ' acc':>15}"
+    lines = [head]
     for r in summary["runs"]:
-        lines.append(
+        line = (
             f"{r['name']:<28} {r['old_loss'][0]:>7.3f} -> {r['old_loss'][1]:<7.3f} {r['forgetting']:>+10.3f} "
             f"{r['new_loss'][0]:>7.3f} -> {r['new_loss'][1]:<7.3f} {r['learning']:>9.3f}"
         )
+        if acc:
+            line += f" {r['old_acc'][0]:>6.3f} -> {r['old_acc'][1]:<5.3f} {r['new_acc'][0]:>6.3f} -> {r['new_acc'][1]:<5.3f}"
+        lines.append(line)
     for f in summary["findings"]:
         lines.append(
             f"{'reproduced' if f['reproduced'] else 'NOT reproduced'}: {f['claim']} ({f['evidence']})"

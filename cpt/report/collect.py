@@ -4,7 +4,8 @@
 - `manifest.json` with a `manifest_hash`: a stage manifest from `cpt-mix build`;
 - `compression.json`: a `cpt-tok report --json` comparison of tokenizers;
 - `metrics.jsonl`: a training run (with `run.json`, where its weights came from);
-- `ablation.json`: a `cpt ablate` grid (its own runs and mixes are read from that file, not listed again).
+- `ablation.json`: a `cpt ablate` grid (its own runs and mixes are read from that file, not listed again);
+- `summary.json` with `tasks` and `languages`: a `cpt eval` of a model on MMLU / CMMLU / C-Eval.
 
 Only these small files are read: no shard, checkpoint or TensorBoard event file is opened.
 """
@@ -65,9 +66,12 @@ class Found:
     compression: list[tuple[Path, list[dict]]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     ablations: list[tuple[Path, dict]] = field(default_factory=list)
+    evals: list[tuple[Path, dict]] = field(default_factory=list)  # (cpt eval's output folder, summary.json)
 
     def empty(self) -> bool:
-        return not (self.funnels or self.manifests or self.compression or self.runs or self.ablations)
+        return not (
+            self.funnels or self.manifests or self.compression or self.runs or self.ablations or self.evals
+        )
 
 
 def _load_json(path: Path):
@@ -98,6 +102,13 @@ def collect(folders: list[str | Path]) -> Found:
                     found.manifests.append((root_path, data))
             if "compression.json" in files:
                 found.compression.append((root_path, _load_json(root_path / "compression.json")))
+            if "summary.json" in files:  # a common name: one that is not cpt eval's is passed over
+                try:
+                    data = json.loads((root_path / "summary.json").read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                    data = None
+                if isinstance(data, dict) and {"model", "shots", "tasks", "languages"} <= set(data):
+                    found.evals.append((root_path, data))
             if "metrics.jsonl" in files:
                 origin = _load_json(root_path / "run.json") if "run.json" in files else {}
                 found.runs.append(Run(root_path, read_metrics(root_path), origin))

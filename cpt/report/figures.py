@@ -112,8 +112,26 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
     """Loss, loss per source, learning rate and held-out perplexity across the stages of a chain; the
     x axis counts optimizer steps from the first stage, with a dashed line where each stage starts."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 6.4))
-    (loss_ax, source_ax), (lr_ax, ppl_ax) = axes
+    bench_keys = sorted(
+        {
+            k
+            for run in chain
+            for rec in run.metrics.values()
+            for k in rec
+            if k.startswith("bench/")
+            and k.endswith("/acc")
+            and k.count("/") == 2
+            and k.split("/")[1] not in ("en", "zh")  # the tasks; a language pools them again
+        }
+    )
+    if bench_keys:  # a third column: benchmark accuracy beside the perplexities
+        fig, axes = plt.subplots(2, 3, figsize=(15, 6.4))
+        (loss_ax, source_ax, bench_ax), (lr_ax, ppl_ax, spare_ax) = axes
+        spare_ax.set_visible(False)
+    else:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 6.4))
+        (loss_ax, source_ax), (lr_ax, ppl_ax) = axes
+        bench_ax = None
     eval_keys = sorted(
         {
             k
@@ -140,6 +158,12 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
                 ppl_ax.plot(
                     xs, ys, marker="o", markersize=3, color=f"C{i % 10}", label=f"{label}: {key[5:-4]}"
                 )
+        for i, key in enumerate(bench_keys):
+            xs, ys = _series(run, key, offset)
+            if xs:
+                bench_ax.plot(
+                    xs, ys, marker="o", markersize=3, color=f"C{i % 10}", label=f"{label}: {key[6:-4]}"
+                )
         if n:
             for ax in axes.flat:
                 ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
@@ -149,6 +173,7 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
         (source_ax, "loss per source"),
         (lr_ax, "learning rate"),
         (ppl_ax, "held-out perplexity (old and new domain)"),
+        *([(bench_ax, "benchmark accuracy (chance 0.25)")] if bench_ax is not None else []),
     ]:
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step (stages in a row)", fontsize=8)
@@ -156,6 +181,8 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
             ax.legend(fontsize=6)
     if ppl_ax.has_data():
         ppl_ax.set_yscale("log")
+    if bench_ax is not None:
+        bench_ax.axhline(0.25, color="grey", linestyle=":", linewidth=0.8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

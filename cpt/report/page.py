@@ -2,8 +2,9 @@
 
 Sections: the funnel of each pipeline run (documents in, kept and removed per step and reason), dedup
 rates per level and language, the composition of each stage manifest, tokenizer compression before
-and after extension, training curves across stages, and forgetting against learning for `cpt ablate`
-grids. The page needs no server, script or network: open index.html in any browser.
+and after extension, training curves across stages (with benchmark accuracy where the trainer ran
+`eval.benchmarks`), `cpt eval` benchmarks and greedy continuations before and after, and forgetting
+against learning for `cpt ablate` grids. The page needs no server, script or network: open index.html in any browser.
 
 The page is written to a temporary folder beside the output and renamed into place, so an interrupted
 report never leaves half a page.
@@ -208,8 +209,10 @@ def _training(page: _Page, found: Found) -> None:
     page.section(
         "training",
         "Training curves across stages",
-        "Loss, loss per source, learning rate and held-out perplexity of the old and the new domain; a run "
-        "started with <code>--init-from</code> another follows it on the same axis.",
+        "Loss, loss per source, learning rate, held-out perplexity of the old and the new domain and, where "
+        "the trainer ran <code>eval.benchmarks</code>, benchmark accuracy (the forgetting and learning view: "
+        "MMLU for the old domain, CMMLU / C-Eval for the new); a run started with <code>--init-from</code> "
+        "another follows it on the same axis.",
     )
     for chain in chains(found.runs):
         title = " → ".join(r.origin.get("stage") or r.name for r in chain)
@@ -222,8 +225,19 @@ def _training(page: _Page, found: Found) -> None:
             first = run.metrics.get(0, {})
             evals = sorted(k for k in last if k.startswith("eval/") and k.endswith("/ppl"))
             ppl = "; ".join(f"{k[5:-4]} {first.get(k, float('nan')):.4g} → {last[k]:.4g}" for k in evals)
-            rows.append([_label(run.path), max(run.metrics, default=0), last.get("tokens_seen", ""), ppl])
-        page.parts.append(_table(["run", "steps", "tokens seen", "held-out perplexity (start → end)"], rows))
+            benches = sorted(k for k in last if k.startswith("bench/") and k.endswith("/acc"))
+            acc = "; ".join(f"{k[6:-4]} {first.get(k, float('nan')):.3f} → {last[k]:.3f}" for k in benches)
+            rows.append(
+                [_label(run.path), max(run.metrics, default=0), last.get("tokens_seen", ""), ppl, acc]
+            )
+        header = [
+            "run",
+            "steps",
+            "tokens seen",
+            "held-out perplexity (start → end)",
+            "benchmark acc (start → end)",
+        ]
+        page.parts.append(_table(header, rows))
 
 
 def _ablations(page: _Page, found: Found) -> None:
@@ -255,9 +269,11 @@ def _ablations(page: _Page, found: Found) -> None:
                 r["new_loss"][0],
                 r["new_loss"][1],
                 r["learning"],
+                *([f"{r['old_acc'][0]:.3f} → {r['old_acc'][1]:.3f}", f"{r['new_acc'][0]:.3f} → {r['new_acc'][1]:.3f}"]
+                  if "old_acc" in r else []),
             ]
             for r in summary["runs"]
-        ]
+        ]  # fmt: skip
         header = [
             "run",
             *keys,
@@ -268,6 +284,11 @@ def _ablations(page: _Page, found: Found) -> None:
             "new loss end",
             "learning",
         ]
+        if "old_bench" in summary.get("eval", {}):
+            header += [
+                f"{summary['eval']['old_bench']} acc (old)",
+                f"{summary['eval']['new_bench']} acc (new)",
+            ]
         page.parts.append(_table(header, rows))
         findings = summary.get("findings", [])
         if findings:
@@ -279,19 +300,73 @@ def _ablations(page: _Page, found: Found) -> None:
             page.parts.append(f"<ul>{items}</ul>")
 
 
+def _acc(figures: dict | None) -> str:
+    if not figures:
+        return ""
+    return f"{figures['acc']:.3f} ± {figures['stderr']:.3f} ({figures['n']})"
+
+
+def _benchmarks(page: _Page, found: Found) -> None:
+    if not found.evals:
+        return
+    page.section(
+        "benchmarks",
+        "Benchmarks before and after",
+        "<code>cpt eval</code> of each model: accuracy ± standard error (questions) on lm-eval's MMLU "
+        "(the old domain, English), CMMLU and C-Eval (the new one, Chinese); the change is against the first "
+        "row (the base, where the folders are given base first). Four choices: chance is 0.25.",
+    )
+    # the old domain first: MMLU, then CMMLU and C-Eval; English, then Chinese
+    order = ["mmlu", "cmmlu", "ceval", "en", "zh"]
+    names = sorted(
+        {k for _, e in found.evals for k in (*e["tasks"], *e["languages"])},
+        key=lambda k: (order.index(k) if k in order else len(order), k),
+    )
+    first = found.evals[0][1]
+    rows = []
+    for folder, e in found.evals:
+        row = [_label(folder), _label(Path(e["model"])), e["shots"]]
+        for name in names:
+            figures = e["tasks"].get(name) or e["languages"].get(name)
+            before = first["tasks"].get(name) or first["languages"].get(name)
+            change = (
+                f" ({figures['acc'] - before['acc']:+.3f})" if figures and before and e is not first else ""
+            )
+            row.append(_acc(figures) + change)
+        rows.append(row)
+    header = [
+        "evaluation",
+        "model",
+        "shots",
+        *[n if n in first["tasks"] else f"{n} (language)" for n in names],
+    ]
+    page.parts.append(_table(header, rows))
+    prompts = [c["prompt"] for c in found.evals[0][1].get("continuations", [])]
+    if prompts:
+        page.parts.append(
+            "<h3>Greedy continuations of fixed prompts</h3><p class='note'>Can the model still continue "
+            "English, and does it now continue Chinese? The same prompts, no sampling.</p>"
+        )
+        by_prompt = [
+            {c["prompt"]: c["continuation"] for c in e.get("continuations", [])} for _, e in found.evals
+        ]
+        rows = [[p, *[b.get(p, "") for b in by_prompt]] for p in prompts]
+        page.parts.append(_table(["prompt", *[_label(f) for f, _ in found.evals]], rows))
+
+
 def write_report(folders: list[str | Path], output: str | Path, title: str = "cpt report") -> Path:
     """Collect what `folders` hold and write OUTPUT/index.html with its plots; returns the page."""
     found = collect(folders)
     if found.empty():
         raise ReportError(
             f"{', '.join(map(str, folders))}: nothing to report (no funnel.json, manifest.json, "
-            "compression.json, metrics.jsonl or ablation.json)"
+            "compression.json, metrics.jsonl, ablation.json or cpt eval summary.json)"
         )
     output = Path(output)
     with written_dir(output, REPORT_FOLDER, "cpt report") as tmp:  # never half a report
         (tmp / "img").mkdir()
         page = _Page(tmp)
-        for part in (_funnels, _dedup, _mixes, _compression, _training, _ablations):
+        for part in (_funnels, _dedup, _mixes, _compression, _training, _benchmarks, _ablations):
             part(page, found)
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in page.sections)
         # no time stamp: the same inputs give the same page, byte for byte
