@@ -22,6 +22,7 @@ subject, per task and per language (English: MMLU; Chinese: CMMLU and C-Eval).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -226,11 +227,21 @@ class _ExpectedWarnings:
         "Custom kwargs can be passed to `--metadata`",
         "`pretrained` model kwarg is not of type `str`",
         "Passed an already-initialized model through `pretrained`",
+        "Overwriting default num_fewshot",  # with the same number: the task config already holds --shots
     )
 
     def filter(self, record) -> bool:
         message = record.getMessage()
         return not any(e in message for e in self.EXPECTED)
+
+
+@functools.cache
+def _task_manager():
+    """A task manager without lm-eval's own task index: the tasks are given as objects, and without one
+    simple_evaluate indexes every task YAML lm-eval ships (some 14,000 files, ~14 s) at every call."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=False)
 
 
 def evaluate(
@@ -287,6 +298,7 @@ def evaluate(
             out = simple_evaluate(
                 model=lm,
                 tasks=list(task_objects.values()),
+                task_manager=_task_manager(),
                 num_fewshot=shots,
                 log_samples=True,
                 random_seed=seed,
