@@ -270,7 +270,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one line per subject task otherwise
-    for name in ("lm_eval.api.task", "lm_eval.models.huggingface"):
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.evaluator"):
         if not any(isinstance(f, _ExpectedWarnings) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(_ExpectedWarnings())
 
