@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 
@@ -17,11 +17,28 @@ STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
 
 
 @dataclass
+class RopeConfig:
+    """The run's rotary position embedding where it differs from the model folder's: a stage that extends
+    the context. Unset fields keep what the model (or the run it starts --init-from) has."""
+
+    theta: float | None = None  # rope_theta (LLaMA 2: 10,000; Llama 3: 500,000)
+    # transformers' rope_parameters besides the theta: {rope_type: linear, factor: 4}, dynamic, yarn
+    # (factor, original_max_position_embeddings), llama3 (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings); {rope_type: default} removes a scaling
+    scaling: dict[str, Any] | None = None
+    max_position_embeddings: int | None = None  # the length the exported config.json declares
+
+    def given(self) -> bool:
+        return not (self.theta is None and self.scaling is None and self.max_position_embeddings is None)
+
+
+@dataclass
 class ModelConfig:
     path: str = ""  # a local Hugging Face Llama-family folder (AutoModelForCausalLM)
     # auto: flash_attention_2 on GPU when installed, else sdpa; documents are kept apart either way
     attention: Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"] = "auto"
     gradient_checkpointing: bool = False
+    rope: RopeConfig = field(default_factory=RopeConfig)
 
 
 @dataclass
@@ -180,6 +197,15 @@ class TrainConfig:
         for name in self.checkpoint.signals:
             if name not in STOP_SIGNALS:
                 problems.append(f"checkpoint.signals: {name!r} is not one of {', '.join(STOP_SIGNALS)}")
+        rope = self.model.rope
+        if rope.theta is not None and rope.theta <= 0:
+            problems.append(f"model.rope.theta: must be > 0 (got {rope.theta})")
+        if rope.max_position_embeddings is not None and rope.max_position_embeddings < 1:
+            problems.append(
+                f"model.rope.max_position_embeddings: must be >= 1 (got {rope.max_position_embeddings})"
+            )
+        if rope.scaling is not None and "rope_type" not in rope.scaling:
+            problems.append("model.rope.scaling: needs rope_type (linear, dynamic, yarn, llama3 or default)")
         bench = self.eval.benchmarks
         for task in bench.tasks:
             if task not in ("mmlu", "cmmlu", "ceval"):

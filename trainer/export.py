@@ -76,14 +76,18 @@ def trained_model(
     masters: bool = True,
     attention: str | None = None,
     weights: bool = True,
+    rope=None,
 ):
     """The run's model with the checkpoint's weights, LoRA merged; and the model folder it started from.
 
     `tag` is any spelling `checkpoint.resolve_tag` takes; without one, the latest that loads. `masters`:
     as `full_state_dict`; `attention`: the attention implementation to build it with (transformers'
     default when None); `weights=False`: the same model with its initial weights, nothing read (for ranks
-    that receive the weights from another)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    that receive the weights from another); `rope`: the RoPE to build it with (default: the run's
+    `model.rope`, so an export after a long-context stage declares its RoPE and length)."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.model import model_config
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -92,7 +96,8 @@ def trained_model(
         log.warning("warning: %s: passed over, using %s", line, tag)
     base = base_model(run_dir, cfg)
     extra = {"attn_implementation": attention} if attention else {}
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32, **extra)
+    config = model_config(base, rope if rope is not None else cfg.model.rope)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)
     if cfg.mode == "lora":
         from trainer.model import with_lora
 

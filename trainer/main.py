@@ -32,7 +32,7 @@ from cpt.data.loader import IGNORE_INDEX, cu_seqlens
 from cpt.io import OutputError, write_json
 from cpt.manifest import ManifestError, read_stage_manifest
 from trainer import checkpoint
-from trainer.config import TrainConfig, load_config
+from trainer.config import RopeConfig, TrainConfig, load_config
 from trainer.evaluate import evaluate, token_losses
 from trainer.metrics import RunLogger, SourceLosses
 from trainer.model import (
@@ -317,13 +317,19 @@ def read_run_config(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
                 f"--init-from {source}: not a trainer run folder (it needs config.json and "
                 "checkpoints/step_N/); name one as RUN or RUN:step_N, or pass a model folder as --model"
             )
-        base = base_model(source, run_config(source)).resolve()  # absolute: found from any folder
+        source_cfg = run_config(source)
+        base = base_model(source, source_cfg).resolve()  # absolute: found from any folder
         overrides += [f"model.path={json.dumps(str(base))}"]
     cfg = load_config(args.config, overrides)
+    if args.init_from:  # the RoPE the source trained with, where this config does not change it
+        cfg.model.rope = inherit_rope(source_cfg.model.rope, cfg.model.rope)
     manifest = find_manifest(cfg.mix)
     run_dir = Path(cfg.output or Path("runs") / "train" / manifest["stage"])
     check_output(run_dir, cfg.model.path)
     check_model(cfg.model.path, manifest)
+    if args.resume is not None and checkpoint.checkpoint_tags(run_dir):
+        check_resumed_rope(cfg, run_dir)
+    check_context(cfg, manifest)
     check_eval_sets(cfg, manifest)
     if cfg.eval.benchmarks.tasks:
         from trainer import bench
@@ -333,6 +339,46 @@ def read_run_config(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
         except bench.BenchError as e:
             raise ConfigError("eval.benchmarks", [str(e)]) from None
     return cfg, manifest, run_dir
+
+
+def check_context(cfg: TrainConfig, manifest: dict) -> None:
+    """`model.rope` is one transformers accepts, and the stage's sequences fit the positions the model
+    declares (after `model.rope`): a longer stage needs the RoPE and length changed with it."""
+    from trainer.model import model_config
+
+    config = model_config(cfg.model.path, cfg.model.rope)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and manifest["seq_len"] > limit:
+        raise ConfigError(
+            "model.rope.max_position_embeddings",
+            [f"the stage's seq_len {manifest['seq_len']} is longer than the {limit} positions of "
+             f"{cfg.model.path}; extend the context with model.rope (theta, scaling, max_position_embeddings)"],
+        )  # fmt: skip
+
+
+def inherit_rope(earlier: RopeConfig, given: RopeConfig) -> RopeConfig:
+    """Each field of `model.rope` as given, else as the run it follows had it: a stage after a
+    long-context stage keeps its RoPE unless its config says otherwise."""
+    return RopeConfig(**{k: v if v is not None else getattr(earlier, k) for k, v in asdict(given).items()})
+
+
+def check_resumed_rope(cfg: TrainConfig, run_dir: Path) -> None:
+    """A resumed run keeps the RoPE it trained with: taken from its config.json where this config gives
+    none, refused where it gives another (the weights would be read under other positions)."""
+    recorded_path = run_dir / "config.json"
+    if not recorded_path.is_file():
+        return
+    from trainer.export import run_config
+
+    recorded = run_config(run_dir).model.rope
+    if not cfg.model.rope.given():
+        cfg.model.rope = recorded
+    elif cfg.model.rope != recorded:
+        raise ConfigError(
+            "model.rope",
+            [f"{asdict(cfg.model.rope)} differs from {asdict(recorded)}, which {run_dir} trained with "
+             "(a resumed run keeps its RoPE; start a new run --init-from it to change it)"],
+        )  # fmt: skip
 
 
 def split_init_from(init_from: str) -> tuple[str, str | None]:
@@ -434,8 +480,9 @@ def init_model(cfg: TrainConfig, start: Start, rank: int):
 
     attention = pick_attention(cfg.model.attention)
     model, _, _ = trained_model(
-        start.init_source, start.init_tag, masters=False, attention=attention, weights=rank == 0
-    )
+        start.init_source, start.init_tag, masters=False, attention=attention, weights=rank == 0,
+        rope=cfg.model.rope,
+    )  # fmt: skip
     return prepare_model(model, cfg), attention
 
 

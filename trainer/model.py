@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import LoraConfig, TrainConfig
+from cpt.config import ConfigError
+from trainer.config import LoraConfig, RopeConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,34 @@ def pick_attention(requested: str) -> str:
     return "sdpa"
 
 
+def apply_rope(config, rope: RopeConfig) -> None:
+    """`model.rope` into a transformers model config (before the model is built: its rotary embedding
+    reads the config once), checked by transformers' own validation; a ConfigError names the key."""
+    if not rope.given():
+        return
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.scaling is not None:  # the scaling replaces the model's, its theta stays unless given
+        params = {k: v for k, v in params.items() if k == "rope_theta"} | dict(rope.scaling)
+    if rope.theta is not None:
+        params["rope_theta"] = float(rope.theta)
+    config.rope_parameters = params
+    if rope.max_position_embeddings is not None:
+        config.max_position_embeddings = rope.max_position_embeddings
+    try:
+        config.validate_rope()
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError("model.rope", [str(e).strip("\"'")]) from None
+
+
+def model_config(path: str | Path, rope: RopeConfig):
+    """A model folder's config with the run's RoPE applied."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    apply_rope(config, rope)
+    return config
+
+
 def load_model(cfg: TrainConfig, path: str | None = None):
     """The model in fp32 (DeepSpeed keeps fp32 masters and computes in bf16), set up for `cfg.mode`."""
     from transformers import AutoModelForCausalLM
@@ -45,7 +74,9 @@ def load_model(cfg: TrainConfig, path: str | None = None):
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     attention = pick_attention(cfg.model.attention)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=model_config(path, cfg.model.rope), attn_implementation=attention, dtype=torch.float32
+    )
     return prepare_model(model, cfg), attention
 
 
