@@ -210,6 +210,29 @@ def test_greedy_continuations_of_the_fixed_prompts_and_of_a_prompts_file(model, 
     )
 
 
+def test_an_output_holding_other_files_is_refused_not_replaced(model, data, tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "summary.json").write_text("{}")  # another tool's summary, beside the user's work
+    (theirs / "notes.txt").write_text("mine")
+    proc = cpt("eval", "--model", str(model), "--tasks", "mmlu", "--data", str(data), "--shots", "0",
+               "--limit", "1", "--max-new-tokens", "0", "--output", str(theirs))  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert str(theirs) in proc.stderr and (theirs / "notes.txt").read_text() == "mine"
+    # an earlier cpt eval output is replaced
+    out = tmp_path / "out"
+    for _ in range(2):
+        proc = cpt("eval", "--model", str(model), "--tasks", "mmlu", "--data", str(data), "--shots", "0",
+                   "--limit", "1", "--max-new-tokens", "0", "--output", str(out))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.json",
+        "samples.jsonl",
+        "summary.json",
+        "summary.md",
+    ]
+
+
 def test_the_limit_subset_is_seeded_and_the_same_every_time(data):
     from trainer.bench import load_subjects
 

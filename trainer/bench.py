@@ -463,6 +463,15 @@ def _json_default(value):
 
 
 MARKER = "summary.json"
+# what `cpt eval` writes: an --output holding anything else (a summary.json of another tool beside the
+# user's files) is refused, not replaced
+EVAL_FOLDER_FILES = ("results.json", "samples.jsonl", "summary.md", MARKER)
+
+
+def _eval_folder():
+    from cpt.io import holds_only
+
+    return holds_only(*EVAL_FOLDER_FILES)
 
 
 def write(
@@ -470,9 +479,9 @@ def write(
 ) -> None:
     from dataclasses import asdict
 
-    from cpt.io import holds, written_dir
+    from cpt.io import written_dir
 
-    with written_dir(output, holds(MARKER), "cpt eval") as tmp:
+    with written_dir(output, _eval_folder(), "cpt eval") as tmp:
         (tmp / "results.json").write_text(
             json.dumps(results, indent=2, ensure_ascii=False, default=_json_default)
         )
@@ -547,7 +556,7 @@ def run(args) -> int:
 
     import torch
 
-    from cpt.io import OutputError, check_replaceable, holds
+    from cpt.io import OutputError, check_replaceable
 
     try:
         if args.limit is not None and args.limit < 1:
@@ -556,7 +565,7 @@ def run(args) -> int:
             raise BenchError(f"--max-new-tokens {args.max_new_tokens}: must be 0 or more")
         prompts = read_prompts(args.prompts) if args.prompts else list(PROMPTS)
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        check_replaceable(args.output, holds(MARKER), "cpt eval")
+        check_replaceable(args.output, _eval_folder(), "cpt eval")
         for t in tasks:  # the files first: a bad one is said before a model is loaded
             if t not in LAYOUTS:
                 raise BenchError(f"--tasks {t}: not one of {', '.join(LAYOUTS)}")
