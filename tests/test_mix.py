@@ -123,7 +123,7 @@ def test_shipped_stages_validate_plan_and_stream(tmp_path):
     from cpt.mix.stage import load_stage
 
     files = sorted((REPO / "mixes").glob("*.yaml"))
-    assert {f.stem for f in files} == {"stage1", "stage2", "stage3", "anneal"}
+    assert {f.stem for f in files} == {"stage1", "stage2", "stage3", "anneal", "long_context"}
     tok = tmp_path / "tokenizer.json"
     tok.write_text('{"model": "demo"}')
     demo_sizes = {"zh_web": 8_000, "en_web": 40_000, "instruct": 27_000, "math": 20_000}  # make demo's
@@ -134,16 +134,26 @@ def test_shipped_stages_validate_plan_and_stream(tmp_path):
         token_folder(topics / topic, 12_000, tok, docs=20)
         data = json.loads((topics / topic / "tokens.json").read_text())
         (topics / topic / "tokens.json").write_text(json.dumps({**data, "labels": {"topic": topic}}))
-    folders["science_web"] = topics
+    folders["topics"] = topics
     for f in files:
         stage = load_stage(f)
-        assert stage.replay.share >= 0.05, f.name  # every stage replays old-domain data
+        # every stage replays old-domain data
+        assert stage.replay.share >= 0.05, f.name
         for s in [*stage.sources, *stage.replay.sources]:
-            s.path = str(folders[s.name])
+            s.path = str(folders[Path(s.path).name])  # runs/demo/tokens/NAME: the demo's folder NAME
         manifest = plan(stage, f.name)
         for s in manifest["sources"]:
             if s["name"] == "science_web":  # science and tech, not food
                 assert {Path(f["path"]).parent.name for f in s["files"]} == {"science", "tech"}
+        # anneal.yaml anneals (Llama 3); a source without min_tokens has a manifest entry as before
+        assert manifest.get("anneal_tokens") == (16_000 if f.stem == "anneal" else None), f.name
+        min_tokens = {s.name: s.min_tokens for s in [*stage.sources, *stage.replay.sources]}
+        for s in manifest["sources"]:
+            if min_tokens[s["name"]]:
+                counted = count_from_index(Path(s["files"][0]["path"]).parent, min_tokens[s["name"]])
+                assert (s["documents_qualifying"], s["tokens_qualifying"]) == counted, f.name
+            else:
+                assert not {"min_tokens", "documents_qualifying", "tokens_qualifying"} & s.keys(), f.name
         batches = list(PackedLoader(manifest, batch_size=4))
         sequences = sum(len(b["input_ids"]) for b in batches)
         assert sequences == round(stage.tokens / stage.seq_len), f.name
@@ -163,3 +173,146 @@ def test_show_prints_the_table_and_draws_the_composition(tmp_path, shards):
     manifest.write_text(manifest.read_text().replace('"seed": 7', '"seed": 8'))
     proc = cpt_mix("show", str(manifest))
     assert proc.returncode == 2 and "manifest_hash" in proc.stderr
+
+
+def lengths_folder(path, lengths: list[list[int]], tokenizer, seed: int = 0):
+    """A token-shard folder whose shards hold documents of the given lengths (one list per shard)."""
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, shard in enumerate(lengths):
+        ds = path / f"{i:05d}_unshuffled.ds"
+        rng.integers(3, 1000, sum(shard), dtype=np.uint16).tofile(ds)
+        np.cumsum(np.array(shard, dtype=np.uint64)).astype(np.uint64).tofile(f"{ds}.index")
+    write_manifest(path, path.name, tokenizer, 2)
+    return path
+
+
+def count_from_index(folder, min_tokens: int) -> tuple[int, int]:
+    """Documents of at least `min_tokens` tokens and their tokens, counted from the indexes directly."""
+    documents = tokens = 0
+    for index in sorted(folder.glob("*.ds.index")):
+        ends = [int(e) for e in np.fromfile(index, dtype=np.uint64)]
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            if end - start >= min_tokens:
+                documents, tokens = documents + 1, tokens + end - start
+    return documents, tokens
+
+
+@pytest.fixture
+def long_docs(tmp_path, shards):
+    """`shards` plus a folder of documents from 20 to 6,000 tokens over two shards, with some of exactly
+    2,000 (the boundary of the tests' min_tokens)."""
+    rng = np.random.default_rng(5)
+    lengths = [
+        [*rng.integers(20, 6_000, 40).tolist(), 2_000, 1_999],
+        [2_000, *rng.integers(20, 600, 30).tolist()],
+    ]
+    tok = tmp_path / "tok" / "tokenizer.json"
+    return {**shards, "long": lengths_folder(tmp_path / "tokens" / "long", lengths, tok, seed=4)}
+
+
+LONG_STAGE = STAGE.replace(
+    "  - {{name: en_web, path: {en}, weight: 1}}",
+    "  - {{name: en_web, path: {en}, weight: 1}}\n  - {{name: long_web, path: {long}, tokens: 20000, min_tokens: 2000}}",
+)
+
+
+def test_min_tokens_counts_the_long_documents_from_the_index(tmp_path, long_docs, monkeypatch):
+    from cpt.mix import plan as planner
+    from cpt.mix.stage import load_stage
+
+    documents, tokens = count_from_index(long_docs["long"], 2_000)
+    assert 0 < tokens < sum(f.stat().st_size // 2 for f in long_docs["long"].glob("*.ds"))
+    stage = write_stage(tmp_path, LONG_STAGE.format(**long_docs))
+    proc = cpt_mix("build", str(stage), "--output", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    long = next(s for s in manifest["sources"] if s["name"] == "long_web")
+    assert (long["min_tokens"], long["documents_qualifying"], long["tokens_qualifying"]) == (
+        2_000,
+        documents,
+        tokens,
+    )
+    assert long["tokens_available"] == tokens and long["epochs"] == pytest.approx(20_000 / tokens)
+    assert f"{documents:,} of 73 documents qualify, {tokens:,} of" in proc.stdout
+    for s in manifest["sources"]:  # the other sources, and the stage, carry none of the new keys
+        if s["name"] != "long_web":
+            assert not {"min_tokens", "documents_qualifying", "tokens_qualifying"} & s.keys()
+    assert "anneal_tokens" not in manifest
+    # counted a chunk of the index at a time, the counts are the same
+    monkeypatch.setattr(planner, "INDEX_CHUNK", 7)
+    again = planner.plan(load_stage(stage), str(stage))
+    assert again["manifest_hash"] == manifest["manifest_hash"]
+    assert cpt_mix("show", str(tmp_path / "m")).returncode == 0
+
+
+def test_min_tokens_refuses_a_budget_its_long_documents_cannot_give(tmp_path, long_docs):
+    documents, tokens = count_from_index(long_docs["long"], 2_000)
+    text = LONG_STAGE.format(**long_docs)
+
+    def budget(n: int):  # long_web's fixed tokens, read at most half an epoch of its long documents
+        return write_stage(
+            tmp_path, text.replace("tokens: 20000, min_tokens", f"tokens: {n}, max_epochs: 0.5, min_tokens")
+        )
+
+    # within max_epochs of the qualifying tokens it plans; one token more is refused
+    assert cpt_mix("build", str(budget(tokens // 2)), "--dry-run").returncode == 0
+    proc = cpt_mix("build", str(budget(tokens // 2 + 1)), "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    for part in (
+        "sources[2] (long_web)",
+        "min_tokens 2,000",
+        f"its {documents:,} documents that long hold {tokens:,} tokens",
+        f"its {tokens // 2 + 1:,} need {2 * (tokens // 2 + 1):,} within its max_epochs 0.5",
+    ):
+        assert part in proc.stderr, (part, proc.stderr)
+    # no document that long at all
+    none = write_stage(tmp_path, text.replace("min_tokens: 2000", "min_tokens: 100000"))
+    proc = cpt_mix("build", str(none), "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "long_web" in proc.stderr and "min_tokens 100,000: none of its 73 documents" in proc.stderr
+
+
+def test_min_tokens_and_anneal_tokens_are_validated(tmp_path, long_docs):
+    cases = {
+        "negative min_tokens": ("min_tokens: 2000", "min_tokens: -1", "sources[2].min_tokens: must be"),
+        "min_tokens not a number": (
+            "min_tokens: 2000",
+            "min_tokens: long",
+            "sources[2].min_tokens: expected int",
+        ),
+        "misspelt min_tokens": ("min_tokens: 2000", "min_token: 2000", "sources[2].min_token: unknown key"),
+        "anneal over the stage": (
+            "seed: 7",
+            "seed: 7\nanneal_tokens: 100001",
+            "anneal_tokens: must be within",
+        ),
+        "negative anneal": ("seed: 7", "seed: 7\nanneal_tokens: -5", "anneal_tokens: must be within"),
+        "anneal not a number": ("seed: 7", "seed: 7\nanneal_tokens: 1.5", "anneal_tokens: expected int"),
+    }
+    for name, (old, new, message) in cases.items():
+        stage = write_stage(tmp_path, LONG_STAGE.format(**long_docs).replace(old, new, 1))
+        proc = cpt_mix("build", str(stage), "--dry-run")
+        assert proc.returncode == 2 and message in proc.stderr, (name, proc.stderr)
+
+
+def test_anneal_tokens_is_written_when_set_and_zero_changes_nothing(tmp_path, shards):
+    from cpt.mix.plan import plan
+    from cpt.mix.stage import load_stage
+
+    text = STAGE.format(**shards)
+    plain = plan(load_stage(write_stage(tmp_path, text)))
+    zeros = text.replace("seed: 7", "seed: 7\nanneal_tokens: 0").replace(
+        "weight: 1}", "weight: 1, min_tokens: 0}"
+    )
+    assert plan(load_stage(write_stage(tmp_path, zeros))) == plain  # same content, same hash
+    assert "anneal_tokens" not in plain
+    assert not any(
+        {"min_tokens", "documents_qualifying", "tokens_qualifying"} & s.keys() for s in plain["sources"]
+    )
+    stage = write_stage(tmp_path, text.replace("seed: 7", "seed: 7\nanneal_tokens: 100000"))
+    proc = cpt_mix("build", str(stage), "--output", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["anneal_tokens"] == 100_000 and manifest["manifest_hash"] != plain["manifest_hash"]
+    assert "LR annealed to 0 over its last 100,000 tokens" in proc.stdout

@@ -36,14 +36,20 @@ def composition_chart(manifest: dict, path: str | Path) -> Path:
         left += s["share"]
     share_ax.set_xlim(0, 1)
     share_ax.set_yticks([])
-    share_ax.set_xlabel("share of the stage's tokens")
+    anneal = manifest.get("anneal_tokens")
+    anneal = f" (the LR anneals to 0 over its last {anneal:,})" if anneal else ""
+    share_ax.set_xlabel(f"share of the stage's tokens{anneal}")
     share_ax.set_title(
         f"stage {manifest['stage']}: {manifest['tokens']:,} tokens, seq_len {manifest['seq_len']}, "
         f"replay {manifest['replay']['share']:.0%}  (manifest {manifest['manifest_hash'][:12]})",
         fontsize=9,
     )
 
-    names = [s["name"] for s in sources][::-1]
+    # a long-context source says how long its documents are: its epochs count only those
+    names = [
+        s["name"] + (f"\n(documents ≥ {s['min_tokens']:,} tokens)" if s.get("min_tokens") else "")
+        for s in sources
+    ][::-1]
     epochs = [s["epochs"] for s in sources][::-1]
     bar_colors = [colors[i % len(colors)] for i in range(len(sources))][::-1]
     epoch_ax.barh(names, epochs, color=bar_colors)

@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         "build",
         help="resolve a stage file to shards and write manifest.json",
         description="Resolve every source of a stage file to its token shards, split the token budget by "
-        "weight and replay share, check epochs and tokenizers, and write manifest.json (its hash names the "
-        "data a checkpoint is trained on).",
+        "weight and replay share, check epochs (counting only the documents of at least min_tokens tokens "
+        "where a source sets it) and tokenizers, and write manifest.json (its hash names the data a "
+        "checkpoint is trained on).",
     )
     b.add_argument("stage", help="a stage file, e.g. mixes/stage2.yaml")
     b.add_argument("--output", help="folder for manifest.json (default: runs/mixes/<stage name>)")

@@ -3,16 +3,22 @@
 Shares: the replay share of the budget goes to the replay sources (split by their weights, equal when
 none are given); the rest goes to fixed-`tokens` sources first, then to weighted sources in proportion
 to their normalised weights. A source used for more tokens than it holds repeats (epochs > 1); more
-than its `max_epochs` is refused. The manifest's hash covers everything in it, so it names the data
-exactly; planning twice gives the same hash.
+than its `max_epochs` is refused. A source with `min_tokens` holds only its documents at least that
+long (counted from the shards' document indexes): those are what it has to give, for its epochs and its
+refusals. The manifest's hash covers everything in it, so it names the data exactly; planning twice gives
+the same hash. Keys of optional features (`min_tokens`, `anneal_tokens`) are written only when they are
+used, so a stage file that does not use them keeps the manifest, and the hash, it always had.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from cpt.manifest import manifest_hash
 from cpt.mix.stage import Source, Stage
@@ -20,6 +26,7 @@ from cpt.tokens import MANIFEST, RESUME, TOKEN_SIZES, TokenShardError, check_fil
 
 EPOCH_WARNING = 4.0  # Muennighoff et al. 2023: repeated data stops paying off after about 4 epochs
 REPLAY_WARNING = 0.05  # Ibrahim et al. 2024: replay of 5% or more is what prevents forgetting
+INDEX_CHUNK = 1 << 20  # document ends read at a time for `min_tokens` (8 MiB of uint64, and as much again)
 
 
 class MixError(ValueError):
@@ -38,6 +45,34 @@ class PlannedSource:
     share: float = 0.0
     epochs: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    where: str = ""  # "stage.yaml: sources[0] (name)", for its refusals
+    min_tokens: int = 0
+    documents_qualifying: int = 0  # with min_tokens: its documents at least that long, and their tokens
+    tokens_qualifying: int = 0
+
+
+@dataclass
+class Qualifying:
+    """What a source's shards hold of documents at least `min_tokens` long."""
+
+    documents: int = 0
+    tokens: int = 0
+    longest: int = 0  # the longest document's tokens, for the refusal when none qualifies
+
+    def add(self, index: bytes, min_tokens: int) -> None:
+        """Count one shard from its document index (uint64 end offsets): lengths are differences of
+        consecutive ends, taken a chunk at a time so that a shard of many documents costs bounded
+        memory beyond its index."""
+        ends = np.frombuffer(index, dtype="<u8")
+        previous = np.uint64(0)
+        for start in range(0, len(ends), INDEX_CHUNK):
+            part = ends[start : start + INDEX_CHUNK]
+            lengths = np.diff(part, prepend=previous)
+            previous = part[-1]
+            keep = lengths >= min_tokens
+            self.documents += int(np.count_nonzero(keep))
+            self.tokens += int(lengths.sum(where=keep))
+            self.longest = max(self.longest, int(lengths.max()))
 
 
 def _file_digest(index: bytes, size: int) -> str:
@@ -108,11 +143,13 @@ def _read(folder: Path, where: str) -> dict:
         raise MixError(f"{where}: {e}") from None
 
 
-def resolve(source: Source, where: str) -> tuple[list[dict], str]:
-    """Shard files of a source and their tokenizer hash. Every shard is checked against its folder's
-    tokens.json (sizes, index; see `cpt.tokens.check_files`): the counts written into the manifest are
-    the ones the loader finds on disk."""
+def resolve(source: Source, where: str) -> tuple[list[dict], str, Qualifying | None]:
+    """Shard files of a source, their tokenizer hash and, when the source sets `min_tokens`, what they
+    hold of documents that long (from the indexes `check_files` has read anyway). Every shard is checked
+    against its folder's tokens.json (sizes, index; see `cpt.tokens.check_files`): the counts written
+    into the manifest are the ones the loader finds on disk."""
     files, tokenizers = [], {}
+    qualifying = Qualifying() if source.min_tokens else None
     for folder in _folders(source, where):
         manifest = _read(folder, where)
         tokenizers.setdefault(manifest["tokenizer_sha256"], folder)
@@ -128,6 +165,8 @@ def resolve(source: Source, where: str) -> tuple[list[dict], str]:
                         "sha256": _file_digest(index, entry["tokens"] * size),
                     }
                 )
+                if qualifying is not None:
+                    qualifying.add(index, source.min_tokens)
         except TokenShardError as e:
             raise MixError(f"{where}: {e}") from None
     if len(tokenizers) > 1:
@@ -140,7 +179,14 @@ def resolve(source: Source, where: str) -> tuple[list[dict], str]:
             f"{where}: {source.path}: its token shards hold no tokens (tokenize had no text to read); "
             "give it data or drop the source"
         )
-    return files, next(iter(tokenizers))
+    if qualifying is not None and not qualifying.documents:
+        documents = sum(f["documents"] for f in files)
+        raise MixError(
+            f"{where}: min_tokens {source.min_tokens:,}: none of its {documents:,} documents is that long "
+            f"(the longest has {qualifying.longest:,} tokens); lower min_tokens or point path at longer "
+            "documents"
+        )
+    return files, next(iter(tokenizers)), qualifying
 
 
 def plan(stage: Stage, stage_file: str = "stage") -> dict:
@@ -150,11 +196,15 @@ def plan(stage: Stage, stage_file: str = "stage") -> dict:
     for role, sources in (("source", stage.sources), ("replay", stage.replay.sources)):
         for i, s in enumerate(sources):
             where = f"{stage_file}: {'sources' if role == 'source' else 'replay.sources'}[{i}] ({s.name})"
-            files, tok = resolve(s, where)
+            files, tok, qualifying = resolve(s, where)
             tokenizers[where] = tok
-            planned.append(
-                PlannedSource(s.name, role, s.packing, s.type, files, sum(f["tokens"] for f in files))
-            )
+            p = PlannedSource(s.name, role, s.packing, s.type, files, sum(f["tokens"] for f in files))
+            p.where = where
+            if qualifying is not None:  # only its long documents are read: they are what it has
+                p.min_tokens = s.min_tokens
+                p.documents_qualifying, p.tokens_qualifying = qualifying.documents, qualifying.tokens
+                p.tokens_available = qualifying.tokens
+            planned.append(p)
     if len(set(tokenizers.values())) > 1:
         detail = "; ".join(f"{w}: {t[:12]}…" for w, t in tokenizers.items())
         raise MixError(f"{stage_file}: sources come from different tokenizers ({detail})")
@@ -184,6 +234,13 @@ def plan(stage: Stage, stage_file: str = "stage") -> dict:
         p.share = p.tokens_used / stage.tokens
         p.epochs = p.tokens_used / max(p.tokens_available, 1)
         limit = max_epochs[(p.role, p.name)]
+        if p.epochs > limit and p.min_tokens:
+            raise MixError(
+                f"{p.where}: min_tokens {p.min_tokens:,}: its {p.documents_qualifying:,} documents that long "
+                f"hold {p.tokens_qualifying:,} tokens, but its {p.tokens_used:,} need "
+                f"{math.ceil(p.tokens_used / limit):,} within its max_epochs {limit} ({p.epochs:.1f} epochs): "
+                "lower min_tokens, its weight or the budget, or add long documents"
+            )
         if p.epochs > limit:
             raise MixError(
                 f"{stage_file}: {p.name} would be read {p.epochs:.1f} times ({p.tokens_used:,} tokens of "
@@ -203,6 +260,8 @@ def plan(stage: Stage, stage_file: str = "stage") -> dict:
         "stage": stage.name,
         "seq_len": stage.seq_len,
         "tokens": stage.tokens,
+        # the trainer's LR decays to zero over these last tokens of the stage
+        **({"anneal_tokens": stage.anneal_tokens} if stage.anneal_tokens else {}),
         "seed": stage.seed,
         "tokenizer_sha256": next(iter(tokenizers.values())),
         "replay": {"share": stage.replay.share, "sources": [r.name for r in stage.replay.sources]},
@@ -216,6 +275,16 @@ def plan(stage: Stage, stage_file: str = "stage") -> dict:
                 "tokens_used": p.tokens_used,
                 "share": round(p.share, 6),
                 "epochs": round(p.epochs, 6),
+                # the loader skips its documents shorter than min_tokens; tokens_available counts the rest
+                **(
+                    {
+                        "min_tokens": p.min_tokens,
+                        "documents_qualifying": p.documents_qualifying,
+                        "tokens_qualifying": p.tokens_qualifying,
+                    }
+                    if p.min_tokens
+                    else {}
+                ),
                 "files": p.files,
             }
             for p in planned
@@ -233,9 +302,19 @@ def table(manifest: dict) -> str:
             f"{s['name']:<24} {s['role']:<7} {s['tokens_available']:>14,} {s['tokens_used']:>14,} "
             f"{s['share']:>7.1%} {s['epochs']:>7.2f}"
         )
+    for s in manifest["sources"]:
+        if s.get("min_tokens"):
+            documents = sum(f["documents"] for f in s["files"])
+            tokens = sum(f["tokens"] for f in s["files"])
+            lines.append(
+                f"{s['name']}: min_tokens {s['min_tokens']:,}: {s['documents_qualifying']:,} of {documents:,} "
+                f"documents qualify, {s['tokens_qualifying']:,} of {tokens:,} tokens (its available)"
+            )
+    anneal = manifest.get("anneal_tokens")
     lines.append(
         f"stage {manifest['stage']}: {manifest['tokens']:,} tokens, seq_len {manifest['seq_len']}, "
-        f"manifest {manifest['manifest_hash'][:16]}"
+        + (f"LR annealed to 0 over its last {anneal:,} tokens, " if anneal else "")
+        + f"manifest {manifest['manifest_hash'][:16]}"
     )
     lines += [f"warning: {w}" for w in manifest["warnings"]]
     return "\n".join(lines)

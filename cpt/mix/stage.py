@@ -24,6 +24,9 @@ class Source:
     # select among the token-shard folders under `path` by their labels (`run.py tokenize --split-by`):
     # "topic in [math, science]" or "topic == math"
     where: str | None = None
+    # only documents of at least this many tokens (EOS included, as the index counts them): a long-context
+    # stage (Llama 3's) is then made of long documents, not of short pages packed together; 0: all of them
+    min_tokens: int = 0
 
     def condition(self) -> tuple[str, list[str]] | None:
         """(key, allowed values) of `where`; ValueError when it cannot be read."""
@@ -56,6 +59,9 @@ class Stage:
     seq_len: int = 0
     tokens: int = 0  # the stage's token budget
     seed: int = 0
+    # the trainer decays the LR linearly to zero over the stage's last `anneal_tokens` (Llama 3's
+    # annealing); 0: the schedule runs as configured to the end
+    anneal_tokens: int = 0
     sources: list[Source] = field(default_factory=list)
     replay: Replay = field(default_factory=Replay)
 
@@ -67,6 +73,12 @@ class Stage:
             problems.append(f"seq_len: must be a positive integer (got {self.seq_len!r})")
         if not isinstance(self.tokens, int) or self.tokens <= 0:
             problems.append(f"tokens: the stage's budget must be a positive integer (got {self.tokens!r})")
+        if _integer(self.anneal_tokens) and _integer(self.tokens):
+            if not 0 <= self.anneal_tokens <= self.tokens:
+                problems.append(
+                    f"anneal_tokens: must be within [0, tokens] ({self.tokens:,}), the tokens the LR decays "
+                    f"to zero over at the end of the stage (got {self.anneal_tokens:,})"
+                )
         if not self.sources:
             problems.append("sources: at least one source is needed")
         if not 0 <= self.replay.share < 1:
@@ -91,6 +103,11 @@ class Stage:
                     problems.append(f"{key}.tokens: must be > 0 (got {s.tokens})")
                 if s.max_epochs <= 0:
                     problems.append(f"{key}.max_epochs: must be > 0 (got {s.max_epochs})")
+                if _integer(s.min_tokens) and s.min_tokens < 0:
+                    problems.append(
+                        f"{key}.min_tokens: must be a number of tokens >= 0 (0: every document; got "
+                        f"{s.min_tokens})"
+                    )
                 if s.packing == "same_type" and not s.type:
                     problems.append(f"{key}.type: same_type packing needs a type tag")
                 try:
@@ -98,6 +115,11 @@ class Stage:
                 except ValueError as e:
                     problems.append(f"{key}.where: {e}")
         return problems
+
+
+def _integer(value) -> bool:
+    """An int that is no bool; a value of another type is reported by `build` before `validate` runs."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_stage(path: str | Path) -> Stage:
