@@ -59,6 +59,17 @@ class DataConfig:
     gradient_accumulation: int = 1
     workers: int = 1  # loader worker processes a rank
     pad_id: int = 0
+    # Ramps within a stage (Llama 3: the batch grows 4M -> 8M -> 16M tokens, for stability): pairs [AT, VALUE],
+    # the first AT 0, each from AT on, AT in tokens of the stage trained before it ("252M" or 252000000) or,
+    # with ramp_unit steps, in optimizer steps. seq_len_ramp's VALUEs are packing lengths (<= the stage's
+    # seq_len, which applies when unset); batch_ramp's are global batches in sequences (multiples of
+    # micro_batch_size x ranks; unset: micro_batch_size x gradient_accumulation x ranks). Changes land at step
+    # boundaries.
+    seq_len_ramp: list[list[int | float | str]] = field(default_factory=list)
+    batch_ramp: list[list[int | float | str]] = field(default_factory=list)
+    ramp_unit: Literal["tokens", "steps"] = "tokens"
+    # the LR of a step whose batch is B is optim.lr x sqrt(B / the ramp's last batch) (DESIGN.md's rule); none
+    ramp_lr: Literal["sqrt", "none"] = "sqrt"
 
 
 @dataclass
@@ -99,6 +110,24 @@ class EvalSet:
     name: str = ""
     path: str = ""  # a token-shard folder (from `run.py tokenize`) held out of every stage
     sequences: int = 16
+    seq_len: int | None = None  # the packing length (default: the stage's): a long stage's short-context ppl
+
+
+@dataclass
+class NeedleConfig:
+    """Needle in a haystack (passkey retrieval) at every evaluation: a passkey sentence hidden at each depth
+    of haystacks cut from held-out text at each length, the model asked for it at the end; the accuracy of
+    every (length, depth) is logged as needle/L<length>/d<depth>, and their mean as needle/accuracy."""
+
+    set: str = ""  # the eval set (eval.sets name) whose documents make the haystacks; unset: no check
+    lengths: list[int] = field(
+        default_factory=list
+    )  # tokens; default: 1/4, 1/2 and all of the stage's seq_len
+    depths: list[int] = field(
+        default_factory=lambda: [0, 25, 50, 75, 100]
+    )  # % of the haystack before the needle
+    trials: int = 4  # passkeys (and haystacks) per cell
+    seed: int = 0
 
 
 @dataclass
@@ -120,6 +149,7 @@ class EvalConfig:
     sets: list[EvalSet] = field(default_factory=list)
     batch_size: int = 4
     benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    needle: NeedleConfig = field(default_factory=NeedleConfig)
 
 
 @dataclass

@@ -22,7 +22,8 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def evaluate(model, sets: list[EvalSet], seq_len: int, batch_size: int, device, pad_id: int = 0) -> dict:
-    """{eval/<set>/loss, eval/<set>/ppl} over the first `sequences` packed sequences of each set.
+    """{eval/<set>/loss, eval/<set>/ppl} over the first `sequences` packed sequences of each set, packed to
+    the set's own `seq_len` when it has one (a long stage's short-context perplexity), else to `seq_len`.
 
     Every rank evaluates the same sequences (sets are small), so ZeRO-3's collective forward passes
     line up and no reduction is needed."""
@@ -31,7 +32,7 @@ def evaluate(model, sets: list[EvalSet], seq_len: int, batch_size: int, device, 
     results = {}
     for s in sets:
         total, count = 0.0, 0
-        for batch in heldout_batches(s.path, seq_len, s.sequences, batch_size, pad_id):
+        for batch in heldout_batches(s.path, s.seq_len or seq_len, s.sequences, batch_size, pad_id):
             losses, mask = token_losses(model, batch, device)
             total += losses.sum().item()
             count += int(mask.sum().item())

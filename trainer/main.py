@@ -45,7 +45,7 @@ from trainer.model import (
     prepare_model,
     trainable_summary,
 )
-from trainer.schedule import Schedule
+from trainer.schedule import Schedule, Segment, describe_segments, plan_sequences, segment_of, step_plan
 
 log = logging.getLogger("cpt.trainer")
 REPO = Path(__file__).resolve().parent.parent
@@ -250,6 +250,23 @@ def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:
                     f"stage's ({ours[:12]}…); tokenize the held-out text with the stage's tokenizer"
                 ],
             )
+        if s.seq_len is not None and not 1 < s.seq_len <= manifest["seq_len"]:
+            raise ConfigError(
+                f"eval.sets[{i}].seq_len", [f"{s.seq_len}: within (1, the stage's {manifest['seq_len']}]"]
+            )
+    needle = cfg.eval.needle
+    if needle.set:
+        problems = []
+        if needle.set not in [s.name for s in cfg.eval.sets]:
+            problems.append(f"set {needle.set!r} is not one of eval.sets' names")
+        if any(not 0 < n <= manifest["seq_len"] for n in needle.lengths):
+            problems.append(
+                f"lengths {needle.lengths}: each within (0, the stage's seq_len {manifest['seq_len']}]"
+            )
+        if not needle.depths or any(not 0 <= d <= 100 for d in needle.depths) or needle.trials < 1:
+            problems.append("depths: percentages within [0, 100]; trials >= 1")
+        if problems:
+            raise ConfigError("eval.needle", problems)
 
 
 def check_model(model_dir: str, manifest: dict) -> None:
@@ -435,18 +452,31 @@ def _free_port() -> int:
 
 
 def describe_plan(
-    cfg: TrainConfig, manifest: dict, run_dir: Path, start: Start, steps: int, world: int
+    cfg: TrainConfig,
+    manifest: dict,
+    run_dir: Path,
+    start: Start,
+    steps: int,
+    world: int,
+    segments: list[Segment],
+    anneal_steps: int = 0,
 ) -> str:
-    micro, accumulation, seq_len = (
-        cfg.data.micro_batch_size,
-        cfg.data.gradient_accumulation,
-        manifest["seq_len"],
-    )
+    micro = cfg.data.micro_batch_size
+    runs = []
+    for seg in segments or [
+        Segment(0, 0, manifest["seq_len"], micro * cfg.data.gradient_accumulation * world)
+    ]:
+        accumulation = seg.batch // (micro * world)
+        runs.append(
+            f"{seg.steps} of {seg.batch * seg.seq_len:,} tokens ({world} ranks x {micro} x {accumulation} "
+            f"accumulation x {seg.seq_len})"
+        )
+    anneal = f", LR annealed to 0 over the last {anneal_steps} steps" if anneal_steps else ""
     plan = (
-        f"stage {manifest['stage']} (manifest {manifest['manifest_hash'][:16]}): {steps} steps of "
-        f"{micro * accumulation * world * seq_len:,} tokens ({world} ranks x {micro} x {accumulation} "
-        f"accumulation x {seq_len}), mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, "
-        f"{'bf16' if cfg.deepspeed.bf16 else 'fp32'}, {cfg.schedule.kind} LR {cfg.optim.lr:g} -> run {run_dir}"
+        f"stage {manifest['stage']} (manifest {manifest['manifest_hash'][:16]}): {steps} steps"
+        f"{runs[0][runs[0].index(' of') :] if len(runs) == 1 else ': ' + ', then '.join(runs)}, mode {cfg.mode}, ZeRO {cfg.deepspeed.zero_stage}, "
+        f"{'bf16' if cfg.deepspeed.bf16 else 'fp32'}, {cfg.schedule.kind} LR {cfg.optim.lr:g}{anneal} -> "
+        f"run {run_dir}"
     )
     if start.resume_tag:
         plan += f", resuming from {checkpoint.checkpoint_dir(run_dir) / start.resume_tag}"
@@ -487,7 +517,7 @@ def init_model(cfg: TrainConfig, start: Start, rank: int):
 
 
 def write_run_files(
-    cfg: TrainConfig, manifest: dict, run_dir: Path, start: Start, tokens_per_step: int
+    cfg: TrainConfig, manifest: dict, run_dir: Path, start: Start, tokens_per_step: int, shape: dict
 ) -> None:
     """config.json (what export and init-from rebuild the model from) and, for a new run, run.json
     (where its weights came from, so a report can chain stages). Rank 0 only."""
@@ -504,11 +534,32 @@ def write_run_files(
         "init_from": source,
         "model": str(cfg.model.path),
         "tokens_per_step": tokens_per_step,
+        **shape,  # the ramps' boundaries and the anneal, for the report
     }
     write_json(run_dir / "run.json", origin)
 
 
-def build_engine(cfg: TrainConfig, model, stage_steps: int):
+def anneal_steps(segments: list[Segment], tokens: int) -> int:
+    """The fewest last steps of the stage that hold its last `tokens` (the manifest's anneal_tokens)."""
+    steps, held = 0, 0
+    for seg in reversed(segments):
+        for _ in range(seg.steps):
+            if held >= tokens:
+                return steps
+            steps, held = steps + 1, held + seg.seq_len * seg.batch
+    return steps
+
+
+def lr_scale(cfg: TrainConfig, segments: list[Segment]):
+    """A batch ramp's LR rule: a step whose batch is B runs at sqrt(B / the last batch) of the LR (DESIGN.md:
+    scale with the square root of the batch-size ratio); None without a ramp or with ramp_lr none."""
+    if not cfg.data.batch_ramp or cfg.data.ramp_lr == "none" or not segments:
+        return None
+    last = segments[-1].batch
+    return lambda step: (segment_of(segments, step).batch / last) ** 0.5
+
+
+def build_engine(cfg: TrainConfig, model, stage_steps: int, anneal: int = 0, scale=None):
     """The DeepSpeed engine (AdamW, or DeepSpeed's CPU Adam with optimizer offload) and its LR schedule,
     which spans the whole stage even when the run stops early."""
     import deepspeed
@@ -525,15 +576,27 @@ def build_engine(cfg: TrainConfig, model, stage_steps: int):
         model=model,
         optimizer=optimizer,
         # built on the optimizer DeepSpeed keeps (its empty groups dropped); saved with every checkpoint
-        lr_scheduler=lambda kept: Schedule(kept, cfg.schedule, cfg.optim.lr, stage_steps),
+        lr_scheduler=lambda kept: Schedule(kept, cfg.schedule, cfg.optim.lr, stage_steps, anneal, scale),
         config=deepspeed_config(cfg),
     )
     return engine, schedule
 
 
-def resume(engine, loader, ema, run_dir: Path, tag: str, manifest: dict) -> tuple[int, int]:
+def taken(segments: list[dict], step: int) -> list[dict]:
+    """The part of a step plan the first `step` steps followed."""
+    return [
+        {**seg, "steps": min(seg["steps"], step - seg["first_step"])}
+        for seg in segments
+        if seg["first_step"] < step
+    ]
+
+
+def resume(
+    engine, loader, ema, run_dir: Path, tag: str, manifest: dict, segments: list[Segment]
+) -> tuple[int, int]:
     """Restore a checkpoint of this run (engine, schedule, loader position, RNG, EMA); the step and the
-    tokens seen it was saved at."""
+    tokens seen it was saved at. The ramps must give the steps already taken the lengths and batches
+    they had (the loader position counts sequences of those lengths)."""
     try:
         state = checkpoint.load(engine, run_dir, tag)
     except checkpoint.CheckpointError:
@@ -545,6 +608,13 @@ def resume(engine, loader, ema, run_dir: Path, tag: str, manifest: dict) -> tupl
             f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
             f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
             "start a new stage from its weights)"
+        )
+    plan = describe_segments(segments)
+    if "plan" in state and taken(state["plan"], state["step"]) != taken(plan, state["step"]):
+        raise RunError(
+            f"{run_dir}: data.seq_len_ramp / data.batch_ramp give the {state['step']} steps already taken "
+            f"other lengths or batches than the checkpoint's ({taken(state['plan'], state['step'])}); set "
+            "them as the run had them"
         )
     loader.load_state_dict(state["loader"])
     if ema is not None:
@@ -574,17 +644,35 @@ def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device, tokenize
             (torch.distributed.get_rank(), world) if world > 1 and cfg.deepspeed.zero_stage < 3 else (0, 1)
         )
         results.update(bench.in_training(engine.module, tokenizer, cfg.eval.benchmarks, device, shard))
+    if cfg.eval.needle.set:
+        from trainer import needle
+
+        folder = next(s.path for s in cfg.eval.sets if s.name == cfg.eval.needle.set)
+        results.update(
+            needle.in_training(
+                engine.module, tokenizer, cfg.eval.needle, folder, seq_len, device, cfg.data.pad_id
+            )
+        )
     return results
 
 
 def save_checkpoint(
-    engine, ema, loader_state: dict, manifest: dict, run_dir: Path, step: int, tokens_seen: int, cfg
+    engine,
+    ema,
+    loader_state: dict,
+    manifest: dict,
+    run_dir: Path,
+    step: int,
+    tokens_seen: int,
+    cfg,
+    segments: list[Segment],
 ) -> None:
     client = {
         "step": step,
         "tokens_seen": tokens_seen,
         "loader": loader_state,
         "manifest_hash": manifest["manifest_hash"],
+        "plan": describe_segments(segments),
     }
     extra = {"ema": ema.shadow} if ema is not None else None
     checkpoint.save(engine, run_dir, step, client, cfg.checkpoint.keep, extra)
@@ -663,12 +751,26 @@ def train(args: argparse.Namespace, first: bool) -> int:
     # -- data ------------------------------------------------------------------------------------
     rank, world = process_ranks()
     seq_len = manifest["seq_len"]
-    micro, accumulation = cfg.data.micro_batch_size, cfg.data.gradient_accumulation
-    loader = PackedLoader(manifest, rank, world, micro, cfg.data.workers, cfg.data.pad_id)
-    stage_steps = len(loader) // accumulation  # the schedule spans the stage, even when stopped early
+    micro = cfg.data.micro_batch_size
+    segments = step_plan(cfg.data, manifest["tokens"], seq_len, world)
+    ramped = bool(cfg.data.seq_len_ramp or cfg.data.batch_ramp)
+    lengths = plan_sequences(segments) if ramped and segments else None
+    loader = PackedLoader(manifest, rank, world, micro, cfg.data.workers, cfg.data.pad_id, lengths)
+    stage_steps = sum(seg.steps for seg in segments)  # the schedule spans the stage, even when stopped early
     total_steps = min(stage_steps, cfg.max_steps) if cfg.max_steps else stage_steps
-    tokens_per_step = micro * accumulation * world * seq_len
-    plan = describe_plan(cfg, manifest, run_dir, start, total_steps, world)
+    annealed = anneal_steps(segments, int(manifest.get("anneal_tokens", 0)))
+    shape = {}
+    if ramped:
+        shape["ramps"] = [
+            {"first_step": g.first_step, "seq_len": g.seq_len, "batch": g.batch} for g in segments
+        ]
+    if annealed:
+        shape["anneal"] = {
+            "tokens": int(manifest["anneal_tokens"]),
+            "first_step": stage_steps - annealed,
+            "steps": annealed,
+        }
+    plan = describe_plan(cfg, manifest, run_dir, start, total_steps, world, segments, annealed)
     if args.dry_run:
         if rank == 0:
             print(json.dumps(asdict(cfg), indent=2))
@@ -697,14 +799,15 @@ def train(args: argparse.Namespace, first: bool) -> int:
         origin = cfg.model.path
     log.info("model %s (%s attention): %s", origin, attention, trainable_summary(model))
     if rank == 0:
-        write_run_files(cfg, manifest, run_dir, start, tokens_per_step)
+        head = segments[0]
+        write_run_files(cfg, manifest, run_dir, start, head.seq_len * head.batch, shape)
 
     # -- engine, and the run's state when it resumes ------------------------------------------------
-    engine, schedule = build_engine(cfg, model, stage_steps)
+    engine, schedule = build_engine(cfg, model, stage_steps, annealed, lr_scale(cfg, segments))
     ema = WeightEMA(engine.module, cfg.ema) if cfg.ema else None
     step, tokens_seen = 0, 0
     if start.resume_tag:
-        step, tokens_seen = resume(engine, loader, ema, run_dir, start.resume_tag, manifest)
+        step, tokens_seen = resume(engine, loader, ema, run_dir, start.resume_tag, manifest, segments)
     first_step, saved_step = step, step
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -729,7 +832,7 @@ def train(args: argparse.Namespace, first: bool) -> int:
 
     evaluating = bool(cfg.eval.sets or cfg.eval.benchmarks.tasks)
     tokenizer = None
-    if cfg.eval.benchmarks.tasks:
+    if cfg.eval.benchmarks.tasks or cfg.eval.needle.set:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
@@ -740,6 +843,10 @@ def train(args: argparse.Namespace, first: bool) -> int:
     while step < total_steps:
         lr = schedule.get_last_lr()[0]  # the LR this step uses (the schedule moves on at its end)
         position = loader.state_dict()  # the data before this step: what a stop here saves
+        seg = segment_of(segments, step)
+        accumulation = seg.batch // (micro * world)
+        if accumulation != engine.gradient_accumulation_steps():  # a batch ramp's boundary
+            engine.set_train_batch_size(seg.batch)
         batches = [next(micro_batches) for _ in range(accumulation)]
         totals = step_totals(batches, signals.received is not None, device)
         if totals.stop:
@@ -747,12 +854,16 @@ def train(args: argparse.Namespace, first: bool) -> int:
         # the step's loss is the mean over all its target tokens, on every rank and micro-batch: DeepSpeed
         # averages gradients over ranks (hence x world) and would divide by the accumulation steps (not here)
         scale = world / max(totals.targets, 1.0)
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            # the step's boundary is its last micro-batch, said outright: DeepSpeed's own count of micro-steps
+            # modulo the accumulation would misplace it once a ramp has changed the accumulation
+            engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             losses, mask = token_losses(engine, batch, device)
             engine.backward(losses.sum() * scale, scale_wrt_gas=False)
             engine.step()
             losses_since_log.add(losses, mask, batch["source"])
         step += 1
+        tokens_per_step = seg.batch * seg.seq_len
         tokens_seen += tokens_per_step
         piece_squares += totals.piece_squares
         if ema is not None:
@@ -763,10 +874,13 @@ def train(args: argparse.Namespace, first: bool) -> int:
         if step % cfg.log.every == 0 or step == total_steps:
             window = losses_since_log.reduce()
             elapsed = max(time.perf_counter() - tick, 1e-9)
-            window_tokens = (step - tick_step) * tokens_per_step
+            window_tokens = sum(
+                segment_of(segments, k).batch * segment_of(segments, k).seq_len
+                for k in range(tick_step, step)
+            )
             tokens_per_s = window_tokens / elapsed
             # attention as papers count it (the whole sequence), and as document masking computes it
-            flops = flops_per_token(model_config, seq_len)
+            flops = flops_per_token(model_config, seg.seq_len)
             flops_docs = flops_per_token(model_config, piece_squares / max(window_tokens, 1))
             norm = engine.get_global_grad_norm()  # None where DeepSpeed did not compute one: logged so
             record = {
@@ -781,6 +895,8 @@ def train(args: argparse.Namespace, first: bool) -> int:
             if peak:
                 record["mfu"] = tokens_per_s * flops / world / peak
                 record["mfu_docs"] = tokens_per_s * flops_docs / world / peak
+            if ramped:
+                record.update({"seq_len": seg.seq_len, "batch_sequences": seg.batch})
             record.update(window.by_source)
             logger.log(step, record)
             if progress is not None:
@@ -792,14 +908,16 @@ def train(args: argparse.Namespace, first: bool) -> int:
             logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device, tokenizer))
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
-            save_checkpoint(engine, ema, loader.state_dict(), manifest, run_dir, step, tokens_seen, cfg)
+            save_checkpoint(
+                engine, ema, loader.state_dict(), manifest, run_dir, step, tokens_seen, cfg, segments
+            )
             saved_step, paused = step, True
         if paused:  # evaluation and checkpoints do not count against tokens/s
             tick, tick_step = time.perf_counter(), step
 
     stopped = step < total_steps
     if stopped and saved_step != step:  # asked to stop: the steps since the last checkpoint are kept
-        save_checkpoint(engine, ema, position, manifest, run_dir, step, tokens_seen, cfg)
+        save_checkpoint(engine, ema, position, manifest, run_dir, step, tokens_seen, cfg, segments)
     if progress is not None:
         progress.close()
     logger.close()

@@ -54,10 +54,13 @@ def same_type_partners(manifest: dict) -> list[list[int]]:
     ]
 
 
-def sequences_per_source(manifest: dict) -> list[int]:
-    """How many packed sequences each source gives the stage: the stage's budget over `seq_len`, split
-    in proportion to the sources' tokens by largest remainder (so the parts add up to the whole)."""
-    total = round(manifest["tokens"] / manifest["seq_len"])
+def sequences_per_source(manifest: dict, total: int | None = None) -> list[int]:
+    """How many packed sequences each source gives the stage: `total` (by default the stage's budget over
+    `seq_len`), split in proportion to the sources' tokens by largest remainder (so the parts add up to the
+    whole). Under a sequence-length ramp every source's sequences are spread evenly over the stage, so each
+    one meets every length in the same proportion and its share of tokens stays its share of sequences."""
+    if total is None:
+        total = round(manifest["tokens"] / manifest["seq_len"])
     used = [s["tokens_used"] for s in manifest["sources"]]
     exact = [total * u / max(sum(used), 1) for u in used]
     counts = [int(x) for x in exact]
@@ -90,9 +93,14 @@ def _random_access_map(path: str, dtype: np.dtype) -> np.ndarray:
 class SourceStream:
     """The documents of one source in seeded order, epoch after epoch, and the packing of them."""
 
-    def __init__(self, source: dict, seed: int, seq_len: int, cursor: dict, index: int = 0):
-        self.name, self.seed, self.seq_len, self.index = source["name"], seed, seq_len, index
+    def __init__(self, source: dict, seed: int, cursor: dict, index: int = 0):
+        self.name, self.seed, self.index = source["name"], seed, index
         self.same_type = source["packing"] == "same_type"
+        # a long-context source reads only its long documents: the others are passed over in the order, so
+        # the cursor (a position in the order) still resumes exactly
+        self.min_tokens = int(source.get("min_tokens", 0))
+        if self.min_tokens and source.get("documents_qualifying") == 0:
+            raise ManifestError(f"source {self.name}: no document has min_tokens {self.min_tokens}")
         files = [f for f in source["files"] if f["documents"] > 0]
         if not files:
             raise ManifestError(f"source {self.name}: no documents")
@@ -128,12 +136,17 @@ class SourceStream:
         self._chunk = (file_of.tolist(), starts.tolist(), ends.tolist())
 
     def _current(self) -> tuple[int, int, int]:
-        """(file, first token, end) of the unread part of the current document."""
-        i = self.document - self._chunk_start
-        if self._chunk_start < 0 or not 0 <= i < len(self._chunk[0]):
-            self._load_chunk()
-            i = 0
-        return self._chunk[0][i], self._chunk[1][i] + self.offset, self._chunk[2][i]
+        """(file, first token, end) of the unread part of the current document (with `min_tokens`, the
+        next document at least that long)."""
+        while True:
+            i = self.document - self._chunk_start
+            if self._chunk_start < 0 or not 0 <= i < len(self._chunk[0]):
+                self._load_chunk()
+                i = 0
+            f, start, end = self._chunk[0][i], self._chunk[1][i], self._chunk[2][i]
+            if self.offset or end - start >= self.min_tokens:
+                return f, start + self.offset, end
+            self._advance()
 
     def _advance(self) -> None:
         self.document, self.offset = self.document + 1, 0
@@ -142,10 +155,10 @@ class SourceStream:
             self._order = DocumentOrder(self.documents, order_key(self.seed, self.name, self.epoch))
             self._chunk_start = -1
 
-    def next_sequence(self) -> list[Piece]:
-        """The pieces of the next sequence scheduled to this source; padding (or, for a same-type
-        source, documents of its partners) fills what they leave."""
-        pieces, room = [], self.seq_len
+    def next_sequence(self, seq_len: int) -> list[Piece]:
+        """The pieces of the next sequence scheduled to this source, of `seq_len` tokens; padding (or, for
+        a same-type source, documents of its partners) fills what they leave."""
+        pieces, room = [], seq_len
         while room:
             f, start, end = self._current()
             length = end - start
@@ -153,13 +166,13 @@ class SourceStream:
                 pieces.append((self.index, f, start, end))
                 room -= length
                 self._advance()
-            elif self.same_type and room < self.seq_len:
+            elif self.same_type and room < seq_len:
                 break  # the document does not fit: pad, it starts the next sequence
             else:  # cut: concat packing always, same-type only for a document longer than a sequence
                 pieces.append((self.index, f, start, start + room))
                 self.offset += room
                 room = 0
-        self.read += self.seq_len - room
+        self.read += seq_len - room
         return pieces
 
     def next_whole_document(self, room: int) -> Piece | None:
@@ -221,8 +234,23 @@ def fill_sequence(
     labels[t:] = IGNORE_INDEX
 
 
+def sequence_length_at(lengths: list[tuple[int, int]], sequence: int) -> int:
+    """The packing length of the stage's global sequence `sequence`, under `lengths`: consecutive
+    (sequences, seq_len) runs."""
+    for count, seq_len in lengths:
+        if sequence < count:
+            return seq_len
+        sequence -= count
+    return lengths[-1][1]
+
+
 class PackedSequences:
-    """The batches of one data-parallel rank, from a manifest and a loader state."""
+    """The batches of one data-parallel rank, from a manifest and a loader state.
+
+    `lengths` (a sequence-length ramp): consecutive runs of (sequences, seq_len) that replace the stage's
+    round(tokens / seq_len) sequences of `seq_len`; each run must hold whole rows of micro-batches of all
+    ranks, so a batch never mixes lengths. The state is in source units either way: a resume at any point
+    continues with the length of the sequence it stopped before."""
 
     def __init__(
         self,
@@ -232,6 +260,7 @@ class PackedSequences:
         batch_size: int = 1,
         pad_id: int = 0,
         state: dict | None = None,
+        lengths: list[tuple[int, int]] | None = None,
     ):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not within a world of {world}")
@@ -244,7 +273,15 @@ class PackedSequences:
                 f"not {manifest['manifest_hash'][:16]}: resuming would read other data"
             )
         self.seq_len = manifest["seq_len"]
-        self.total = sum(sequences_per_source(manifest))
+        self.lengths = [(int(n), int(length)) for n, length in lengths] if lengths else None
+        if self.lengths:
+            for n, length in self.lengths:
+                if n % (world * batch_size) or not 0 < length <= self.seq_len:
+                    raise ValueError(
+                        f"sequence lengths {self.lengths}: each run needs whole rows of {world} x "
+                        f"{batch_size} sequences and a length within (0, {self.seq_len}]"
+                    )
+        self.total = sum(n for n, _ in self.lengths) if self.lengths else sum(sequences_per_source(manifest))
         # every rank takes the same number of sequences (ranks step together); the stage's last
         # `total % world` sequences, fewer than one per rank, are left out
         self.per_rank = (self.total - self.state["sequences"]) // world
@@ -257,24 +294,27 @@ class PackedSequences:
         """This worker's batches (every `workers`-th, from `worker`), each with the state after it."""
         state, m = self.state, self.manifest
         streams = [
-            SourceStream(s, m["seed"], self.seq_len, c, index)
+            SourceStream(s, m["seed"], c, index)
             for index, (s, c) in enumerate(zip(m["sources"], state["sources"], strict=True))
         ]
         partners = same_type_partners(m)
-        schedule = Interleave(sequences_per_source(m), [c["sequences"] for c in state["sources"]])
+        schedule = Interleave(sequences_per_source(m, self.total), [c["sequences"] for c in state["sources"]])
         arange = np.arange(self.seq_len, dtype=np.int64)
         start, bsz = state["sequences"], self.batch_size
+        seq_len = self.seq_len
         for i in range(self.per_rank):
             b, row = divmod(i, bsz)
             mine = b % workers == worker
+            if row == 0 and self.lengths:  # a batch's rows share their run of the ramp
+                seq_len = sequence_length_at(self.lengths, start + i * self.world)
             if mine and row == 0:
                 rows = min(bsz, self.per_rank - b * bsz)
-                ids = np.empty((rows, self.seq_len), dtype=np.int64)
+                ids = np.empty((rows, seq_len), dtype=np.int64)
                 labels, positions, source = np.empty_like(ids), np.empty_like(ids), np.empty_like(ids)
             for r in range(self.world):
                 s = schedule.next()
-                pieces = streams[s].next_sequence()
-                room = self.seq_len - sum(end - first for _, _, first, end in pieces)
+                pieces = streams[s].next_sequence(seq_len)
+                room = seq_len - sum(end - first for _, _, first, end in pieces)
                 if room and partners[s]:
                     pieces += first_fit(streams, partners[s], room)
                 if mine and r == self.rank:
@@ -322,7 +362,7 @@ def heldout_batches(folder: str | Path, seq_len: int, sequences: int, batch_size
         "packing": "concat",
         "files": [{**f, "path": str(folder / f["path"]), "dtype": meta["dtype"]} for f in meta["files"]],
     }
-    stream = SourceStream(source, 0, seq_len, {"epoch": 0, "document": 0, "offset": 0, "tokens": 0})
+    stream = SourceStream(source, 0, {"epoch": 0, "document": 0, "offset": 0, "tokens": 0})
     sequences = min(sequences, max(meta["tokens"] // seq_len, 1))  # no repeats: at most one pass
     arange = np.arange(seq_len, dtype=np.int64)
     for first in range(0, sequences, batch_size):
@@ -330,7 +370,7 @@ def heldout_batches(folder: str | Path, seq_len: int, sequences: int, batch_size
         ids = np.empty((rows, seq_len), dtype=np.int64)
         labels, positions, source = np.empty_like(ids), np.empty_like(ids), np.empty_like(ids)
         for row in range(rows):
-            pieces = stream.next_sequence()
+            pieces = stream.next_sequence(seq_len)
             fill_sequence(
                 [stream], pieces, ids[row], labels[row], positions[row], source[row], pad_id, arange
             )
@@ -363,15 +403,22 @@ class PackedLoader:
         batch_size: int = 1,
         workers: int = 0,
         pad_id: int = 0,
+        lengths: list[tuple[int, int]] | None = None,
     ):
         self.manifest = manifest if isinstance(manifest, dict) else read_stage_manifest(manifest)
         self.rank, self.world, self.batch_size = rank, world, batch_size
-        self.workers, self.pad_id = workers, pad_id
+        self.workers, self.pad_id, self.lengths = workers, pad_id, lengths
         self._state = initial_state(self.manifest)
 
-    def _sequences(self) -> PackedSequences:
+    def _sequences(self, state: dict | None = None) -> PackedSequences:
         return PackedSequences(
-            self.manifest, self.rank, self.world, self.batch_size, self.pad_id, self._state
+            self.manifest,
+            self.rank,
+            self.world,
+            self.batch_size,
+            self.pad_id,
+            state or self._state,
+            self.lengths,
         )
 
     def __len__(self) -> int:
@@ -398,7 +445,7 @@ class PackedLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved state (refused when it was saved on another manifest)."""
-        PackedSequences(self.manifest, self.rank, self.world, self.batch_size, self.pad_id, state)
+        self._sequences(state)
         self._state = copy.deepcopy(state)
 
 
