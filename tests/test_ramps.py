@@ -172,6 +172,7 @@ RUN = (
     "--set", "data.seq_len_ramp=[[0,32],[1024,64]]", "--set", "data.batch_ramp=[[0,4],[2048,8]]",
     "--set", "checkpoint.every=2", "--set", "eval.every=6", "--set", "schedule.kind=constant",
     "--set", "eval.sets=[{name: zh_short, path: PATH, sequences: 2, seq_len: 32}]",
+    "--set", "eval.needle={set: zh_short, lengths: [64], depths: [0, 100], trials: 1}",
 )  # fmt: skip
 
 
@@ -198,6 +199,9 @@ def test_a_ramped_annealed_run_killed_and_resumed_across_each_boundary_ends_as_t
     # the sqrt rule: the batches of 4 run at sqrt(4/8) of the LR (constant after warmup here)
     assert ref[12]["lr"] == pytest.approx(ref[13]["lr"] * 0.5**0.5)
     assert "eval/zh_short/ppl" in ref[0] and "eval/zh_short/ppl" in ref[12]
+    for step in (0, 12, 16):  # the needle check at every evaluation, at the stage's full length
+        assert {"needle/L64/d0", "needle/L64/d100", "needle/accuracy"} <= set(ref[step]), step
+        assert 0.0 <= ref[step]["needle/accuracy"] <= 1.0
 
     out = tmp_path / "interrupted"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -219,6 +223,7 @@ def test_a_ramped_annealed_run_killed_and_resumed_across_each_boundary_ends_as_t
         assert resumed[step]["loss"] == ref[step]["loss"], step  # bit for bit
         assert resumed[step]["lr"] == ref[step]["lr"], step
     assert resumed[16]["eval/zh_short/ppl"] == ref[16]["eval/zh_short/ppl"]
+    assert resumed[16]["needle/accuracy"] == ref[16]["needle/accuracy"]
 
 
 def test_a_resume_with_other_ramps_for_the_steps_taken_is_refused(setup, tmp_path):

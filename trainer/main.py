@@ -647,13 +647,23 @@ def run_evaluation(engine, ema, cfg: TrainConfig, seq_len: int, device, tokenize
     if cfg.eval.needle.set:
         from trainer import needle
 
-        folder = next(s.path for s in cfg.eval.sets if s.name == cfg.eval.needle.set)
         results.update(
             needle.in_training(
-                engine.module, tokenizer, cfg.eval.needle, folder, seq_len, device, cfg.data.pad_id
+                engine.module,
+                tokenizer,
+                cfg.eval.needle,
+                needle_folder(cfg),
+                seq_len,
+                device,
+                cfg.data.pad_id,
             )
         )
     return results
+
+
+def needle_folder(cfg: TrainConfig) -> str:
+    """The held-out folder of the eval set the needle check cuts its haystacks from."""
+    return next(s.path for s in cfg.eval.sets if s.name == cfg.eval.needle.set)
 
 
 def save_checkpoint(
@@ -783,6 +793,20 @@ def train(args: argparse.Namespace, first: bool) -> int:
             f"{run_dir} already holds checkpoints ({checkpoint.describe(start.existing)}): pass --resume to "
             "continue it, or another --output"
         )
+    tokenizer = None
+    if cfg.eval.benchmarks.tasks or cfg.eval.needle.set:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if (
+        cfg.eval.needle.set
+    ):  # its haystacks built now: held-out text too short for them is said before any work
+        from trainer import needle
+
+        try:
+            needle.cases(tokenizer, cfg.eval.needle, needle_folder(cfg), seq_len)
+        except needle.NeedleError as e:
+            raise RunError(str(e)) from None
     signals = StopSignals(cfg.checkpoint.signals)  # from here on, a stop request waits for a step boundary
 
     # -- model -------------------------------------------------------------------------------------
@@ -831,11 +855,6 @@ def train(args: argparse.Namespace, first: bool) -> int:
     micro_batches = iter(loader)
 
     evaluating = bool(cfg.eval.sets or cfg.eval.benchmarks.tasks)
-    tokenizer = None
-    if cfg.eval.benchmarks.tasks or cfg.eval.needle.set:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     if evaluating and step == 0:  # the starting point: how the base model does on both domains
         logger.log(0, run_evaluation(engine, ema, cfg, seq_len, device, tokenizer))
         tick = time.perf_counter()
