@@ -297,3 +297,124 @@ def test_report_of_nothing_is_a_one_line_error(tmp_path):
     proc = cpt("report", str(tmp_path / "absent"), "--output", str(tmp_path / "r"))
     assert proc.returncode == 2 and "no such folder" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _fake_run(folder: Path, needle: bool = True, shape: bool = True, steps: int = 40) -> Path:
+    """A run folder as the trainer leaves it: metrics.jsonl (training every step, an evaluation every 20
+    with held-out perplexity and, with `needle`, the passkey grid) and run.json (with `shape`: the LR
+    anneal over the last 10 steps and a sequence-length ramp at step 16)."""
+    folder.mkdir(parents=True)
+    lines = []
+    for step in range(1, steps + 1):
+        lines.append({"step": step, "loss": 5 - step / 20, "lr": 1e-3, "tokens_seen": step * 512})
+    for n, step in enumerate((0, 20, 40)):
+        record = {"step": step, "eval/en_old/ppl": 90.0 - 10 * n, "eval/zh_new/ppl": 300.0 - 50 * n}
+        if needle:
+            for length in (64, 128, 256):
+                for depth in (0, 50, 100):
+                    record[f"needle/L{length}/d{depth}"] = 0.25 * n if length > 64 else 1.0
+            record["needle/accuracy"] = (1.0 + 2 * 0.25 * n) / 3
+        lines.append(record)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    origin = {"stage": "long", "manifest_hash": "ab" * 8, "init_from": None}
+    if shape:
+        origin["anneal"] = {"tokens": 5120, "first_step": 30, "steps": 10}
+        origin["ramps"] = [
+            {"first_step": 0, "seq_len": 128, "batch": 4},
+            {"first_step": 16, "seq_len": 256, "batch": 2},
+        ]
+    (folder / "run.json").write_text(json.dumps(origin))
+    return folder
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the report draws, by file name, kept open for its texts to be read."""
+    from cpt.report import figures
+
+    figs = {}
+    save = figures._save
+
+    def keep(fig, path, tight=True):
+        figs[path.name] = {
+            "texts": [t.get_text() for ax in fig.axes for t in ax.texts],
+            "titles": [ax.get_title() for ax in fig.axes],
+            "legend": [
+                t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+            ],
+            "spans": [(p.get_x(), p.get_x() + p.get_width()) for ax in fig.axes[:1] for p in ax.patches],
+        }
+        return save(fig, path, tight)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return figs
+
+
+def test_report_draws_the_needle_heat_map_before_and_after_and_marks_the_anneal_and_ramps(tmp_path, drawn):
+    from cpt.report.page import write_report
+
+    _fake_run(tmp_path / "runs" / "long")
+    page = write_report([tmp_path / "runs"], tmp_path / "report")
+    text = page.read_text(encoding="utf-8")
+    images = sorted(p.name for p in (tmp_path / "report" / "img").iterdir())
+    assert len(images) == 2 and images[1].startswith("02_needle_")
+    for name in images:
+        assert (tmp_path / "report" / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        f'src="img/{images[1]}"' in text
+        and "heat map" in text
+        and '<h2 id="needle">Needle in a haystack' in text
+    )
+    # before and after: the first and the last evaluation, each with its short-context perplexity
+    heat = drawn[images[1]]
+    assert heat["titles"][:2] == [
+        "before (step 0): accuracy 0.33\nheld-out ppl: en_old 90, zh_new 300",
+        "after (step 40): accuracy 0.67\nheld-out ppl: en_old 70, zh_new 200",
+    ]
+    assert (
+        heat["texts"].count("1.00") == 3 + 3
+        and heat["texts"].count("0.00") == 6
+        and heat["texts"].count("0.50") == 6
+    )
+    assert "<td>before</td><td>0</td><td>0.3333</td><td>90</td><td>300</td>" in text
+    assert "<td>after</td><td>40</td><td>0.6667</td><td>70</td><td>200</td>" in text
+    # the anneal: shaded over steps 30..40 on the training chart, and said on the page
+    train = drawn[images[0]]
+    assert "LR anneal to 0" in train["legend"] and (30, 40) in train["spans"]
+    assert (
+        "LR anneal to 0: the LR decays linearly to zero over steps 30–39" in text and "5,120 tokens" in text
+    )
+    # the ramps: a labelled line where each length and batch starts
+    assert "ramp: seq_len × batch" in train["legend"]
+    assert " 128×4" in train["texts"] and " 256×2" in train["texts"]
+    assert "from step 16: seq_len 256 × batch 2" in text
+
+
+def test_report_without_needle_anneal_or_ramps_draws_what_it_did(tmp_path, drawn):
+    from cpt.report.page import write_report
+
+    _fake_run(tmp_path / "runs" / "plain", needle=False, shape=False)
+    page = write_report([tmp_path / "runs"], tmp_path / "report")
+    text = page.read_text(encoding="utf-8")
+    assert [p.name for p in (tmp_path / "report" / "img").iterdir()] == ["01_train_long.png"]
+    assert "Needle in a haystack" not in text and 'id="needle"' not in text and "heat map" not in text
+    assert "LR anneal" not in text and "ramps (thin lines" not in text and "batch ramp" not in text
+    train = drawn["01_train_long.png"]
+    assert train["spans"] == [] and not any("anneal" in t or "ramp" in t for t in train["legend"])
+    assert not any("×" in t for t in train["texts"])
+
+
+def test_a_needle_check_run_once_is_one_heat_map(tmp_path, drawn):
+    from cpt.report.page import write_report
+
+    run = _fake_run(tmp_path / "runs" / "once", shape=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # the check ran at step 0 only
+        if r["step"]:
+            for key in [k for k in r if k.startswith("needle/")]:
+                del r[key]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    heat = next(v for k, v in drawn.items() if "needle" in k)
+    assert heat["titles"][0] == "step 0: accuracy 0.33\nheld-out ppl: en_old 90, zh_new 300"
+    assert len(heat["titles"]) == 2 and heat["texts"].count("1.00") == 3  # one panel and its colour bar

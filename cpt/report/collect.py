@@ -3,7 +3,7 @@
 - `report/funnel.json`: a pipeline's funnel (clean, dedup with its per-language rows, score);
 - `manifest.json` with a `manifest_hash`: a stage manifest from `cpt-mix build`;
 - `compression.json`: a `cpt-tok report --json` comparison of tokenizers;
-- `metrics.jsonl`: a training run (with `run.json`, where its weights came from);
+- `metrics.jsonl`: a training run (with `run.json`: where its weights came from, its LR anneal and ramps);
 - `ablation.json`: a `cpt ablate` grid (its own runs and mixes are read from that file, not listed again);
 - `summary.json` with `tasks` and `languages`: a `cpt eval` of a model on MMLU / CMMLU / C-Eval.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,24 @@ class Run:
     def init_from(self) -> Path | None:
         source = self.origin.get("init_from")
         return Path(source.partition(":")[0]).resolve() if source else None
+
+
+_NEEDLE = re.compile(r"needle/L(\d+)/d(\d+)")
+
+
+def needle_cells(record: dict) -> dict[tuple[int, int], float]:
+    """The passkey accuracy of each (length, depth) an evaluation logged as needle/L<length>/d<depth>."""
+    cells = {}
+    for key, value in record.items():
+        match = _NEEDLE.fullmatch(key)
+        if match and value is not None:
+            cells[int(match[1]), int(match[2])] = value
+    return cells
+
+
+def needle_steps(run: Run) -> list[int]:
+    """The steps at which the run's evaluation ran the needle check."""
+    return [step for step, record in sorted(run.metrics.items()) if needle_cells(record)]
 
 
 @dataclass

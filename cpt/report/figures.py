@@ -18,9 +18,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:  # (a figure with a colorbar shared by panels lays itself out: constrained layout)
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
@@ -142,6 +143,8 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
         }
     )
     offset = 0
+    shapes = []  # (run, its first step on the axis, its last step): anneal and ramps, marked at the end
+    marked: set[tuple] = set()  # (mark, axis) already in a legend: one entry a chart, not one a stage
     for n, run in enumerate(chain):
         last = max(run.metrics) if run.metrics else 0
         label = run.origin.get("stage") or run.name
@@ -167,7 +170,11 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
         if n:
             for ax in axes.flat:
                 ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
+        shapes.append((run, offset, last))
         offset += last
+    drawn = [ax for ax in axes.flat if ax.get_visible() and ax.has_data()]  # an empty panel stays empty
+    for run, start, last in shapes:
+        _mark_shape(run, start, last, drawn, (loss_ax, lr_ax), marked)
     for ax, name in [
         (loss_ax, "training loss"),
         (source_ax, "loss per source"),
@@ -185,6 +192,73 @@ def training_chart(chain: list[Run], title: str, path: Path) -> Path:
         bench_ax.axhline(0.25, color="grey", linestyle=":", linewidth=0.8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def _mark_shape(run: Run, offset: int, last: int, axes: list, text_axes: tuple, marked: set[tuple]) -> None:
+    """The run's LR anneal (a shaded span) and its sequence-length / batch ramps (a thin line where each
+    starts, labelled with its length and batch), from run.json; steps past the run's last are not drawn."""
+    anneal = run.origin.get("anneal")
+    if anneal and anneal.get("steps"):
+        start, end = anneal["first_step"], min(anneal["first_step"] + anneal["steps"], last)
+        if start < end:
+            for ax in axes:
+                label = "LR anneal to 0" if ("anneal", ax) not in marked else None
+                ax.axvspan(
+                    offset + start, offset + end, color="#f0b27a", alpha=0.25, linewidth=0, label=label
+                )
+                marked.add(("anneal", ax))
+    for ramp in run.origin.get("ramps") or []:
+        at = ramp["first_step"]
+        if at > last:
+            continue
+        for ax in axes:
+            if at:
+                label = "ramp: seq_len × batch" if ("ramp", ax) not in marked else None
+                ax.axvline(offset + at, color="#8172b3", linewidth=0.6, label=label)
+                marked.add(("ramp", ax))
+            if ax in text_axes:
+                label = f" {ramp['seq_len']}×{ramp['batch']}"
+                ax.text(offset + at, 0.98, label, transform=ax.get_xaxis_transform(), rotation=90, va="top",
+                        ha="left", fontsize=6, color="#8172b3")  # fmt: skip
+
+
+def needle_chart(run: Run, title: str, path: Path) -> Path:
+    """Passkey accuracy by needle depth (rows) and prompt length (columns), at the run's first and last
+    evaluation side by side, each titled with the held-out perplexity at that step."""
+    from cpt.report.collect import needle_cells, needle_steps
+
+    plt = _pyplot()
+    steps = needle_steps(run)
+    shown = [steps[0], steps[-1]] if len(steps) > 1 else steps[:1]
+    cells = {step: needle_cells(run.metrics[step]) for step in shown}
+    lengths = sorted({n for c in cells.values() for n, _ in c})
+    depths = sorted({d for c in cells.values() for _, d in c})
+    size = (1.5 + 5.2 * len(shown), 2.0 + 0.45 * len(depths))
+    fig, axes = plt.subplots(1, len(shown), figsize=size, squeeze=False, layout="constrained")
+    image = None
+    for ax, step, which in zip(axes[0], shown, ("before", "after"), strict=False):
+        grid = [[cells[step].get((n, d), float("nan")) for n in lengths] for d in depths]
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                ax.text(j, i, "–" if value != value else f"{value:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths], fontsize=8)
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=8)
+        ax.set_xlabel("prompt length (tokens)", fontsize=8)
+        ax.set_ylabel("needle depth", fontsize=8)
+        record = run.metrics[step]
+        ppl = ", ".join(
+            f"{k[5:-4]} {record[k]:.4g}"
+            for k in sorted(record)
+            if k.startswith("eval/") and k.endswith("/ppl")
+        )
+        accuracy = record.get("needle/accuracy")
+        head = f"{which} (step {step})" if len(shown) > 1 else f"step {step}"
+        ax.set_title(head + (f": accuracy {accuracy:.2f}" if accuracy is not None else "")
+                     + (f"\nheld-out ppl: {ppl}" if ppl else ""), fontsize=9)  # fmt: skip
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02, label="passkey accuracy")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, tight=False)
 
 
 def ablation_chart(summary: dict, path: Path) -> Path:

@@ -3,8 +3,10 @@
 Sections: the funnel of each pipeline run (documents in, kept and removed per step and reason), dedup
 rates per level and language, the composition of each stage manifest, tokenizer compression before
 and after extension, training curves across stages (with benchmark accuracy where the trainer ran
-`eval.benchmarks`), `cpt eval` benchmarks and greedy continuations before and after, and forgetting
-against learning for `cpt ablate` grids. The page needs no server, script or network: open index.html in any browser.
+`eval.benchmarks`, the LR anneal and the sequence-length / batch ramps marked), needle-in-a-haystack
+heat maps before and after where the trainer ran `eval.needle`, `cpt eval` benchmarks and greedy
+continuations before and after, and forgetting against learning for `cpt ablate` grids. The page
+needs no server, script or network: open index.html in any browser.
 
 The page is written to a temporary folder beside the output and renamed into place, so an interrupted
 report never leaves half a page.
@@ -18,7 +20,7 @@ from pathlib import Path
 from cpt.io import holds_only, written_dir
 from cpt.mix.chart import composition_chart
 from cpt.report import figures
-from cpt.report.collect import Found, ReportError, chains, collect
+from cpt.report.collect import Found, ReportError, Run, chains, collect, needle_steps
 
 # what `cpt report` writes: an --output that holds anything else is not replaced
 REPORT_FOLDER = holds_only("index.html", "img")
@@ -212,13 +214,23 @@ def _training(page: _Page, found: Found) -> None:
         "Loss, loss per source, learning rate, held-out perplexity of the old and the new domain and, where "
         "the trainer ran <code>eval.benchmarks</code>, benchmark accuracy (the forgetting and learning view: "
         "MMLU for the old domain, CMMLU / C-Eval for the new); a run started with <code>--init-from</code> "
-        "another follows it on the same axis.",
+        "another follows it on the same axis."
+        + (
+            " A shaded span is a stage's LR anneal to 0, a thin line where a sequence-length / batch ramp "
+            "steps up."
+            if any(_shape_note(r) for r in found.runs)
+            else ""
+        ),
     )
     for chain in chains(found.runs):
         title = " → ".join(r.origin.get("stage") or r.name for r in chain)
         path, rel = page.image_path(f"train_{title}")
         figures.training_chart(chain, title, path)
         page.parts.append(f"<h3>{html.escape(title)}</h3>" + _img(rel, f"training curves of {title}"))
+        for run in chain:
+            note = _shape_note(run)
+            if note:
+                page.parts.append(f'<p class="note">{note}</p>')
         rows = []
         for run in chain:
             last = run.metrics[max(run.metrics)] if run.metrics else {}
@@ -238,6 +250,64 @@ def _training(page: _Page, found: Found) -> None:
             "benchmark acc (start → end)",
         ]
         page.parts.append(_table(header, rows))
+
+
+def _shape_note(run: Run) -> str:
+    """One line on the run's LR anneal and ramps (run.json), or nothing for a run without them."""
+    name = html.escape(run.origin.get("stage") or run.name)
+    parts = []
+    anneal = run.origin.get("anneal")
+    if anneal and anneal.get("steps"):
+        first, steps = anneal["first_step"], anneal["steps"]
+        parts.append(
+            f"LR anneal to 0: the LR decays linearly to zero over steps {first:,}–{first + steps - 1:,} "
+            f"({steps:,} steps, the stage's last {anneal.get('tokens', 0):,} tokens; shaded on the chart)"
+        )
+    ramps = run.origin.get("ramps") or []
+    if len(ramps) > 1 or any(r["first_step"] for r in ramps):
+        steps = "; ".join(
+            f"from step {r['first_step']:,}: seq_len {r['seq_len']:,} × batch {r['batch']:,}" for r in ramps
+        )
+        parts.append(f"ramps (thin lines on the chart): {steps}")
+    return f"{name}: " + ". ".join(parts) + "." if parts else ""
+
+
+def _needle(page: _Page, found: Found) -> None:
+    runs = [r for r in sorted(found.runs, key=lambda r: str(r.path)) if needle_steps(r)]
+    if not runs:
+        return
+    page.section(
+        "needle",
+        "Needle in a haystack",
+        "Passkey retrieval from the run's own held-out text (<code>eval.needle</code>): a heat map of the "
+        "accuracy at each needle depth and prompt length, at the first evaluation (before) and the last "
+        "(after), beside the short-context held-out perplexity at the same steps: a stage that lengthens the "
+        "context should raise the accuracy at long lengths without raising the perplexity.",
+    )
+    for run in runs:
+        name = f"{run.origin.get('stage') or run.name} ({_label(run.path)})"
+        path, rel = page.image_path(f"needle_{name}")
+        figures.needle_chart(run, f"needle in a haystack: {name}", path)
+        page.parts.append(
+            f"<h3>{html.escape(name)}</h3>" + _img(rel, f"needle-in-a-haystack heat map of {name}")
+        )
+        steps = needle_steps(run)
+        shown = [("before", steps[0]), ("after", steps[-1])] if len(steps) > 1 else [("at", steps[0])]
+        sets = sorted(
+            {k for _, s in shown for k in run.metrics[s] if k.startswith("eval/") and k.endswith("/ppl")}
+        )
+        rows = [
+            [
+                which,
+                step,
+                run.metrics[step].get("needle/accuracy", ""),
+                *[run.metrics[step].get(k, "") for k in sets],
+            ]
+            for which, step in shown
+        ]
+        page.parts.append(
+            _table(["evaluation", "step", "needle accuracy", *[f"{k[5:-4]} ppl" for k in sets]], rows)
+        )
 
 
 def _ablations(page: _Page, found: Found) -> None:
@@ -366,7 +436,7 @@ def write_report(folders: list[str | Path], output: str | Path, title: str = "cp
     with written_dir(output, REPORT_FOLDER, "cpt report") as tmp:  # never half a report
         (tmp / "img").mkdir()
         page = _Page(tmp)
-        for part in (_funnels, _dedup, _mixes, _compression, _training, _benchmarks, _ablations):
+        for part in (_funnels, _dedup, _mixes, _compression, _training, _needle, _benchmarks, _ablations):
             part(page, found)
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in page.sections)
         # no time stamp: the same inputs give the same page, byte for byte
