@@ -47,7 +47,7 @@ demo: $(STAMP)
 	# one token-shard folder per topic the classifier gave: a stage selects them with `where: topic in [...]`
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/scored --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/topics --split-by topic
 	# the shipped stages point at these shards: plan each into runs/mixes/<stage>
-	for stage in stage1 stage2 stage3 anneal; do .venv/bin/cpt-mix build mixes/$$stage.yaml || exit 1; done
+	for stage in stage1 stage2 stage3 anneal long_context; do .venv/bin/cpt-mix build mixes/$$stage.yaml || exit 1; done
 	.venv/bin/cpt-mix show runs/mixes/stage2
 	# held-out text of both languages, for the trainer's perplexity of the old and the new domain
 	$(PY) pipelines/run.py tokenize --input $(DEMO)/heldout/en --tokenizer $(DEMO)/tok/merged --output $(DEMO)/tokens/heldout_en
@@ -58,6 +58,9 @@ demo: $(STAMP)
 	# stage 1 (Chinese web with English replay), then stage 2 (instructions) from stage 1's weights
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage1 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage1
 	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix stage2 --config trainer/configs/demo.yaml --output $(DEMO)/train/stage2 --init-from $(DEMO)/train/stage1
+	# a long-context stage from stage 1's weights: 256 -> 1,024 tokens within the stage, RoPE theta x4, long
+	# documents only, the needle check and the short-context perplexity at every evaluation
+	DS_ACCELERATOR=cpu .venv/bin/deepspeed trainer/main.py --mix long_context --config trainer/configs/long_context.yaml --output $(DEMO)/train/long_context --init-from $(DEMO)/train/stage1
 	$(PY) trainer/export.py --checkpoint $(DEMO)/train/stage2 --output $(DEMO)/export/stage2 --prompt "科学家"
 	# MMLU and CMMLU (5 questions a subject, 0-shot) of the extended base and of the stage-2 export: the tiny
 	# model scores near chance (0.25), so this shows the plumbing and the report's before/after table

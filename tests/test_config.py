@@ -65,7 +65,7 @@ def test_every_shipped_pipeline_config_loads():
     for path in configs:
         loaders[path.stem.split("_")[0]](path)
     trainer_configs = sorted((DEFAULT_CONFIG.parent.parent.parent / "trainer" / "configs").glob("*.yaml"))
-    assert {p.stem for p in trainer_configs} == {"cpt", "demo"}
+    assert {p.stem for p in trainer_configs} == {"cpt", "demo", "long_context"}
     for path in trainer_configs:  # the run names its stage and model on the command line
         cfg = load_trainer_config(path, ["mix=stage1", "model.path=some/model"])
         assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.clip == 1.0
