@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +230,10 @@ def test_a_ramped_annealed_run_killed_and_resumed_across_each_boundary_ends_as_t
 def test_a_resume_with_other_ramps_for_the_steps_taken_is_refused(setup, tmp_path):
     args = _run_args(setup)
     out = tmp_path / "run"
+    shared = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     run_train(setup, out, *args, "--set", "max_steps=9")
+    # DeepSpeed's CPU all-reduce segments (67 MB a rank, memory) are not left behind in /dev/shm
+    assert not set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - shared
     other = [a.replace("[1024,64]", "[512,64]") for a in args]
     proc = subprocess.run(train_cmd(setup, out, *other, "--resume"), cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, timeout=900)  # fmt: skip

@@ -485,11 +485,27 @@ def describe_plan(
     return plan
 
 
+def release_shared_memory(rank: int) -> None:
+    """Remove the name of this rank's segment of DeepSpeed's CPU all-reduce from /dev/shm.
+
+    On CPU, DeepSpeed maps a 67 MB shared-memory segment a rank (`deepspeed_allreduce_buffer_<uid>_<addr>_
+    <port>_<rank>`, opened by name by every other rank) and never unlinks it: each run, finished or killed,
+    left its segments in /dev/shm, which is memory, until the machine ran out (a test suite's runs filled
+    24 GB). Once every rank has opened the others' (a barrier after DeepSpeed's initialisation), the names
+    are no longer needed; the mappings stay valid, and the memory goes back when the processes exit."""
+    if torch.cuda.is_available() or not torch.distributed.is_initialized():
+        return
+    torch.distributed.barrier()
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
+
+
 def init_distributed(rank: int) -> torch.device:
     """Join the process group (NCCL on GPUs, gloo on CPU); this rank's device."""
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    release_shared_memory(int(os.environ.get("RANK", 0)))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if torch.cuda.is_available():
