@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from trainer_setup import SEQ_LEN, build_small_setup, run_train
+from trainer_setup import SEQ_LEN, build_small_setup, packed_and_alone_losses, run_train
 
 OLD = SEQ_LEN // 2  # the base model's positions: the stage's sequences are twice as long
 ROPE = f"model.rope={{theta: 40000.0, scaling: {{rope_type: linear, factor: 2.0}}, max_position_embeddings: {SEQ_LEN * 4}}}"
@@ -104,10 +104,7 @@ def test_the_export_declares_the_rope_and_length_and_generates_past_the_old_one(
 
 def test_document_masking_holds_at_the_new_length_under_the_new_rope(setup):
     """A document's token losses inside a pack past the base's positions equal its losses alone."""
-    import numpy as np
-
     from trainer.config import RopeConfig, TrainConfig
-    from trainer.evaluate import token_losses
     from trainer.model import load_model
 
     cfg = TrainConfig(mix="x")
@@ -117,25 +114,10 @@ def test_document_masking_holds_at_the_new_length_under_the_new_rope(setup):
     model, _ = load_model(cfg)
     assert model.config.max_position_embeddings == SEQ_LEN * 4 > OLD
     model.eval()
-    rng = np.random.default_rng(1)
-    docs = [rng.integers(3, 500, n) for n in (70, 110, 56)]  # 236 tokens, the longest past OLD alone
-    packed = np.concatenate(docs)
-    positions = np.concatenate([np.arange(len(d)) for d in docs])
-    labels = packed.copy()
-    labels[positions == 0] = -100
-
-    def batch(ids, pos, lab):
-        arrays = {"input_ids": ids, "position_ids": pos, "labels": lab}
-        return {k: torch.from_numpy(np.asarray(v)[None]) for k, v in arrays.items()}
-
-    with torch.no_grad():
-        inside, _ = token_losses(model, batch(packed, positions, labels), "cpu")
-        start = 0
-        for d in docs:
-            alone_labels = d.copy()
-            alone_labels[0] = -100
-            alone, _ = token_losses(model, batch(d, np.arange(len(d)), alone_labels), "cpu")
-            assert torch.allclose(inside[0, start : start + len(d) - 1], alone[0], atol=1e-5)
-            start += len(d)
-        plain, _ = token_losses(model, batch(packed, np.arange(len(packed)), labels), "cpu")
-        assert not torch.allclose(plain[0, 70:179], inside[0, 70:179], atol=1e-3)
+    lengths = [70, 110, 56]  # 236 tokens, the longest past OLD alone
+    inside, alone, plain = packed_and_alone_losses(model, lengths, seed=1)
+    start = 0
+    for n, losses in zip(lengths, alone, strict=True):
+        assert torch.allclose(inside[start : start + n - 1], losses, atol=1e-5)
+        start += n
+    assert not torch.allclose(plain[70:179], inside[70:179], atol=1e-3)

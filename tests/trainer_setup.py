@@ -109,3 +109,32 @@ def run_train(setup, output: Path, *extra: str, ranks: int = 2) -> subprocess.Co
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def packed_and_alone_losses(model, lengths: list[int], seed: int = 0):
+    """Token losses of random documents of these lengths packed in one sequence (position_ids restarting
+    at each), each document's losses alone, and the pack's losses without the restarts (no masking)."""
+    import torch
+
+    from trainer.evaluate import token_losses
+
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(3, 500, n) for n in lengths]
+    packed = np.concatenate(docs)
+    positions = np.concatenate([np.arange(len(d)) for d in docs])
+    labels = packed.copy()
+    labels[positions == 0] = -100
+
+    def batch(ids, pos, lab):
+        arrays = {"input_ids": ids, "position_ids": pos, "labels": lab}
+        return {k: torch.from_numpy(np.asarray(v)[None]) for k, v in arrays.items()}
+
+    with torch.no_grad():
+        inside, _ = token_losses(model, batch(packed, positions, labels), "cpu")
+        alone = []
+        for d in docs:
+            alone_labels = d.copy()
+            alone_labels[0] = -100
+            alone.append(token_losses(model, batch(d, np.arange(len(d)), alone_labels), "cpu")[0][0])
+        plain, _ = token_losses(model, batch(packed, np.arange(len(packed)), labels), "cpu")
+    return inside[0], alone, plain[0]
