@@ -252,7 +252,8 @@ def save(
         # leaves them) are written over as the run reaches their steps
         earlier = [t for t in checkpoint_tags(run_dir) if step_of(t) < step]
         for old in earlier[: max(len(earlier) - (keep - 1), 0)]:
-            shutil.rmtree(root / old, ignore_errors=True)
+            if (root / old / "rng_rank0.pt").is_file():  # one this trainer wrote, not a folder of that name
+                shutil.rmtree(root / old, ignore_errors=True)
     _barrier()
     return root / tag
 
