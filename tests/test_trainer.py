@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import REPO
 from cpt.report.collect import read_metrics
 from trainer.schedule import lr_multiplier
-from trainer_setup import SEQ_LEN, build_small_setup, run_train, train_cmd
+from trainer_setup import SEQ_LEN, build_small_setup, packed_and_alone_losses, run_train, train_cmd
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,6 @@ def reference(setup):
 
 def test_a_packed_document_has_the_same_loss_as_alone(setup):
     from trainer.config import TrainConfig
-    from trainer.evaluate import token_losses
     from trainer.model import load_model
 
     cfg = TrainConfig(mix="x")
@@ -50,30 +48,15 @@ def test_a_packed_document_has_the_same_loss_as_alone(setup):
     model, attention = load_model(cfg)
     assert attention == "sdpa"
     model.eval()
-    rng = np.random.default_rng(0)
-    docs = [rng.integers(3, 500, n) for n in (20, 30, 14)]
-    packed = np.concatenate(docs)
-    positions = np.concatenate([np.arange(len(d)) for d in docs])
-    labels = packed.copy()
-    labels[positions == 0] = -100
-
-    def batch(ids, pos, lab):
-        arrays = {"input_ids": ids, "position_ids": pos, "labels": lab}
-        return {k: torch.from_numpy(np.asarray(v)[None]) for k, v in arrays.items()}
-
-    with torch.no_grad():
-        inside, _ = token_losses(model, batch(packed, positions, labels), "cpu")
-        start = 0
-        for d in docs:
-            alone_labels = d.copy()
-            alone_labels[0] = -100
-            alone, _ = token_losses(model, batch(d, np.arange(len(d)), alone_labels), "cpu")
-            # the pack's losses for this document: targets start+1 .. start+len-1
-            assert torch.allclose(inside[0, start : start + len(d) - 1], alone[0], atol=1e-5)
-            start += len(d)
-        # and the masking matters: one sequence of all three (no restarts) gives other losses
-        plain, _ = token_losses(model, batch(packed, np.arange(len(packed)), labels), "cpu")
-        assert not torch.allclose(plain[0, 20:48], inside[0, 20:48], atol=1e-3)
+    lengths = [20, 30, 14]
+    inside, alone, plain = packed_and_alone_losses(model, lengths)
+    start = 0
+    for n, losses in zip(lengths, alone, strict=True):
+        # the pack's losses for this document: targets start+1 .. start+len-1
+        assert torch.allclose(inside[start : start + n - 1], losses, atol=1e-5)
+        start += n
+    # and the masking matters: one sequence of all three (no restarts) gives other losses
+    assert not torch.allclose(plain[20:48], inside[20:48], atol=1e-3)
 
 
 def test_schedules_warm_up_decay_to_the_floor_and_depend_on_the_step_only():
