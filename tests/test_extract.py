@@ -109,3 +109,25 @@ def test_trafilatura_text_of_a_page_does_not_depend_on_the_pages_before_it():
     # extracted a third time loses the paragraphs it has "seen" twice already
     kept, _ = run_step(TrafilaturaExtractor(), pages(html, html, html, html))
     assert len(kept) == 4 and len(set(kept)) == 1 and "Paragraph 11" in kept[0]
+
+
+def test_cpt_runs_trafilatura_2_and_its_table_option_reaches_the_extractor():
+    import inspect
+
+    import trafilatura
+
+    # cpt depends on trafilatura 2.x itself: datatrove's `processing` extra would cap it below 1.12
+    assert int(trafilatura.__version__.split(".")[0]) == 2
+    extractor = TrafilaturaExtractor()
+    accepted = set(inspect.signature(trafilatura.extract).parameters)
+    assert {"favor_precision", "include_comments", "deduplicate", *extractor.kwargs} <= accepted
+    paragraphs = "".join(
+        f"<p>Paragraph {i} of the report on the harbour works, which the council published this week.</p>"
+        for i in range(8)
+    )
+    table = "<table><tr><td>Quay length</td><td>412 metres</td></tr></table>"
+    html = f"<html><body><article><h1>Harbour works</h1>{paragraphs}{table}</article></body></html>"
+    without, _ = run_step(TrafilaturaExtractor(include_tables=False), pages(html))
+    with_tables, _ = run_step(TrafilaturaExtractor(include_tables=True), pages(html))
+    assert "Paragraph 7" in without[0] and "412 metres" not in without[0]
+    assert "412 metres" in with_tables[0]
