@@ -80,11 +80,9 @@ def prepare(
     split_by: str | None = None,
     cfg: TokenizeConfig | None = None,
 ) -> TokenizeRun:
-    from datatrove.pipeline.tokens import DocumentTokenizer
-
     from cpt.shards import row_to_document, shard_files
     from cpt.steps.read import CountingParquetReader
-    from cpt.tokens import TokensManifestStep, tokenizer_hash
+    from cpt.tokens import TokensManifestStep, document_tokenizer, tokenizer_hash
 
     cfg = cfg or TokenizeConfig()
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
@@ -144,9 +142,7 @@ def prepare(
         steps = [reader]
         if split_by is not None:
             steps.append(MetadataEquals(split_by, value))
-        steps.append(
-            DocumentTokenizer(str(folder), str(tokenizer_json), eos_token=eos_token, shuffle_documents=False)
-        )
+        steps.append(document_tokenizer(str(folder), str(tokenizer_json), eos_token))
         logs = report / "logs" if value is None else report / "logs" / folder_name(value)
         slurm = dataclasses.replace(cfg.slurm, job_name=f"{cfg.slurm.job_name}-{source}")
         first = make_executor(

@@ -266,3 +266,35 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
         "--no-progress",
     )
     assert again.stdout == proc.stdout  # finished tasks are skipped; same shards
+
+
+def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp_path):
+    from datatrove.data import Document
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    from cpt.tokens import document_tokenizer
+
+    tokenizer = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json"))
+    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    texts = [t for t in english[:400] + chinese[:400] if t.strip()] + ["", "é 😀 \x00 tab\there"]
+
+    def docs():
+        return (Document(text=t, id=str(i)) for i, t in enumerate(texts))
+
+    ours = document_tokenizer(str(tmp_path / "ours"), tokenizer, "<|end_of_text|>")
+    ours.batch_size = 128  # several batches, the last one short
+    theirs = DocumentTokenizer(
+        str(tmp_path / "theirs"),
+        tokenizer,
+        eos_token="<|end_of_text|>",
+        shuffle_documents=False,
+        batch_size=128,
+    )
+    for step in (ours, theirs):
+        step.run(docs(), rank=0, world_size=1)  # not a generator: it writes the files and returns
+    names = sorted(p.name for p in (tmp_path / "theirs").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ours").iterdir()) and len(names) >= 2
+    for name in names:
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+    assert ours.stats["tokens"].total == theirs.stats["tokens"].total > 10_000

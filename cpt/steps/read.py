@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
+from datatrove.pipeline.readers.base import BaseReader
 from datatrove.utils.logging import logger
 from datatrove.utils.typeshelper import StatHints
 from warcio.bufferedreaders import DecompressingBufferedReader
@@ -66,6 +67,16 @@ class _CountingReader:
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.stat_update(StatHints.total, StatHints.dropped, f"dropped_{reason}", value=n)
+
+    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int):
+        """datatrove's, with the file's resolved path worked out once a file instead of once a document
+        (fsspec's path joining was a tenth of `tokenize`'s time)."""
+        document = BaseReader.get_document_from_dict(self, data, source_file, id_in_file)
+        if document and getattr(self, "add_file_path", False):
+            if getattr(self, "_resolved", (None,))[0] != source_file:
+                self._resolved = (source_file, self.data_folder.resolve_paths(source_file))
+            document.metadata.setdefault("file_path", self._resolved[1])
+        return document
 
     def to_document(self, data: dict, filepath: str, index: int):
         """datatrove's Document for a parsed record, or None, counted, when its text is missing, null or

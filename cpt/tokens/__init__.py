@@ -10,13 +10,16 @@ without it, or read with another tokenizer, are refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.tokens import DocumentTokenizer
 
 from cpt.io import JsonFileError, read_json, write_text
 
@@ -80,6 +83,61 @@ class TokensManifestStep(PipelineStep):
         self.stat_update("documents", value=manifest["documents"])
         if data:
             yield from data
+
+
+class FastDocumentTokenizer(DocumentTokenizer):
+    """datatrove's DocumentTokenizer with the same files out, its per-document work done per batch."""
+
+    def write_unshuffled(self, data, filename: str):
+        """As datatrove's, faster: each batch is encoded by `encode_batch_fast` (the same ids, without
+        the character offsets that only loss masks need) and written in one piece through numpy instead
+        of a `struct.pack` per document. With loss masks it is datatrove's own."""
+        from datatrove.pipeline.tokens.tokenizer import TokenizedFile
+        from datatrove.utils.batching import batched
+
+        if self.save_loss_metadata:
+            return super().write_unshuffled(data, filename)
+        unshuff = TokenizedFile(
+            self.output_folder,
+            filename,
+            save_index=self.save_index or self.shuffle_documents or self.shuffle_chunk_size,
+            save_loss_metadata=False,
+            upload_block_size=self.upload_block_size,
+            tokenizer_name_or_path=self.tokenizer_name_or_path,
+            save_final_metadata=self.save_final_metadata,
+            token_size=self.token_size,
+        )
+        dtype = np.dtype("<u2" if self.token_size == 2 else "<u4")
+        tokenizer = self.tokenizer
+
+        def encode(texts: list[str]) -> list[list[int]]:  # the tokenizers library lets go of the GIL
+            return [e.ids for e in tokenizer.encode_batch_fast(texts)]
+
+        def write(ids: list[list[int]]) -> None:
+            lengths = [len(x) for x in ids]
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(lengths))
+            unshuff.write_bytes(flat.tobytes(), np.cumsum(lengths).tolist())
+            for n in lengths:
+                self.stat_update("tokens", value=n)
+
+        # one batch is encoded in a thread while the next is read: reading Parquet into documents was a
+        # fifth of the time; batches are still written in order, so the files do not change
+        with ThreadPoolExecutor(1) as pool, self.track_time(unit="batch"):
+            pending = None
+            for batch in batched(data, self.batch_size):
+                texts = [d.text for d in batch]
+                if pending is not None:
+                    write(pending.result())
+                pending = pool.submit(encode, texts)
+            if pending is not None:
+                write(pending.result())
+        unshuff.close()
+        return unshuff
+
+
+def document_tokenizer(output_folder: str, tokenizer_json: str, eos_token: str) -> FastDocumentTokenizer:
+    """The tokenizing step of `tokenize`: EOS after every document, no shuffling (the mixer shuffles)."""
+    return FastDocumentTokenizer(output_folder, tokenizer_json, eos_token=eos_token, shuffle_documents=False)
 
 
 # what to do about a folder whose files do not match its tokens.json: a rerun of the same command into
