@@ -56,6 +56,7 @@ class MinhashSettings:
     hash_precision: Literal[32, 64] = 64
     seed: int = 1
     verify_jaccard: float | None = None  # check each candidate pair's real shingle overlap (off in FineWeb)
+    char_languages: list[str] = field(default_factory=list)  # these shingle characters, not words
 
 
 @dataclass
@@ -300,18 +301,21 @@ def _language_chain(
                 seed=m.seed,
                 hash_config=HashConfig(precision=m.hash_precision),
             )
-            tokenizer = word_tokenizers([lang])[lang]  # zh: jieba words, so shingles are word 5-grams
+            tokenizer = word_tokenizers([lang])[lang]  # zh: jieba words, unless it shingles characters
             sigs, buckets, clusters = work / "mh_sigs", work / "mh_buckets", work / "mh_clusters"
             # datatrove's signature, plus one for a document shorter than n_grams words (else its exact
             # copies would all be kept)
-            signature = MinhashSignature(str(sigs), config=mh, language=tokenizer)
+            chars = lang in m.char_languages
+            signature = MinhashSignature(str(sigs), config=mh, language=tokenizer, chars=chars)
             stage("minhash_1_signatures", [reader(current), signature], tasks)
             stage(
                 "minhash_2_buckets", [MinhashDedupBuckets(str(sigs), str(buckets), config=mh)], m.num_buckets
             )
             if m.verify_jaccard is not None:
                 verified = work / "mh_verified"
-                shingler = MinhashSignature(str(work / "mh_unused"), config=mh, language=tokenizer)
+                shingler = MinhashSignature(
+                    str(work / "mh_unused"), config=mh, language=tokenizer, chars=chars
+                )
                 check = MinhashVerifyPairs(
                     str(buckets), str(verified), reader(current), shingler, tasks, m.verify_jaccard
                 )

@@ -186,11 +186,14 @@ class LineDedupFilter(PipelineStep):
         self.n_buckets = n_buckets
         self.exclusion_writer = exclusion_writer
 
-    def _frequent(self) -> set[int]:
-        keys = set()
+    def _frequent(self) -> np.ndarray:
+        """Every frequent key, sorted, 8 bytes each (a Python set of them took about 10 times more)."""
+        parts = []
         for name in self.frequent_folder.list_files(glob_pattern="*.frequent"):
             with self.frequent_folder.open(name, "rb") as f:
-                keys.update(np.frombuffer(f.read(), dtype="<u8").tolist())
+                parts.append(np.frombuffer(f.read(), dtype="<u8"))
+        keys = np.concatenate(parts) if parts else np.array([], dtype="<u8")
+        keys.sort()
         return keys
 
     def run(self, data, rank: int = 0, world_size: int = 1):
@@ -203,10 +206,9 @@ class LineDedupFilter(PipelineStep):
                 with self.track_time():
                     lines = doc.text.split("\n")
                     keys = line_keys(doc.text, document_bucket(doc, self.n_buckets))
+                    drop = _in_sorted([0 if k is None else k for k in keys], frequent)
                     kept = [
-                        line
-                        for line, key in zip(lines, keys, strict=True)
-                        if key is None or key not in frequent
+                        line for line, key, d in zip(lines, keys, drop, strict=True) if key is None or not d
                     ]
                     removed = len(lines) - len(kept)
                     text = "\n".join(kept).strip()
@@ -223,29 +225,131 @@ class LineDedupFilter(PipelineStep):
                 yield doc
 
 
+def _in_sorted(values: list[int], sorted_keys: np.ndarray) -> list[bool]:
+    """For each value, whether it is in `sorted_keys` (a sorted uint64 array)."""
+    if not len(sorted_keys):
+        return [False] * len(values)
+    v = np.array(values, dtype="<u8")
+    at = np.minimum(np.searchsorted(sorted_keys, v), len(sorted_keys) - 1)
+    return (sorted_keys[at] == v).tolist()
+
+
 SHORT_TEXT = "\x00short\x00"  # sets a short document's one shingle apart from word n-grams
 
 
-class MinhashSignature(MinhashDedupSignature):
-    """datatrove's MinHash signatures, and one for a document too short to shingle.
+class ChunkWords:
+    """The words spaCy's rule-based tokenizer gives a text, asking spaCy once per distinct chunk.
 
-    datatrove shingles a document into word n-grams; one with fewer than `n_grams` words has none, so
-    it gets no signature and its copies are all kept. Here such a document's one shingle is its whole
-    text (whitespace collapsed, case and digits kept: these are matched exactly, not fuzzily), so its
-    exact copies share a signature and MinHash clusters them like any other duplicates. The marker
-    keeps that shingle from ever equalling a longer document's n-gram.
+    spaCy's `Tokenizer` cuts a text at spaces first and tokenizes every space-free chunk on its own (its
+    own cache is keyed by the chunk), so a text's words are its chunks' words in order; after
+    `simplify_text` the only whitespace left is single spaces. Building a spaCy `Doc` for every document
+    was most of the MinHash signature's time; looking each chunk up in a dict gives the same words
+    (`tests/test_dedup.py` compares both on real text) at a fraction of the cost. At most `max_chunks`
+    are kept, then the cache starts over: the words never depend on what was cached.
     """
 
-    def get_shingles(self, text: str) -> np.ndarray:
-        from datatrove.utils.text import ngrams, simplify_text
+    def __init__(self, tokenizer, max_chunks: int = 1 << 20):
+        self.tokenizer = tokenizer  # a datatrove SpaCyTokenizer
+        self.max_chunks = max_chunks
+        self._cache: dict[str, list[str]] = {}
 
-        words = self.word_tokenizer.word_tokenize(simplify_text(text, self.config.norm_config))
-        if len(words) >= self.config.n_grams:  # as datatrove does, without splitting the words twice
-            hashes = [self._hash_func(" ".join(x)) for x in ngrams(words, self.config.n_grams)]
+    def __call__(self, text: str) -> list[str]:
+        if not text:
+            return []
+        cache, chunks = self._cache, text.split(" ")
+        new = [c for c in dict.fromkeys(chunks) if c not in cache]
+        if new:
+            if len(cache) + len(new) > self.max_chunks:
+                cache.clear()
+                new = list(dict.fromkeys(chunks))
+            self._tokenize(new)
+        words = []
+        for chunk in chunks:
+            words += cache[chunk]
+        return words
+
+    def _tokenize(self, chunks: list[str]) -> None:
+        """One spaCy call for a text's new chunks, joined by spaces: a token followed by a space ends a
+        chunk (spaCy keeps the space as the token's `whitespace_`)."""
+        nlp = self.tokenizer.tokenizer
+        joined = " ".join(chunks)
+        nlp.max_length = len(joined) + 10
+        with nlp.memory_zone():  # as datatrove does: the vocabulary does not grow with the corpus
+            i, words = 0, []
+            for token in nlp.tokenizer(joined):
+                if word := token.text.strip():  # as datatrove's strip_strings
+                    words.append(word)
+                if token.whitespace_:
+                    self._cache[chunks[i]] = words
+                    i, words = i + 1, []
+            self._cache[chunks[i]] = words
+
+    def __getstate__(self):  # sent to worker processes without the cache
+        return {"tokenizer": self.tokenizer, "max_chunks": self.max_chunks, "_cache": {}}
+
+
+_SPLITTERS: dict[str, ChunkWords] = {}  # one a language and process: tasks share spaCy and the chunk cache
+
+
+def word_splitter(tokenizer):
+    """`tokenizer.word_tokenize`, or the same words through `ChunkWords` where the tokenizer is spaCy's
+    rule-based one (English and the other languages spaCy tokenizes by rules, not by a segmenter).
+
+    datatrove copies a stage's steps for every task, and each copy would load spaCy again (a MinHash
+    candidate check runs one task a band); the `ChunkWords` of a language is made once a process."""
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer
+
+    if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in ("zh", "ja", "th", "vi", "ko"):
+        if tokenizer.language in _SPLITTERS:
+            return _SPLITTERS[tokenizer.language]
+        import spacy.tokenizer
+
+        if type(tokenizer.tokenizer.tokenizer) is spacy.tokenizer.Tokenizer:
+            return _SPLITTERS.setdefault(tokenizer.language, ChunkWords(tokenizer))
+    return tokenizer.word_tokenize
+
+
+class MinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signatures, faster, with character shingles as an option, and one signature for
+    a document too short to shingle.
+
+    - Words: spaCy's English words are looked up once per distinct chunk (`ChunkWords`): the same shingles
+      as datatrove's, so the same signatures.
+    - `chars=True` (`minhash.char_languages`): shingles are n-grams of the characters left by
+      `simplify_text` (spaces dropped) instead of words. For Chinese, one edited character changes one
+      or two jieba words and so every word n-gram over them; character n-grams lose only n shingles per
+      edit (figures in BENCHMARKS.md).
+    - Short documents: datatrove shingles a document into n-grams; one with fewer than `n_grams` units
+      has none, so it gets no signature and its copies are all kept. Here such a document's one shingle
+      is its whole text (whitespace collapsed, case and digits kept: these are matched exactly, not
+      fuzzily), so its exact copies share a signature and MinHash clusters them like any other
+      duplicates. The marker keeps that shingle from ever equalling a longer document's n-gram.
+    """
+
+    def __init__(self, output_folder, config=None, language="en", chars: bool = False):
+        super().__init__(output_folder, config=config, language=language)
+        self.chars = chars
+        self._words = None
+
+    def units(self, text: str) -> list[str]:
+        """What is shingled: the words (or characters) of the simplified text."""
+        from datatrove.utils.text import simplify_text
+
+        simple = simplify_text(text, self.config.norm_config)
+        if self.chars:
+            return [c for c in simple if c != " "]
+        if self._words is None:
+            self._words = word_splitter(self.word_tokenizer)
+        return self._words(simple)
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        units, n, hash_func = self.units(text), self.config.n_grams, self._hash_func
+        if len(units) >= n:  # the n-grams datatrove hashes, joined as datatrove joins them
+            hashes = [hash_func(" ".join(units[i : i + n])) for i in range(len(units) - n + 1)]
         else:
             whole = " ".join(text.split())
-            hashes = [self._hash_func(SHORT_TEXT + whole)] if whole else []
-        return np.fromiter(hashes, dtype=np.uint64).reshape((-1, 1))
+            hashes = [hash_func(SHORT_TEXT + whole)] if whole else []
+        return np.array(hashes, dtype=np.uint64).reshape((-1, 1))
 
 
 _PAIR_DTYPE = np.dtype([("f1", "<u4"), ("d1", "<u4"), ("f2", "<u4"), ("d2", "<u4")])
@@ -256,8 +360,11 @@ class MinhashVerifyPairs(PipelineStep):
     the two documents' shingle sets reaches `min_jaccard`.
 
     LSH bands tuned for high recall (few rows, many bands) also let through pairs that merely share a
-    band; checking the real shingle overlap of each candidate restores precision. One task: it reads
-    the input again, keeping the shingles of the documents that appear in a candidate pair only.
+    band; checking the real shingle overlap of each candidate restores precision. One task, in two passes
+    so that its memory does not grow with the corpus: it reads the input again and writes the sorted
+    shingle hashes of every document in a candidate pair to a scratch file (holding only where each
+    starts), then reads the two documents' hashes back for each pair. Python sets of every candidate's
+    shingles, as before, took about 60 bytes a shingle.
     """
 
     type = "🫂 - DEDUP"
@@ -274,31 +381,54 @@ class MinhashVerifyPairs(PipelineStep):
         self.tasks = tasks
         self.min_jaccard = min_jaccard
 
+    def _write_shingles(self, needed: dict[int, set[int]], scratch: str) -> dict[tuple[int, int], tuple]:
+        """Pass 1: each needed document's unique shingle hashes, sorted, one after another in `scratch`;
+        returns where each document's run starts and how long it is."""
+        where, at = {}, 0
+        with self.output_folder.open(scratch, "wb") as out:
+            for f in sorted(needed):
+                wanted = needed[f]
+                for i, doc in enumerate(self.reader.run(None, f, self.tasks)):
+                    if i in wanted:
+                        hashes = np.unique(self.signature.get_shingles(doc.text).ravel()).astype("<u8")
+                        out.write(hashes.tobytes())
+                        where[(f, i)] = (at, len(hashes))
+                        at += len(hashes)
+        return where
+
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        files = self.buckets_folder.list_files(glob_pattern="*.dups")
-        pairs = {}
+        files = sorted(self.buckets_folder.list_files(glob_pattern="*.dups"))
+        needed: dict[int, set[int]] = {}
         for name in files:
             with self.buckets_folder.open(name, "rb") as f:
-                pairs[name] = np.frombuffer(f.read(), dtype=_PAIR_DTYPE)
-        needed: dict[int, set[int]] = {}
-        for arr in pairs.values():
+                arr = np.frombuffer(f.read(), dtype=_PAIR_DTYPE)
             for fa, da in ((arr["f1"], arr["d1"]), (arr["f2"], arr["d2"])):
                 for f, d in zip(fa.tolist(), da.tolist(), strict=True):
                     needed.setdefault(f, set()).add(d)
-        shingles: dict[tuple[int, int], set[int]] = {}
-        for f, wanted in needed.items():
-            for i, doc in enumerate(self.reader.run(None, f, self.tasks)):
-                if i in wanted:
-                    shingles[(f, i)] = set(self.signature.get_shingles(doc.text).ravel().tolist())
-        for name, arr in pairs.items():
-            keep = np.zeros(len(arr), dtype=bool)
-            for k, (f1, d1, f2, d2) in enumerate(arr.tolist()):
-                a, b = shingles.get((f1, d1), set()), shingles.get((f2, d2), set())
-                keep[k] = bool(a or b) and len(a & b) / len(a | b) >= self.min_jaccard
-            self.stat_update("candidate_pairs", value=len(arr))
-            self.stat_update("verified_pairs", value=int(keep.sum()))
-            with self.output_folder.open(name, "wb") as f:
-                f.write(arr[keep].tobytes())
+        scratch = f"{rank:05d}.shingles.tmp"
+        where = self._write_shingles(needed, scratch)
+        del needed
+        with self.output_folder.open(scratch, "rb") as hashes:
+
+            def shingles(key) -> np.ndarray:
+                start, count = where.get(key, (0, 0))
+                hashes.seek(8 * start)
+                return np.frombuffer(hashes.read(8 * count), dtype="<u8")
+
+            for name in files:  # pass 2, one bucket file at a time
+                with self.buckets_folder.open(name, "rb") as f:
+                    arr = np.frombuffer(f.read(), dtype=_PAIR_DTYPE)
+                keep = np.zeros(len(arr), dtype=bool)
+                for k, (f1, d1, f2, d2) in enumerate(arr.tolist()):
+                    a, b = shingles((f1, d1)), shingles((f2, d2))
+                    if len(a) or len(b):
+                        inter = len(np.intersect1d(a, b, assume_unique=True))
+                        keep[k] = inter / (len(a) + len(b) - inter) >= self.min_jaccard
+                self.stat_update("candidate_pairs", value=len(arr))
+                self.stat_update("verified_pairs", value=int(keep.sum()))
+                with self.output_folder.open(name, "wb") as f:
+                    f.write(arr[keep].tobytes())
+        self.output_folder.rm(scratch)
         if data:
             yield from data
 
