@@ -232,9 +232,9 @@ def speed_against_datasketch(work: Path, planted: int, config: str | None, overr
     tokenizer = MinhashDedupSignature(str(work / "unused"), config=MinhashConfig()).word_tokenizer
     for d in docs:  # warm spaCy's vocabulary first: whichever side ran first would pay for it
         tokenizer.word_tokenize(simplify_text(d["text"], TextNormConfig()))
-    from cpt.steps import dedup
+    from cpt.steps import heuristics
 
-    dedup._SPLITTERS.clear()  # cpt starts cold (spaCy loaded, no words cached) in each run
+    heuristics._SPLITTERS.clear()  # cpt starts cold (spaCy loaded, no words cached) in each run
     cpt_seconds = run_dedup(clean, out, ["minhash"], config, overrides)
 
     start = time.perf_counter()

@@ -288,7 +288,8 @@ def test_chunk_words_give_spacy_words_and_datatrove_shingles(tmp_path):
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
     from datatrove.utils.text import TextNormConfig, simplify_text
 
-    from cpt.steps.dedup import ChunkWords, MinhashSignature
+    from cpt.steps.dedup import MinhashSignature
+    from cpt.steps.heuristics import ChunkWords
 
     texts = english_paragraphs(300)
     texts += ["Mr. Darcy's U.S.-made (\"odd\") e-mail: x@y.org, 3.5% -- don't!", "Hello", ""]

@@ -52,6 +52,37 @@ def test_jieba_tokenizer_matches_datatrove_spacy_jieba_on_real_text():
         assert abs(spacy_count - jieba_count) <= max(1, spacy_count // 20)
 
 
+def test_english_words_through_the_chunk_cache_are_datatrove_spacy_words_on_raw_text():
+    """The quality filters split raw page text (newlines, runs of spaces, tabs, Unicode spaces): the
+    chunk cache must give spaCy's words for it, not only for MinHash's simplified text."""
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from cpt.steps.heuristics import ChunkedWordTokenizer, ChunkWords
+
+    raw = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    pages = [raw[i : i + 6000] for i in range(0, 120_000, 6000)]
+    pages += [
+        EN_ARTICLE,
+        "a  b\n\n c\t\td \u00a0e\u3000f  ",
+        "  leading and trailing \n",
+        "",
+        " \n\t ",
+        "Mr. Darcy's U.S.-made (\"odd\") e-mail:\n x@y.org,\r\n 3.5% -- don't!",
+        "end.\n Next",
+    ]
+    spacy = load_word_tokenizer("en")
+    fast = ChunkedWordTokenizer("en")
+    small = ChunkWords(spacy, max_chunks=300)  # the cache starts over many times
+    for page in pages:
+        words = spacy.word_tokenize(page)
+        assert fast.word_tokenize(page) == words, page[:80]
+        assert fast.word_tokenize(page) == words  # the words kept from the call before
+        assert small(page) == words, page[:80]
+    assert fast.sent_tokenize(EN_ARTICLE) == spacy.sent_tokenize(EN_ARTICLE)
+    # spaCy fails on this string after its first sight (datatrove then drops it): dropped every time
+    assert ChunkWords(spacy)("IS_ALPHA word") == ChunkWords(spacy)("IS_ALPHA word") == ["word"]
+
+
 def test_chinese_article_passes_zh_heuristics_but_english_defaults_would_drop_it():
     cfg = load_config(DEFAULT_CONFIG)
     for kind in ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"):
@@ -171,6 +202,34 @@ def test_url_filter_uses_bundled_lists_offline_and_the_users_block_list(tmp_path
     assert f.filter(doc("x", url="https://www.free-porn-tube.com/video/1.html"))[0] is False
     assert f.filter(doc("x", url="https://news.example/good-page.html")) is True
     assert f.filter(doc("x")) is True  # jsonl input without a URL
+
+
+def test_bundled_block_lists_are_read_as_datatrove_reads_them(tmp_path):
+    from datatrove.pipeline.filters import URLFilter
+    from datatrove.pipeline.filters.url_filter import get_list
+    from tldextract import TLDExtract
+
+    from cpt.steps.url_filter import OfflineURLFilter, read_bundled_list
+
+    cases = {
+        "plain": "a.com\nb.org\nc.net\n",
+        "no_final_newline": "a.com\nb.org",
+        "comments": "# header\na.com\n#b.org\nc.net\n",
+        "to_strip": "a.com \n\tb.org\r\nc.net\n",
+        "blank_line": "a.com\n\nb.org\n",
+        "non_ascii": "bücher.de\na.com\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        expected = get_list(str(tmp_path), name, {"extra.com"}, do_normalize=False)
+        assert read_bundled_list(str(tmp_path / name), {"extra.com"}) == expected, name
+    mine, theirs = OfflineURLFilter(), URLFilter()
+    theirs.tldextractor = TLDExtract(suffix_list_urls=())
+    mine.download_data()
+    theirs.download_data()
+    for key in ("block_listed_domains", "block_listed_url", "banned_words", "banned_subwords"):
+        assert getattr(mine, key) == getattr(theirs, key), key
+    assert len(mine.block_listed_domains) > 1_000_000
 
 
 def test_a_failing_task_leaves_only_tmp_shards(tmp_path):

@@ -28,6 +28,8 @@ from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.writers import ParquetWriter
 from datatrove.utils.typeshelper import StatHints
 
+from cpt.steps.heuristics import word_splitter
+
 # query parameters that identify a visit or a campaign, not a page
 _TRACKING = re.compile(
     r"^(utm_[a-z_]+|gclid|dclid|fbclid|msclkid|yclid|mc_cid|mc_eid|_ga|_gl|igshid|spm|ref_src)$"
@@ -235,78 +237,6 @@ def _in_sorted(values: list[int], sorted_keys: np.ndarray) -> list[bool]:
 
 
 SHORT_TEXT = "\x00short\x00"  # sets a short document's one shingle apart from word n-grams
-
-
-class ChunkWords:
-    """The words spaCy's rule-based tokenizer gives a text, asking spaCy once per distinct chunk.
-
-    spaCy's `Tokenizer` cuts a text at spaces first and tokenizes every space-free chunk on its own (its
-    own cache is keyed by the chunk), so a text's words are its chunks' words in order; after
-    `simplify_text` the only whitespace left is single spaces. Building a spaCy `Doc` for every document
-    was most of the MinHash signature's time; looking each chunk up in a dict gives the same words
-    (`tests/test_dedup.py` compares both on real text) at a fraction of the cost. At most `max_chunks`
-    are kept, then the cache starts over: the words never depend on what was cached.
-    """
-
-    def __init__(self, tokenizer, max_chunks: int = 1 << 20):
-        self.tokenizer = tokenizer  # a datatrove SpaCyTokenizer
-        self.max_chunks = max_chunks
-        self._cache: dict[str, list[str]] = {}
-
-    def __call__(self, text: str) -> list[str]:
-        if not text:
-            return []
-        cache, chunks = self._cache, text.split(" ")
-        new = [c for c in dict.fromkeys(chunks) if c not in cache]
-        if new:
-            if len(cache) + len(new) > self.max_chunks:
-                cache.clear()
-                new = list(dict.fromkeys(chunks))
-            self._tokenize(new)
-        words = []
-        for chunk in chunks:
-            words += cache[chunk]
-        return words
-
-    def _tokenize(self, chunks: list[str]) -> None:
-        """One spaCy call for a text's new chunks, joined by spaces: a token followed by a space ends a
-        chunk (spaCy keeps the space as the token's `whitespace_`)."""
-        nlp = self.tokenizer.tokenizer
-        joined = " ".join(chunks)
-        nlp.max_length = len(joined) + 10
-        with nlp.memory_zone():  # as datatrove does: the vocabulary does not grow with the corpus
-            i, words = 0, []
-            for token in nlp.tokenizer(joined):
-                if word := token.text.strip():  # as datatrove's strip_strings
-                    words.append(word)
-                if token.whitespace_:
-                    self._cache[chunks[i]] = words
-                    i, words = i + 1, []
-            self._cache[chunks[i]] = words
-
-    def __getstate__(self):  # sent to worker processes without the cache
-        return {"tokenizer": self.tokenizer, "max_chunks": self.max_chunks, "_cache": {}}
-
-
-_SPLITTERS: dict[str, ChunkWords] = {}  # one a language and process: tasks share spaCy and the chunk cache
-
-
-def word_splitter(tokenizer):
-    """`tokenizer.word_tokenize`, or the same words through `ChunkWords` where the tokenizer is spaCy's
-    rule-based one (English and the other languages spaCy tokenizes by rules, not by a segmenter).
-
-    datatrove copies a stage's steps for every task, and each copy would load spaCy again (a MinHash
-    candidate check runs one task a band); the `ChunkWords` of a language is made once a process."""
-    from datatrove.utils.word_tokenizers import SpaCyTokenizer
-
-    if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in ("zh", "ja", "th", "vi", "ko"):
-        if tokenizer.language in _SPLITTERS:
-            return _SPLITTERS[tokenizer.language]
-        import spacy.tokenizer
-
-        if type(tokenizer.tokenizer.tokenizer) is spacy.tokenizer.Tokenizer:
-            return _SPLITTERS.setdefault(tokenizer.language, ChunkWords(tokenizer))
-    return tokenizer.word_tokenize
 
 
 class MinhashSignature(MinhashDedupSignature):

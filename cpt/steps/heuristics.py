@@ -73,10 +73,125 @@ class JiebaTokenizer(WordTokenizer):
         return {"language": self.language, "_last_text": None, "_last_words": []}
 
 
-def word_tokenizers(languages: list[str]) -> dict[str, str | WordTokenizer]:
-    """lid.176 code -> what datatrove's filters take as `language` (a tokenizer code or instance)."""
+class ChunkWords:
+    """The words spaCy's rule-based tokenizer gives a text, asking spaCy once per distinct chunk.
+
+    spaCy's `Tokenizer` cuts a text where whitespace starts and ends and tokenizes every whitespace-free
+    chunk on its own (its own cache is keyed by the chunk); the whitespace between chunks becomes
+    whitespace tokens or a token's trailing space, which datatrove strips away. So a text's words are its
+    chunks' words in order (`str.split()` finds the same chunks: both use Python's whitespace test).
+    Building a spaCy `Doc` for every document was most of the time of the MinHash signature and of the
+    quality filters; looking each chunk up in a dict gives the same words (`tests/test_dedup.py` and
+    `tests/test_steps.py` compare both on real text) at a fraction of the cost. At most `max_chunks` are
+    kept, then the cache starts over: the words never depend on what was cached.
+    """
+
+    def __init__(self, tokenizer, max_chunks: int = 1 << 20):
+        self.tokenizer = tokenizer  # a datatrove SpaCyTokenizer
+        self.max_chunks = max_chunks
+        self._cache: dict[str, list[str]] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        if "IS_ALPHA" in text:
+            # spaCy's vocabulary fails on this string once a process has seen it (the first call passes);
+            # datatrove then drops it and tokenizes again. Dropped every time here, so a text's words do
+            # not depend on what was tokenized before it
+            text = text.replace("IS_ALPHA", "")
+        cache, chunks = self._cache, text.split()
+        if not chunks:
+            return []
+        new = [c for c in dict.fromkeys(chunks) if c not in cache]
+        if new:
+            if len(cache) + len(new) > self.max_chunks:
+                cache.clear()
+                new = list(dict.fromkeys(chunks))
+            self._tokenize(new)
+        words = []
+        for chunk in chunks:
+            words += cache[chunk]
+        return words
+
+    def _tokenize(self, chunks: list[str]) -> None:
+        """One spaCy call for a text's new chunks, joined by spaces: a token followed by a space ends a
+        chunk (spaCy keeps the space as the token's `whitespace_`)."""
+        nlp = self.tokenizer.tokenizer
+        joined = " ".join(chunks)
+        nlp.max_length = len(joined) + 10
+        with nlp.memory_zone():  # as datatrove does: the vocabulary does not grow with the corpus
+            i, words = 0, []
+            for token in nlp.tokenizer(joined):
+                if word := token.text.strip():  # as datatrove's strip_strings
+                    words.append(word)
+                if token.whitespace_:
+                    self._cache[chunks[i]] = words
+                    i, words = i + 1, []
+            self._cache[chunks[i]] = words
+
+    def __getstate__(self):  # sent to worker processes without the cache
+        return {"tokenizer": self.tokenizer, "max_chunks": self.max_chunks, "_cache": {}}
+
+
+_SPLITTERS: dict[str, ChunkWords] = {}  # one a language and process: tasks share spaCy and the chunk cache
+
+
+def word_splitter(tokenizer):
+    """`tokenizer.word_tokenize`, or the same words through `ChunkWords` where the tokenizer is spaCy's
+    rule-based one (English and the other languages spaCy tokenizes by rules, not by a segmenter).
+
+    datatrove copies a stage's steps for every task, and each copy would load spaCy again (a MinHash
+    candidate check runs one task a band); the `ChunkWords` of a language is made once a process."""
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer
+
+    if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in ("zh", "ja", "th", "vi", "ko"):
+        if tokenizer.language in _SPLITTERS:
+            return _SPLITTERS[tokenizer.language]
+        import spacy.tokenizer
+
+        if type(tokenizer.tokenizer.tokenizer) is spacy.tokenizer.Tokenizer:
+            return _SPLITTERS.setdefault(tokenizer.language, ChunkWords(tokenizer))
+    return tokenizer.word_tokenize
+
+
+class ChunkedWordTokenizer(WordTokenizer):
+    """datatrove's word tokenizer for `language`, its words through `word_splitter` (the same words,
+    faster where it is spaCy's rules) and kept for the next call on the same text (Gopher repetition,
+    Gopher quality and FineWeb quality split a page one after the other); sentences are datatrove's."""
+
+    def __init__(self, language: str):
+        super().__init__(language)
+        self._words = None
+        self._last_text: str | None = None
+        self._last_words: list[str] = []
+
+    @property
+    def datatrove(self) -> WordTokenizer:
+        from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+        return load_word_tokenizer(self.language)
+
+    def word_tokenize(self, text: str) -> list[str]:
+        if text != self._last_text:
+            if self._words is None:
+                self._words = word_splitter(self.datatrove)
+            self._last_words = self._words(text)
+            self._last_text = text
+        return list(self._last_words)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return self.datatrove.span_tokenize(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return self.datatrove.sent_tokenize(text)
+
+    def __getstate__(self):
+        return {"language": self.language, "_words": None, "_last_text": None, "_last_words": []}
+
+
+def word_tokenizers(languages: list[str]) -> dict[str, WordTokenizer]:
+    """lid.176 code -> the word tokenizer datatrove's filters take as `language`: jieba for Chinese,
+    datatrove's own (through `ChunkedWordTokenizer`) for the others."""
     jieba = JiebaTokenizer()
-    return {lang: jieba if lang == "zh" else lang for lang in [*languages, "en"]}
+    return {lang: jieba if lang == "zh" else ChunkedWordTokenizer(lang) for lang in [*languages, "en"]}
 
 
 def filter_params(cls: type) -> set[str]:
@@ -96,7 +211,7 @@ class PerLanguageFilter(BaseFilter):
         kind: str,
         params_by_lang: dict[str, dict],
         languages: list[str],
-        tokenizers: dict[str, str | WordTokenizer] | None = None,
+        tokenizers: dict[str, WordTokenizer] | None = None,
     ):
         self.name = name  # before super().__init__(), which names the step's stats after it
         super().__init__()
@@ -107,7 +222,7 @@ class PerLanguageFilter(BaseFilter):
         for lang in [*languages, "default"]:
             params = dict(params_by_lang.get("default", {}))
             params.update(params_by_lang.get(lang, {}) if lang != "default" else {})
-            params.setdefault("language", tokenizers.get(lang, "en"))
+            params.setdefault("language", tokenizers.get(lang, tokenizers["en"]))
             self.filters[lang] = cls(**params)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
