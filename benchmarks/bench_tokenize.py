@@ -1,18 +1,23 @@
 """Tokens/second of `tokenize` per core against the Hugging Face tokenizer called directly, and the
 `cpt-tok report` figures, on the real LLaMA tokenizer merged with Chinese-LLaMA's pieces.
 
-    python benchmarks/bench_tokenize.py [--copies 20] [--json OUT]
+    python benchmarks/bench_tokenize.py [--copies 20] [--json OUT] [--split-scales 1,4,16]
 
 Both sides tokenize the same documents (English novels and Chinese news from shared/data, repeated
 `--copies` times) with the same tokenizer.json, one task / one process: `tokenize` reads Parquet,
 tokenizes in datatrove batches and writes shards; the direct side calls `encode_batch` and keeps
 nothing. The ratio is measured in one run.
+
+`--split-by`: `run.py tokenize --split-by topic` (8 values, 4 shards, 4 tasks on one worker) on 1x, 4x
+and 16x the corpus, each run in its own process: peak RSS (VmHWM) and seconds. `--root` points at
+another checkout (an older cpt) to run the same measurement with its code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +46,81 @@ def corpus() -> dict[str, list[str]]:
     return {"en": [t for t in english if t], "zh": [t for t in chinese if t.strip()]}
 
 
+TOPICS = ["arts", "business", "health", "law", "news", "science", "sports", "travel"]
+
+_PROBE = """
+import runpy, sys, time
+sys.argv = ["pipelines/run.py"] + {args!r}
+start = time.perf_counter()
+try:
+    runpy.run_path("pipelines/run.py", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+seconds = time.perf_counter() - start
+lines = open("/proc/self/status").read().splitlines()
+print("PROBE", int(next(x.split()[1] for x in lines if x.startswith("VmHWM:"))), seconds)
+"""
+
+
+def split_memory(
+    work: Path, texts: dict[str, list[str]], tokenizer: Path, scales: list[int], root: Path
+) -> list:
+    """Peak RSS and seconds of `tokenize --split-by topic` at each corpus scale, one process a run."""
+    base = [t for lang in ("en", "zh") for t in texts[lang]]
+    meta_fields = CLEAN_SCHEMA.field("metadata").type
+    results = []
+    for scale in scales:
+        docs = base * scale
+        folder = work / f"split_in_{scale}"
+        folder.mkdir()
+        for part in range(4):
+            rows = [
+                {
+                    "id": str(i),
+                    "text": t,
+                    "lang": "x",
+                    "metadata": {**{f.name: None for f in meta_fields}, "topic": TOPICS[i % len(TOPICS)]},
+                }
+                for i, t in enumerate(docs)
+                if i % 4 == part
+            ]
+            table = pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA)  # row groups of 1,000 as clean writes
+            pq.write_table(table, folder / f"{part:03d}.parquet", row_group_size=1000)
+        del docs
+        args = ["tokenize", "--input", str(folder), "--tokenizer", str(tokenizer), "--output",
+                str(work / f"split_out_{scale}"), "--split-by", "topic", "--tasks", "4", "--workers", "1",
+                "--no-progress"]  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(args=args)], capture_output=True, text=True, cwd=root
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("PROBE ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"tokenize --split-by failed at {scale}x:\n{proc.stderr[-3000:]}")
+        _, kib, seconds = line.split()
+        documents = sum(
+            json.loads((work / f"split_out_{scale}" / t / "tokens.json").read_text())["documents"]
+            for t in TOPICS
+        )
+        results.append(
+            {
+                "scale": scale,
+                "documents": documents,
+                "peak_rss_mib": round(int(kib) / 1024, 1),
+                "seconds": round(float(seconds), 2),
+            }
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=20, help="times the corpus is repeated")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--split-scales", default="1,4,16", help="corpus scales of the --split-by memory runs ('' to skip)"
+    )
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: real tokenizers and text not found")
@@ -98,6 +174,8 @@ def main() -> None:
             }
             for r in report
         ]
+        scales = [int(x) for x in args.split_scales.split(",") if x.strip()]
+        split = split_memory(work, texts, work / "merged", scales, args.root.resolve()) if scales else []
     results = {
         "documents": len(docs),
         "tokens": tokens,
@@ -106,6 +184,7 @@ def main() -> None:
         "hf_direct_tokens_per_s": round(direct / direct_seconds),
         "tokenize_over_direct": round((tokens / cpt_seconds) / (direct / direct_seconds), 2),
         "report": report_rows,
+        "split_by_memory": split,
     }
     text = json.dumps(results, indent=2)
     print(text)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.io import write_json, write_text
-from cpt.steps.write import OTHER, MetadataEquals
+from cpt.steps.write import OTHER
 from pipelines.common import (
     RayConfig,
     SlurmConfig,
@@ -82,7 +82,7 @@ def prepare(
 ) -> TokenizeRun:
     from cpt.shards import row_to_document, shard_files
     from cpt.steps.read import CountingParquetReader
-    from cpt.tokens import TokensManifestStep, document_tokenizer, tokenizer_hash
+    from cpt.tokens import SplitDocumentTokenizer, TokensManifestStep, document_tokenizer, tokenizer_hash
 
     cfg = cfg or TokenizeConfig()
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
@@ -134,27 +134,20 @@ def prepare(
         if split_by is None
         else {v: output / folder_name(v) for v in metadata_values(files, split_by)}
     )
-    executors = []
-    for value, folder in groups.items():
-        reader = CountingParquetReader(
-            str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
-        )
-        steps = [reader]
-        if split_by is not None:
-            steps.append(MetadataEquals(split_by, value))
-        steps.append(document_tokenizer(str(folder), str(tokenizer_json), eos_token))
-        logs = report / "logs" if value is None else report / "logs" / folder_name(value)
-        slurm = dataclasses.replace(cfg.slurm, job_name=f"{cfg.slurm.job_name}-{source}")
-        first = make_executor(
-            executor,
-            steps,
-            tasks,
-            logs / "tokenize",
-            slurm,
-            workers,
-            depends=executors[-1] if executors else None,
-            ray=cfg.ray,
-        )
+    reader = CountingParquetReader(
+        str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
+    )
+    if split_by is None:
+        tokenize = document_tokenizer(str(output), str(tokenizer_json), eos_token)
+    else:  # one pass over the input, each document written to its value's folder
+        folders = {value: str(folder) for value, folder in groups.items()}
+        tokenize = SplitDocumentTokenizer(split_by, folders, str(tokenizer_json), eos_token)
+    slurm = dataclasses.replace(cfg.slurm, job_name=f"{cfg.slurm.job_name}-{source}")
+    logs = report / "logs"
+    executors = [
+        make_executor(executor, [reader, tokenize], tasks, logs / "tokenize", slurm, workers, ray=cfg.ray)
+    ]
+    for value, folder in groups.items():  # then each folder's tokens.json, one after the other
         labels = {split_by: value} if split_by else None
         manifest = TokensManifestStep(
             str(folder),
@@ -163,12 +156,12 @@ def prepare(
             token_size,
             labels,
         )
-        executors += [
-            first,
+        manifest_logs = logs / "manifest" if value is None else logs / "manifest" / folder_name(value)
+        executors.append(
             make_executor(
-                executor, [manifest], 1, logs / "manifest", slurm, workers, depends=first, ray=cfg.ray
-            ),
-        ]
+                executor, [manifest], 1, manifest_logs, slurm, workers, depends=executors[-1], ray=cfg.ray
+            )
+        )
     if record:
         write_json(report / "steps.json", {"pipeline": "tokenize", "tasks": tasks, "folders": len(groups)})
     return TokenizeRun(executors, output, tasks, list(groups.values()))
@@ -229,19 +222,42 @@ def _may_hold_documents(path: Path) -> bool:
     return False
 
 
+TOP_LEVEL_KEYS = ("url", "lang", "lang_score", "source")  # columns the reader puts into a document's metadata
+
+
 def metadata_values(files: list[Path], key: str) -> list[str]:
-    """The distinct values of `metadata.<key>` in the shards (documents without one: `other`)."""
+    """The distinct values of `metadata.<key>` in the shards (documents without one: `other`), as the
+    reader gives them to documents (`row_to_document`: a top-level `url`, `lang`, `lang_score` or `source`
+    column over the struct's field). Only those columns are read, a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     values = set()
     for path in files:
-        if "metadata" not in pq.read_schema(path).names:  # shards from elsewhere: no value anywhere
-            values.add(OTHER)
+        shard = pq.ParquetFile(path)
+        schema = shard.schema_arrow
+        meta = schema.field("metadata").type if "metadata" in schema.names else None
+        nested = isinstance(meta, pa.StructType) and meta.get_field_index(key) >= 0
+        top = key in TOP_LEVEL_KEYS and key in schema.names
+        columns = ([f"metadata.{key}"] if nested else []) + ([key] if top else [])
+        if not columns:  # no such column: every document is `other`
+            if shard.metadata.num_rows:
+                values.add(OTHER)
             continue
-        table = pq.read_table(path, columns=["metadata"])
-        for meta in table.column("metadata").to_pylist():
-            value = meta.get(key) if isinstance(meta, dict) else None
-            values.add(str(value) if value is not None else OTHER)
+        for batch in shard.iter_batches(columns=columns, batch_size=65_536):
+            value = pa.nulls(batch.num_rows)
+            if nested:
+                value = pc.struct_field(batch.column("metadata"), key)
+            if top and nested and batch.column(key).type != value.type:  # rare: value by value
+                pairs = zip(batch.column(key).to_pylist(), value.to_pylist(), strict=True)
+                value = [t if t is not None else n for t, n in pairs]
+            elif top:
+                value = pc.unique(pc.coalesce(batch.column(key), value) if nested else batch.column(key))
+            else:
+                value = pc.unique(value)
+            for v in value if isinstance(value, list) else value.to_pylist():
+                values.add(str(v) if v is not None else OTHER)
     if not values:
         raise FileNotFoundError(f"no documents to split by {key}")
     return sorted(values)

@@ -268,7 +268,7 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
     assert again.stdout == proc.stdout  # finished tasks are skipped; same shards
 
 
-def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp_path):
+def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp_path, monkeypatch):
     from datatrove.data import Document
     from datatrove.pipeline.tokens import DocumentTokenizer
 
@@ -298,3 +298,93 @@ def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp
     for name in names:
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
     assert ours.stats["tokens"].total == theirs.stats["tokens"].total > 10_000
+    # batches cut by characters too (a few paragraphs each), and several encoding calls a batch
+    monkeypatch.setattr("cpt.tokens.BATCH_CHARS", 5000)
+    monkeypatch.setattr("cpt.tokens.ENCODE_CHUNK", 7)
+    small = document_tokenizer(str(tmp_path / "small"), tokenizer, "<|end_of_text|>")
+    small.run(docs(), rank=0, world_size=1)
+    for name in names:
+        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+
+
+def test_split_tokenizer_writes_each_value_the_files_of_its_own_run(tmp_path):
+    """One pass over the input gives every --split-by folder the files that datatrove's DocumentTokenizer
+    writes for that value's documents alone (the old way: one full read of the input per value)."""
+    from datatrove.data import Document
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    from cpt.tokens import SplitDocumentTokenizer
+
+    tokenizer = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json"))
+    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    texts = [t for t in english[:600] if t.strip()]
+    topics = ["science", "sports", None, "arts"]  # None: no topic, the `other` folder
+    never = "unused"  # a value of the run with no document in this task: an empty file, as its own run
+
+    def docs():
+        for i, t in enumerate(texts):
+            meta = {"topic": topics[i % 3 if i < 400 else 3]} if topics[i % 3] else {}
+            yield Document(text=t, id=str(i), metadata=meta)
+
+    values = ["science", "sports", "other", "arts", never]
+    ours = SplitDocumentTokenizer(
+        "topic", {v: str(tmp_path / "ours" / v) for v in values}, tokenizer, "<|end_of_text|>"
+    )
+    ours.batch_size = 64
+    ours.run(docs(), rank=3, world_size=4)
+    for value in values:
+        theirs = DocumentTokenizer(
+            str(tmp_path / "theirs" / value), tokenizer, eos_token="<|end_of_text|>", shuffle_documents=False
+        )
+        own = (d for d in docs() if d.metadata.get("topic", "other") == value)
+        theirs.run(own, rank=3, world_size=4)
+        names = sorted(p.name for p in (tmp_path / "theirs" / value).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "ours" / value).iterdir()) and names, value
+        for name in names:
+            mine, ref = tmp_path / "ours" / value / name, tmp_path / "theirs" / value / name
+            assert mine.read_bytes() == ref.read_bytes(), (value, name)
+    assert (tmp_path / "ours" / never / "00003_unshuffled.ds").stat().st_size == 0
+    assert (tmp_path / "ours" / "arts" / "00003_unshuffled.ds").stat().st_size > 1000
+
+
+def test_tokenize_split_by_a_column_or_a_metadata_field_reads_the_input_once(tmp_path):
+    from conftest import run_cli
+    from cpt.tokens import TokenShards
+
+    tokenizer = shared_data("tokenizers", "llama-3.2")
+    english = [p for p in shared_data("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")]
+    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    docs = [("en", t) for t in english[100:160] if t.strip()] + [("zh", t) for t in chinese[:50] if t.strip()]
+    rows = []
+    for i, (lang, text) in enumerate(docs):
+        topic = ["news", "Sci/Tech", None][i % 3]
+        meta = {f.name: None for f in CLEAN_SCHEMA.field("metadata").type}
+        meta["topic"] = topic
+        rows.append({"id": str(i), "text": text, "lang": lang, "metadata": meta})
+    for part in range(2):
+        path = tmp_path / "scored" / f"00{part}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows[part::2], schema=CLEAN_SCHEMA), path)
+
+    expected = {
+        "lang": {"en": sum(d[0] == "en" for d in docs), "zh": sum(d[0] == "zh" for d in docs)},
+        "topic": {
+            v: sum(1 for i in range(len(docs)) if i % 3 == k)
+            for k, v in enumerate(["news", "Sci/Tech", "other"])
+        },
+    }
+    for key, counts in expected.items():
+        out = tmp_path / f"by_{key}"
+        run_cli("tokenize", "--input", str(tmp_path / "scored"), "--tokenizer", str(tokenizer),
+                "--output", str(out), "--split-by", key, "--no-progress")  # fmt: skip
+        folders = {p.name for p in out.iterdir() if p.name != "report"}
+        assert folders == {"en", "zh"} if key == "lang" else {"news", "Sci%2FTech", "other"}
+        for value, n in counts.items():
+            folder = out / ("Sci%2FTech" if value == "Sci/Tech" else value)
+            manifest = json.loads((folder / "tokens.json").read_text())
+            assert manifest["labels"] == {key: value} and manifest["documents"] == n, (key, value)
+            assert len(manifest["files"]) == 2  # one a task
+            assert len(TokenShards(folder, tokenizer)) == n
+        # one tokenizing stage read the input: its reader counted every document once
+        stats = json.loads((out / "report" / "logs" / "tokenize" / "stats.json").read_text())
+        assert stats[0]["stats"]["documents"]["total"] == len(docs)

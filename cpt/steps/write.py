@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import ParquetWriter
 
 from cpt.shards import BOOKKEEPING, CLEAN_SCHEMA, UNKNOWN_LANG, document_row
@@ -105,17 +104,3 @@ class ShardWriter(ParquetWriter):
 
 
 OTHER = "other"  # the value (and folder) of documents without one of the split-by key
-
-
-class MetadataEquals(BaseFilter):
-    """Keep the documents whose `metadata[key]` is `value` (`other`: those without one)."""
-
-    name = "🔀 split by metadata"
-
-    def __init__(self, key: str, value: str):
-        super().__init__()
-        self.key, self.value = key, value
-
-    def filter(self, doc) -> bool:
-        value = doc.metadata.get(self.key)
-        return (str(value) if value is not None else OTHER) == self.value

@@ -10,7 +10,6 @@ without it, or read with another tokenizer, are refused.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -85,20 +84,32 @@ class TokensManifestStep(PipelineStep):
             yield from data
 
 
+ENCODE_CHUNK = 1000  # documents encoded by one call of the tokenizers library
+BATCH_CHARS = 1 << 25  # a batch ends at 32 Mi characters of text too: 10,000 books would not fit in memory
+
+
+def batches(docs, size: int, max_chars: int) -> Iterator[list]:
+    """Consecutive lists of at most `size` documents and, unless one document alone is longer, at most
+    `max_chars` characters of text (datatrove's `batched` counts documents only)."""
+    batch, chars = [], 0
+    for doc in docs:
+        if batch and (len(batch) == size or chars + len(doc.text) > max_chars):
+            yield batch
+            batch, chars = [], 0
+        batch.append(doc)
+        chars += len(doc.text)
+    if batch:
+        yield batch
+
+
 class FastDocumentTokenizer(DocumentTokenizer):
     """datatrove's DocumentTokenizer with the same files out, its per-document work done per batch."""
 
-    def write_unshuffled(self, data, filename: str):
-        """As datatrove's, faster: each batch is encoded by `encode_batch_fast` (the same ids, without
-        the character offsets that only loss masks need) and written in one piece through numpy instead
-        of a `struct.pack` per document. With loss masks it is datatrove's own."""
+    def _new_file(self, folder, filename: str):
         from datatrove.pipeline.tokens.tokenizer import TokenizedFile
-        from datatrove.utils.batching import batched
 
-        if self.save_loss_metadata:
-            return super().write_unshuffled(data, filename)
-        unshuff = TokenizedFile(
-            self.output_folder,
+        return TokenizedFile(
+            folder,
             filename,
             save_index=self.save_index or self.shuffle_documents or self.shuffle_chunk_size,
             save_loss_metadata=False,
@@ -107,32 +118,108 @@ class FastDocumentTokenizer(DocumentTokenizer):
             save_final_metadata=self.save_final_metadata,
             token_size=self.token_size,
         )
-        dtype = np.dtype("<u2" if self.token_size == 2 else "<u4")
-        tokenizer = self.tokenizer
 
-        def encode(texts: list[str]) -> list[list[int]]:  # the tokenizers library lets go of the GIL
-            return [e.ids for e in tokenizer.encode_batch_fast(texts)]
+    def _write(self, file, ids: list[np.ndarray]) -> None:
+        """Documents' ids (EOS included) into `file` in one piece, instead of a `struct.pack` per document."""
+        lengths = [len(x) for x in ids]
+        flat = np.concatenate(ids) if ids else np.zeros(0, self._dtype)
+        file.write_bytes(flat.tobytes(), np.cumsum(lengths).tolist())
+        for n in lengths:
+            self.stat_update("tokens", value=n)
 
-        def write(ids: list[list[int]]) -> None:
-            lengths = [len(x) for x in ids]
-            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(lengths))
-            unshuff.write_bytes(flat.tobytes(), np.cumsum(lengths).tolist())
-            for n in lengths:
-                self.stat_update("tokens", value=n)
+    @property
+    def _dtype(self) -> np.dtype:
+        return np.dtype("<u2" if self.token_size == 2 else "<u4")
 
-        # one batch is encoded in a thread while the next is read: reading Parquet into documents was a
-        # fifth of the time; batches are still written in order, so the files do not change
-        with ThreadPoolExecutor(1) as pool, self.track_time(unit="batch"):
+    def _encoded_batches(self, data) -> Iterator[tuple[list, list[np.ndarray]]]:
+        """(documents, their ids as arrays) a batch at a time, in input order. Each batch is encoded by
+        `encode_batch_fast` (the same ids, without the character offsets that only loss masks need) in a
+        thread while the next batch is read: reading Parquet into documents was a fifth of the time.
+        The library's encodings (every token's string, offsets and masks besides its id) are made
+        `ENCODE_CHUNK` documents at a time and kept only as arrays of ids: peak memory does not grow
+        with the batch size or with how long the documents of a batch are."""
+        tokenizer, dtype = self.tokenizer, self._dtype
+
+        def encode(texts: list[str]) -> list[np.ndarray]:  # the tokenizers library lets go of the GIL
+            ids = []
+            for i in range(0, len(texts), ENCODE_CHUNK):
+                ids += [
+                    np.array(e.ids, dtype) for e in tokenizer.encode_batch_fast(texts[i : i + ENCODE_CHUNK])
+                ]
+            return ids
+
+        with ThreadPoolExecutor(1) as pool:
             pending = None
-            for batch in batched(data, self.batch_size):
+            for batch in batches(data, self.batch_size, BATCH_CHARS):
                 texts = [d.text for d in batch]
                 if pending is not None:
-                    write(pending.result())
-                pending = pool.submit(encode, texts)
+                    yield pending[0], pending[1].result()
+                pending = (batch, pool.submit(encode, texts))
             if pending is not None:
-                write(pending.result())
+                yield pending[0], pending[1].result()
+
+    def write_unshuffled(self, data, filename: str):
+        """As datatrove's, faster (`_encoded_batches`, `_write`); batches are written in order, so the files
+        do not change. With loss masks it is datatrove's own."""
+        if self.save_loss_metadata:
+            return super().write_unshuffled(data, filename)
+        unshuff = self._new_file(self.output_folder, filename)
+        with self.track_time(unit="batch"):
+            for _, ids in self._encoded_batches(data):
+                self._write(unshuff, ids)
         unshuff.close()
         return unshuff
+
+
+class SplitDocumentTokenizer(FastDocumentTokenizer):
+    """`tokenize --split-by KEY`: each task reads its input once, encodes it a batch at a time and writes
+    every document's ids to the file of its value's folder (`folders`: value -> folder; documents without
+    the key have the value `other`). Each folder gets the files that the value's own run over the same
+    input would write (`tests/test_tok_cli.py` compares them): one a task, empty where the task has no
+    document of that value. Memory is one batch, whatever the number of values."""
+
+    name = "✍️ tokenize, split by metadata"
+
+    def __init__(self, key: str, folders: dict[str, str], tokenizer_json: str, eos_token: str):
+        from datatrove.io import get_datafolder
+
+        if not folders:
+            raise ValueError("no --split-by values")
+        super().__init__(
+            next(iter(folders.values())), tokenizer_json, eos_token=eos_token, shuffle_documents=False
+        )
+        self.key = key
+        self.folders = {value: get_datafolder(folder) for value, folder in folders.items()}
+
+    def value_of(self, doc) -> str:
+        from cpt.steps.write import OTHER
+
+        value = doc.metadata.get(self.key)
+        return str(value) if value is not None else OTHER
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from datatrove.pipeline.tokens.tokenizer import get_output_filename
+
+        filename = get_output_filename(self.save_filename, rank, "unshuffled")
+        files = {}
+        with self.track_time(unit="batch"):
+            for docs, ids in self._encoded_batches(data):
+                groups: dict[str, list[np.ndarray]] = {}
+                for doc, x in zip(docs, ids, strict=True):
+                    groups.setdefault(self.value_of(doc), []).append(x)
+                for value, group in groups.items():
+                    if value not in files:
+                        if value not in self.folders:  # the input changed since the run was prepared
+                            raise TokenShardError(
+                                f"a document has {self.key}={value!r}, which the input held no document of "
+                                "when this run was prepared; tokenize into a new --output folder"
+                            )
+                        files[value] = self._new_file(self.folders[value], filename)
+                    self._write(files[value], group)
+        for value, folder in self.folders.items():  # as the value's own run: an empty file where none
+            if value not in files:
+                files[value] = self._new_file(folder, filename)
+            files[value].close()
 
 
 def document_tokenizer(output_folder: str, tokenizer_json: str, eos_token: str) -> FastDocumentTokenizer:
