@@ -87,13 +87,24 @@ test: $(STAMP)
 	$(PY) -m ruff format --check cpt pipelines trainer tests benchmarks
 	$(PY) -m pytest -q
 
+# every benchmark writes its figures to $(BENCH_OUT)/<name>.json; the last line prints one table of the
+# ratios against the reference tools (each measured side by side in one run). Extraction quality needs
+# the public sets on disk (BENCHMARKS.md says where from): make bench SCRAPINGHUB=DIR TRAFILATURA_EVAL=DIR
+# [TRAFILATURA_1_PYTHON=PY]
+BENCH_OUT ?= runs/bench
 bench: $(STAMP)
-	$(PY) benchmarks/bench_clean.py
-	$(PY) benchmarks/bench_dedup.py
-	$(PY) benchmarks/bench_tokenize.py
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_clean.py --json $(BENCH_OUT)/clean.json
+	$(PY) benchmarks/bench_dedup.py --json $(BENCH_OUT)/dedup.json
+	$(PY) benchmarks/bench_tokenize.py --json $(BENCH_OUT)/tokenize.json
+	if [ -n "$(SCRAPINGHUB)$(TRAFILATURA_EVAL)" ]; then $(PY) benchmarks/bench_extract.py \
+		$(if $(SCRAPINGHUB),--scrapinghub $(SCRAPINGHUB)) $(if $(TRAFILATURA_EVAL),--trafilatura-eval $(TRAFILATURA_EVAL)) \
+		$(if $(TRAFILATURA_1_PYTHON),--trafilatura-1-python $(TRAFILATURA_1_PYTHON)) --json $(BENCH_OUT)/extract.json; \
+	else echo "bench_extract skipped: no SCRAPINGHUB= or TRAFILATURA_EVAL= folder"; fi
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_trainer.py
+	$(PY) benchmarks/summary.py $(BENCH_OUT)/*.json --markdown $(BENCH_OUT)/summary.md
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -309,6 +309,18 @@ def main() -> None:
             results["real"] = bench_corpus("real (shared/data/warc)", real, work, args.repeats)
         else:
             print(f"note: {SHARED_WARC} not found, real-WARC figures skipped", file=sys.stderr)
+    results["ratios"] = [
+        {
+            "figure": f"clean docs/s per core, {r['corpus']} corpus",
+            "cpt": r["docs_per_s_per_core"]["cpt_same_steps"],
+            "reference": r["docs_per_s_per_core"]["datatrove"],
+            "reference_name": "the same steps in plain datatrove",
+            "ratio": r["cpt_over_datatrove"],
+            "goal": 1.0,
+            "command": "python benchmarks/bench_clean.py",
+        }
+        for r in (results[k] for k in ("generated", "real") if k in results)
+    ]
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -398,6 +398,7 @@ def main() -> None:
                     "figure": f"extraction {figure} ({name}), default backend vs trafilatura 1.11",
                     "cpt": round(cur[key], 4),
                     "reference": round(old[key], 4),
+                    "reference_name": "trafilatura 1.11 (cpt settings)",
                     "ratio": round(cur[key] / old[key], 4),
                     "unit": unit,
                     "goal": ">= 1.0",

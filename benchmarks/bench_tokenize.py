@@ -186,6 +186,30 @@ def main() -> None:
         "report": report_rows,
         "split_by_memory": split,
     }
+    results["ratios"] = [
+        {
+            "figure": "tokenize tokens/s",
+            "cpt": results["tokenize_tokens_per_s"],
+            "reference": results["hf_direct_tokens_per_s"],
+            "reference_name": "HF tokenizers encode_batch, same texts",
+            "ratio": results["tokenize_over_direct"],
+            "goal": 1.0,
+            "command": "python benchmarks/bench_tokenize.py",
+        }
+    ]
+    if len(split) >= 2:
+        first, last = split[0], split[-1]
+        results["ratios"].append(
+            {
+                "figure": f"tokenize --split-by peak RSS MiB, {last['scale']}x corpus against {first['scale']}x",
+                "cpt": last["peak_rss_mib"],
+                "reference": first["peak_rss_mib"],
+                "reference_name": f"cpt at {first['scale']}x",
+                "ratio": round(last["peak_rss_mib"] / first["peak_rss_mib"], 2),
+                "goal": None,
+                "command": "python benchmarks/bench_tokenize.py",
+            }
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

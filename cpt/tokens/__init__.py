@@ -10,6 +10,7 @@ without it, or read with another tokenizer, are refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -119,10 +120,9 @@ class FastDocumentTokenizer(DocumentTokenizer):
             token_size=self.token_size,
         )
 
-    def _write(self, file, ids: list[np.ndarray]) -> None:
-        """Documents' ids (EOS included) into `file` in one piece, instead of a `struct.pack` per document."""
-        lengths = [len(x) for x in ids]
-        flat = np.concatenate(ids) if ids else np.zeros(0, self._dtype)
+    def _write(self, file, flat: np.ndarray, lengths: list[int]) -> None:
+        """Documents' ids (EOS included, one after the other in `flat`) into `file` in one piece, instead
+        of a `struct.pack` per document."""
         file.write_bytes(flat.tobytes(), np.cumsum(lengths).tolist())
         for n in lengths:
             self.stat_update("tokens", value=n)
@@ -131,22 +131,23 @@ class FastDocumentTokenizer(DocumentTokenizer):
     def _dtype(self) -> np.dtype:
         return np.dtype("<u2" if self.token_size == 2 else "<u4")
 
-    def _encoded_batches(self, data) -> Iterator[tuple[list, list[np.ndarray]]]:
-        """(documents, their ids as arrays) a batch at a time, in input order. Each batch is encoded by
+    def _encoded_batches(self, data) -> Iterator[tuple[list, tuple[np.ndarray, list[int]]]]:
+        """(documents, (their ids one after the other, each one's length)) a batch at a time, in input order. Each batch is encoded by
         `encode_batch_fast` (the same ids, without the character offsets that only loss masks need) in a
         thread while the next batch is read: reading Parquet into documents was a fifth of the time.
         The library's encodings (every token's string, offsets and masks besides its id) are made
-        `ENCODE_CHUNK` documents at a time and kept only as arrays of ids: peak memory does not grow
-        with the batch size or with how long the documents of a batch are."""
+        `ENCODE_CHUNK` documents at a time and kept only as one array of ids: no more than that many
+        documents' encodings exist at once, whatever the batch size."""
         tokenizer, dtype = self.tokenizer, self._dtype
 
-        def encode(texts: list[str]) -> list[np.ndarray]:  # the tokenizers library lets go of the GIL
-            ids = []
+        def encode(texts: list[str]) -> tuple[np.ndarray, list[int]]:  # the library lets go of the GIL
+            pieces, lengths = [], []
             for i in range(0, len(texts), ENCODE_CHUNK):
-                ids += [
-                    np.array(e.ids, dtype) for e in tokenizer.encode_batch_fast(texts[i : i + ENCODE_CHUNK])
-                ]
-            return ids
+                ids = [e.ids for e in tokenizer.encode_batch_fast(texts[i : i + ENCODE_CHUNK])]
+                counts = [len(x) for x in ids]
+                pieces.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(counts)))
+                lengths += counts
+            return (np.concatenate(pieces) if pieces else np.zeros(0, dtype)), lengths
 
         with ThreadPoolExecutor(1) as pool:
             pending = None
@@ -165,8 +166,8 @@ class FastDocumentTokenizer(DocumentTokenizer):
             return super().write_unshuffled(data, filename)
         unshuff = self._new_file(self.output_folder, filename)
         with self.track_time(unit="batch"):
-            for _, ids in self._encoded_batches(data):
-                self._write(unshuff, ids)
+            for _, (flat, lengths) in self._encoded_batches(data):
+                self._write(unshuff, flat, lengths)
         unshuff.close()
         return unshuff
 
@@ -203,11 +204,12 @@ class SplitDocumentTokenizer(FastDocumentTokenizer):
         filename = get_output_filename(self.save_filename, rank, "unshuffled")
         files = {}
         with self.track_time(unit="batch"):
-            for docs, ids in self._encoded_batches(data):
-                groups: dict[str, list[np.ndarray]] = {}
-                for doc, x in zip(docs, ids, strict=True):
-                    groups.setdefault(self.value_of(doc), []).append(x)
-                for value, group in groups.items():
+            for docs, (flat, lengths) in self._encoded_batches(data):
+                ends = np.cumsum(lengths).tolist()
+                groups: dict[str, list[int]] = {}  # value -> its documents' positions in the batch
+                for i, doc in enumerate(docs):
+                    groups.setdefault(self.value_of(doc), []).append(i)
+                for value, members in groups.items():
                     if value not in files:
                         if value not in self.folders:  # the input changed since the run was prepared
                             raise TokenShardError(
@@ -215,7 +217,11 @@ class SplitDocumentTokenizer(FastDocumentTokenizer):
                                 "when this run was prepared; tokenize into a new --output folder"
                             )
                         files[value] = self._new_file(self.folders[value], filename)
-                    self._write(files[value], group)
+                    if len(members) == len(docs):
+                        self._write(files[value], flat, lengths)
+                    else:
+                        ids = np.concatenate([flat[ends[i] - lengths[i] : ends[i]] for i in members])
+                        self._write(files[value], ids, [lengths[i] for i in members])
         for value, folder in self.folders.items():  # as the value's own run: an empty file where none
             if value not in files:
                 files[value] = self._new_file(folder, filename)
