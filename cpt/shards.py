@@ -136,7 +136,7 @@ def read_rows(
 
     path = Path(path)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # one row group in memory, not the whole file
     except (OSError, pa.ArrowException) as e:
         raise ShardReadError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     names = pf.schema_arrow.names

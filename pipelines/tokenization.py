@@ -235,7 +235,7 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
 
     values = set()
     for path in files:
-        shard = pq.ParquetFile(path)
+        shard = pq.ParquetFile(path, pre_buffer=False)  # one row group in memory, not the whole file
         schema = shard.schema_arrow
         meta = schema.field("metadata").type if "metadata" in schema.names else None
         nested = isinstance(meta, pa.StructType) and meta.get_field_index(key) >= 0

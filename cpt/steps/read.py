@@ -446,7 +446,9 @@ class CountingParquetReader(_CountingReader, ParquetReader):
 
         rows, seen = None, 0
         try:
-            with self.data_folder.open(filepath, "rb") as f, pq.ParquetFile(f) as pqf:
+            # pre_buffer=False: pyarrow's default reads every row group's columns before the first batch,
+            # so memory grew with the file; now it is one row group
+            with self.data_folder.open(filepath, "rb") as f, pq.ParquetFile(f, pre_buffer=False) as pqf:
                 rows = pqf.metadata.num_rows
                 if self.text_key not in pqf.schema_arrow.names:
                     if rows:
