@@ -44,9 +44,12 @@ CLEAN_SCHEMA = pa.schema(
 
 UNKNOWN_LANG = "und"  # ISO 639-2 "undetermined": documents written before language ID ran
 
+# top-level columns that are a document's metadata too (`row_to_document` puts them there, over the
+# `metadata` struct's field of the same name)
+METADATA_COLUMNS = ("url", "lang", "lang_score", "source")
 # the metadata keys the schema gives a type: top-level columns and the `metadata` struct's fields
 _TYPED = {
-    **{f.name: f.type for f in CLEAN_SCHEMA if f.name in ("url", "lang", "lang_score", "source")},
+    **{f.name: f.type for f in CLEAN_SCHEMA if f.name in METADATA_COLUMNS},
     **{f.name: f.type for f in METADATA_FIELDS},
 }
 
@@ -96,7 +99,7 @@ def row_to_document(reader, row: dict, path: str, id_in_file: int | str) -> dict
     """Adapter for datatrove's ParquetReader: a CLEAN_SCHEMA row back into a Document's fields."""
     struct = row.get("metadata")
     metadata = {k: v for k, v in struct.items() if v is not None} if isinstance(struct, dict) else {}
-    for key in ("url", "lang", "lang_score", "source"):
+    for key in METADATA_COLUMNS:
         if row.get(key) is not None:
             metadata[key] = row[key]
     return {

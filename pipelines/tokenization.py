@@ -222,9 +222,6 @@ def _may_hold_documents(path: Path) -> bool:
     return False
 
 
-TOP_LEVEL_KEYS = ("url", "lang", "lang_score", "source")  # columns the reader puts into a document's metadata
-
-
 def metadata_values(files: list[Path], key: str) -> list[str]:
     """The distinct values of `metadata.<key>` in the shards (documents without one: `other`), as the
     reader gives them to documents (`row_to_document`: a top-level `url`, `lang`, `lang_score` or `source`
@@ -233,31 +230,30 @@ def metadata_values(files: list[Path], key: str) -> list[str]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from cpt.shards import METADATA_COLUMNS
+
     values = set()
     for path in files:
         shard = pq.ParquetFile(path, pre_buffer=False)  # one row group in memory, not the whole file
         schema = shard.schema_arrow
         meta = schema.field("metadata").type if "metadata" in schema.names else None
+        top = key in METADATA_COLUMNS and key in schema.names
         nested = isinstance(meta, pa.StructType) and meta.get_field_index(key) >= 0
-        top = key in TOP_LEVEL_KEYS and key in schema.names
-        columns = ([f"metadata.{key}"] if nested else []) + ([key] if top else [])
-        if not columns:  # no such column: every document is `other`
+        if not (top or nested):  # no such column: every document is `other`
             if shard.metadata.num_rows:
                 values.add(OTHER)
             continue
+        columns = ([key] if top else []) + ([f"metadata.{key}"] if nested else [])
         for batch in shard.iter_batches(columns=columns, batch_size=65_536):
-            value = pa.nulls(batch.num_rows)
-            if nested:
-                value = pc.struct_field(batch.column("metadata"), key)
-            if top and nested and batch.column(key).type != value.type:  # rare: value by value
-                pairs = zip(batch.column(key).to_pylist(), value.to_pylist(), strict=True)
-                value = [t if t is not None else n for t, n in pairs]
-            elif top:
-                value = pc.unique(pc.coalesce(batch.column(key), value) if nested else batch.column(key))
-            else:
-                value = pc.unique(value)
-            for v in value if isinstance(value, list) else value.to_pylist():
-                values.add(str(v) if v is not None else OTHER)
+            found = ([batch.column(key)] if top else []) + (
+                [pc.struct_field(batch.column("metadata"), key)] if nested else []
+            )
+            if len(found) == 2 and found[0].type != found[1].type:  # rare: coalesced value by value
+                pairs = zip(found[0].to_pylist(), found[1].to_pylist(), strict=True)
+                seen = [t if t is not None else n for t, n in pairs]
+            else:  # the top-level column's value, else the struct's
+                seen = pc.unique(pc.coalesce(*found)).to_pylist()
+            values.update(str(v) if v is not None else OTHER for v in seen)
     if not values:
         raise FileNotFoundError(f"no documents to split by {key}")
     return sorted(values)
