@@ -18,6 +18,29 @@ from cpt.io import read_json, write_text
 _REASONLESS_DROP = "filtered"
 
 
+def add_stats(step, labels, values) -> None:
+    """`step.stat_update(label, value=v)` for every v of `values` (a sequence of numbers), for each label,
+    merged in at once: total, count, mean, spread, min and max as the calls one by one would leave them.
+    A call per document was a tenth of `tokenize`'s time."""
+    import numpy as np
+    from datatrove.utils.stats import MetricStats
+
+    x = np.asarray(values)
+    if not len(x):
+        return
+    mean = float(x.mean())
+    merged = MetricStats(
+        total=x.sum().item(),
+        n=len(x),
+        mean=mean,
+        min=x.min().item(),
+        max=x.max().item(),
+        _running_variance=float(((x - mean) ** 2).sum()),
+    )
+    for label in labels:
+        step.stats[label] = step.stats[label] + merged
+
+
 @dataclass
 class FunnelRow:
     step: str

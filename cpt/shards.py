@@ -52,15 +52,16 @@ _TYPED = {
     **{f.name: f.type for f in CLEAN_SCHEMA if f.name in METADATA_COLUMNS},
     **{f.name: f.type for f in METADATA_FIELDS},
 }
+_STRING_KEYS = frozenset(key for key, kind in _TYPED.items() if pa.types.is_string(kind))
 
 
 def fit_metadata(meta: dict) -> dict:
     """An input record's metadata, in place, with every key the schema types made to fit it: a number
     where a string belongs becomes its text; a value that cannot have the type (a list, a word where a
     number belongs, an integer out of range) is dropped, not left to crash a filter or the writer."""
-    for key, kind in _TYPED.items():
-        value = meta.get(key)
-        if value is None:
+    for key in [k for k in meta if k in _TYPED]:  # the keys present only: this runs once a document
+        value, kind = meta[key], _TYPED[key]
+        if value is None or (type(value) is str and key in _STRING_KEYS):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if pa.types.is_string(kind):

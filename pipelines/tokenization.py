@@ -134,8 +134,13 @@ def prepare(
         if split_by is None
         else {v: output / folder_name(v) for v in metadata_values(files, split_by)}
     )
+    # without --split-by no metadata is needed: only the text and id columns are read
     reader = CountingParquetReader(
-        str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
+        str(input_dir),
+        paths_file=str(paths_file),
+        adapter=row_to_document,
+        doc_progress=progress,
+        read_metadata=split_by is not None,
     )
     if split_by is None:
         tokenize = document_tokenizer(str(output), str(tokenizer_json), eos_token)

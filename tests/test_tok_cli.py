@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -282,8 +283,8 @@ def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp
     def docs():
         return (Document(text=t, id=str(i)) for i, t in enumerate(texts))
 
+    monkeypatch.setattr("cpt.tokens.ENCODE_CHUNK", 128)  # several chunks, the last one short
     ours = document_tokenizer(str(tmp_path / "ours"), tokenizer, "<|end_of_text|>")
-    ours.batch_size = 128  # several batches, the last one short
     theirs = DocumentTokenizer(
         str(tmp_path / "theirs"),
         tokenizer,
@@ -297,9 +298,17 @@ def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp
     assert names == sorted(p.name for p in (tmp_path / "ours").iterdir()) and len(names) >= 2
     for name in names:
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
-    assert ours.stats["tokens"].total == theirs.stats["tokens"].total > 10_000
-    # batches cut by characters too (a few paragraphs each), and several encoding calls a batch
-    monkeypatch.setattr("cpt.tokens.BATCH_CHARS", 5000)
+    mine, datatroves = ours.stats["tokens"], theirs.stats["tokens"]  # merged a chunk at a time: the same
+    assert (mine.total, mine.n, mine.min, mine.max) == (
+        datatroves.total,
+        datatroves.n,
+        datatroves.min,
+        datatroves.max,
+    )
+    assert datatroves.total > 10_000 and datatroves.max > datatroves.min
+    assert math.isclose(mine.mean, datatroves.mean) and math.isclose(mine.variance, datatroves.variance)
+    # chunks cut by characters too (a few paragraphs each), and by a few documents
+    monkeypatch.setattr("cpt.tokens.CHUNK_CHARS", 5000)
     monkeypatch.setattr("cpt.tokens.ENCODE_CHUNK", 7)
     small = document_tokenizer(str(tmp_path / "small"), tokenizer, "<|end_of_text|>")
     small.run(docs(), rank=0, world_size=1)
