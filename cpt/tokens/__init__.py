@@ -88,7 +88,8 @@ class TokensManifestStep(PipelineStep):
 
 
 ENCODE_CHUNK = 1000  # documents encoded by one call of the tokenizers library
-CHUNK_CHARS = 1 << 23  # a chunk ends at 8 Mi characters of text too: 1,000 books would not fit in memory
+CHUNK_CHARS = 1 << 20  # a chunk ends at 1 Mi characters too: with IN_FLIGHT + 1 chunks of Chinese (1.5
+# tokens a character, each token kept as string, offsets and id) 8 Mi would hold gigabytes of encodings
 IN_FLIGHT = 2  # chunks handed to the tokenizer ahead of the one whose ids are being collected
 
 
