@@ -243,3 +243,19 @@ def test_a_failing_task_leaves_only_tmp_shards(tmp_path):
     with pytest.raises(RuntimeError):
         list(writer.run(documents_then_crash()))
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["000_00000.parquet.tmp"]
+
+
+def test_datatrove_dependency_check_gives_datatrove_answers_by_name():
+    """cpt asks for a step's dependency by name before datatrove's scan of every distribution: the answers
+    are the scan's for installed, missing and wrongly spelled names."""
+    from datatrove.utils import _import_utils
+
+    import cpt.steps  # noqa: F401 - installs the check
+
+    fast = _import_utils._is_distribution_available
+    assert fast.by_name
+    names = ["pyarrow", "tokenizers", "faust-cchardet", "fasttext-numpy2-wheel", "python-magic", "trafilatura",
+             "kenlm", "no-such-distribution-xyz", "PyYAML", "Faust-cchardet", "fasttext"]  # fmt: skip
+    answers = {name: fast(name) for name in names}
+    assert answers == {name: fast.scan(name) for name in names}
+    assert answers["pyarrow"] and answers["faust-cchardet"] and not answers["no-such-distribution-xyz"]
