@@ -82,7 +82,13 @@ def prepare(
 ) -> TokenizeRun:
     from cpt.shards import row_to_document, shard_files
     from cpt.steps.read import CountingParquetReader
-    from cpt.tokens import SplitDocumentTokenizer, TokensManifestStep, document_tokenizer, tokenizer_hash
+    from cpt.tokens import (
+        SplitDocumentTokenizer,
+        TokensManifestStep,
+        document_tokenizer,
+        load_tokenizer,
+        tokenizer_hash,
+    )
 
     cfg = cfg or TokenizeConfig()
     input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
@@ -97,10 +103,8 @@ def prepare(
     tokenizer_json = tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer
     if not tokenizer_json.is_file():
         raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (use a folder written by `cpt-tok merge`)")
-    from tokenizers import Tokenizer
-
     try:
-        loaded = Tokenizer.from_file(str(tokenizer_json))
+        loaded = load_tokenizer(tokenizer_json)  # its tokenizing step takes this one over
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception for a bad file
         raise ConfigError(
             str(tokenizer_json), [f"not a tokenizer.json the tokenizers library reads ({e})"]

@@ -8,6 +8,7 @@ import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import sentencepiece as spm
 
 from conftest import cpt_tok, shared_data
@@ -269,31 +270,159 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
     assert again.stdout == proc.stdout  # finished tasks are skipped; same shards
 
 
-def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp_path, monkeypatch):
+# text that tests a tokenizer's front end: runs of spaces, spaces at either end, SentencePiece's own "▁"
+# in the text, other whitespace, characters only byte fallback encodes, added tokens' text inside words,
+# a word longer than the word cache keeps, and the empty text
+HOSTILE = [
+    "",
+    " ",
+    "   ",
+    "a",
+    "  two  spaces  ",
+    " lead",
+    "trail ",
+    "x▁y ▁ ▁▁z▁",
+    "é 😀 \x00 tab\there\r\n\u3000全角空格\u00a0nbsp",
+    "</s> at the start, inside</s>words and <s>more<unk> at the end </s>",
+    "<s",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ \U0010fffd",
+    "a" * 200 + " " + "很长的中文" * 40,
+    "中文 English 混合 text，标点。\n第二行",
+]
+
+
+@pytest.fixture(scope="module")
+def merged_tokenizer(tmp_path_factory) -> str:
+    """LLaMA's tokenizer with Chinese-LLaMA's pieces, as `cpt-tok merge` writes it (SentencePiece's front end)."""
+    from cpt.tok.merge import merge
+
+    folder = tmp_path_factory.mktemp("merged")
+    merge(
+        shared_data("tokenizers", "llama-32k.model"),
+        shared_data("tokenizers", "chinese-llama-20k.model"),
+        folder / "tok",
+    )
+    return str(folder / "tok" / "tokenizer.json")
+
+
+def real_texts(n: int) -> list[str]:
+    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    return [t for t in english[:n] + chinese[:n] if t.strip()]
+
+
+def library_ids(tokenizer_json: str, eos: str, texts: list[str]) -> list[list[int]]:
+    """The tokenizers library's ids of each text, EOS appended as datatrove's DocumentTokenizer does."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    tok.post_processor = TemplateProcessing(
+        single="$A <EOS>", special_tokens=[("<EOS>", tok.token_to_id(eos))], pair=None
+    )
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def word_cache_ids(encoder, texts: list[str]) -> list[list[int]]:
+    import numpy as np
+
+    flat, lengths = encoder.encode(texts)
+    return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])] if texts else []
+
+
+@pytest.mark.parametrize("limits", ["defaults", "tiny cache"])
+def test_the_word_cache_gives_the_library_ids(merged_tokenizer, monkeypatch, limits):
+    """The word cache (tokenize's encoder for SentencePiece-style tokenizers) gives, text for text, the ids
+    the library gives on real English and Chinese and on hostile text, cold and warm, also when words
+    cannot be kept (cache full, words too long)."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from cpt.tokens.wordcache import WordCacheEncoder
+
+    if limits == "tiny cache":
+        monkeypatch.setattr("cpt.tokens.wordcache.MAX_WORDS", 50)
+        monkeypatch.setattr("cpt.tokens.wordcache.MAX_WORD_CHARS", 3)
+    texts = real_texts(300) + HOSTILE
+    expected = library_ids(merged_tokenizer, "</s>", texts)
+    tok = Tokenizer.from_file(merged_tokenizer)
+    tok.post_processor = TemplateProcessing(single="$A <EOS>", special_tokens=[("<EOS>", 2)], pair=None)
+    encoder = WordCacheEncoder.of(tok, 2, "uint16")
+    assert encoder is not None
+    for order in (range(100), range(100, len(texts)), range(len(texts) - 1, -1, -1)):  # cold, warmer, warm
+        got = word_cache_ids(encoder, [texts[i] for i in order])
+        for i, ids in zip(order, got, strict=True):
+            assert ids == expected[i], repr(texts[i][:80])
+    assert encoder.checked and "_encode" not in vars(encoder)  # checked once, and still the word cache
+    if limits == "tiny cache":
+        assert len(encoder.cache) == 50 and all(len(w) <= 3 for w in encoder.cache)
+    else:
+        assert len(encoder.cache) > 1000 and all(len(w) <= 64 for w in encoder.cache)
+    assert word_cache_ids(encoder, []) == []
+
+
+def test_the_word_cache_serves_only_sentencepiece_front_ends(merged_tokenizer):
+    """Any other tokenizer (Llama 3's byte-level BPE, another prepend scheme, BPE dropout) is left to the
+    library; and a cache that gave other ids than the library on the first batch is dropped for it."""
+    import json
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from cpt.tokens.wordcache import WordCacheEncoder
+
+    llama3 = Tokenizer.from_file(str(shared_data("tokenizers", "llama-3.2", "tokenizer.json")))
+    assert WordCacheEncoder.of(llama3, 128001, "uint32") is None
+    config = json.loads(open(merged_tokenizer, encoding="utf-8").read())
+    other = dict(config, pre_tokenizer={**config["pre_tokenizer"], "prepend_scheme": "first"})
+    assert WordCacheEncoder.of(Tokenizer.from_str(json.dumps(other)), 2, "uint16") is None
+    dropout = dict(config, model={**config["model"], "dropout": 0.1})
+    assert WordCacheEncoder.of(Tokenizer.from_str(json.dumps(dropout)), 2, "uint16") is None
+
+    tok = Tokenizer.from_file(merged_tokenizer)
+    tok.post_processor = TemplateProcessing(single="$A <EOS>", special_tokens=[("<EOS>", 2)], pair=None)
+    encoder = WordCacheEncoder.of(tok, 2, "uint16")
+    encoder.cache["the"] = b"\x07\x00"  # a wrong entry: what a tokenizers release that changed would give
+    texts = real_texts(50)
+    assert word_cache_ids(encoder, texts) == library_ids(merged_tokenizer, "</s>", texts)
+    assert word_cache_ids(encoder, texts[::-1]) == library_ids(merged_tokenizer, "</s>", texts[::-1])
+    assert vars(encoder)["_encode"] == encoder._library  # the library encodes from then on
+
+
+@pytest.mark.parametrize("which", ["llama-3.2 (library)", "merged LLaMA (word cache)"])
+def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(
+    tmp_path, monkeypatch, merged_tokenizer, which
+):
     from datatrove.data import Document
     from datatrove.pipeline.tokens import DocumentTokenizer
 
     from cpt.tokens import document_tokenizer
 
-    tokenizer = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json"))
+    if which.startswith("llama-3.2"):
+        tokenizer, eos = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json")), "<|end_of_text|>"
+    else:
+        tokenizer, eos = merged_tokenizer, "</s>"
     english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
     chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
-    texts = [t for t in english[:400] + chinese[:400] if t.strip()] + ["", "é 😀 \x00 tab\there"]
+    texts = [t for t in english[:400] + chinese[:400] if t.strip()] + HOSTILE
 
     def docs():
         return (Document(text=t, id=str(i)) for i, t in enumerate(texts))
 
     monkeypatch.setattr("cpt.tokens.ENCODE_CHUNK", 128)  # several chunks, the last one short
-    ours = document_tokenizer(str(tmp_path / "ours"), tokenizer, "<|end_of_text|>")
+    ours = document_tokenizer(str(tmp_path / "ours"), tokenizer, eos)
+    assert (ours.word_encoder is None) == which.startswith("llama-3.2")
     theirs = DocumentTokenizer(
         str(tmp_path / "theirs"),
         tokenizer,
-        eos_token="<|end_of_text|>",
+        eos_token=eos,
         shuffle_documents=False,
         batch_size=128,
     )
     for step in (ours, theirs):
         step.run(docs(), rank=0, world_size=1)  # not a generator: it writes the files and returns
+    if ours.word_encoder:  # checked against the library on the first batch, and kept
+        assert ours.word_encoder.checked and "_encode" not in vars(ours.word_encoder)
     names = sorted(p.name for p in (tmp_path / "theirs").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "ours").iterdir()) and len(names) >= 2
     for name in names:
@@ -310,7 +439,7 @@ def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(tmp
     # chunks cut by characters too (a few paragraphs each), and by a few documents
     monkeypatch.setattr("cpt.tokens.CHUNK_CHARS", 5000)
     monkeypatch.setattr("cpt.tokens.ENCODE_CHUNK", 7)
-    small = document_tokenizer(str(tmp_path / "small"), tokenizer, "<|end_of_text|>")
+    small = document_tokenizer(str(tmp_path / "small"), tokenizer, eos)
     small.run(docs(), rank=0, world_size=1)
     for name in names:
         assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name

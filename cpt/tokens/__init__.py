@@ -16,6 +16,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,47 @@ def batches(docs, size: int, max_chars: int) -> Iterator[list]:
         yield batch
 
 
+_LOADED: dict[tuple, object] = {}  # the one tokenizer `load_tokenizer` loaded last, until a step takes it
+
+
+def _file_key(path: str | Path) -> tuple:
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def load_tokenizer(path: str | Path):
+    """`Tokenizer.from_file`, the object kept for this process's tokenizing step to take over (loading a
+    LLaMA-sized tokenizer.json takes a tenth of a second; `run.py tokenize` loads it to check it, then its
+    step, in the same process unless it runs on other machines, would load it again). A forked worker
+    takes its own copy. Only the last one loaded is kept."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    _LOADED.clear()
+    _LOADED[_file_key(path)] = tokenizer
+    return tokenizer
+
+
 class FastDocumentTokenizer(DocumentTokenizer):
     """datatrove's DocumentTokenizer with the same files out, its per-document work done per batch."""
+
+    @cached_property
+    def tokenizer(self):
+        """datatrove's, taking over the one `load_tokenizer` loaded from the same file if there is one."""
+        path = self.tokenizer_name_or_path
+        try:
+            loaded = _LOADED.pop(_file_key(path), None) if path else None
+        except OSError:  # not a file: datatrove loads it (or says why not)
+            loaded = None
+        if loaded is None or self.post_processor:
+            return DocumentTokenizer.tokenizer.func(self)
+        if self.eos_token:  # as datatrove's: EOS after every document
+            from tokenizers.processors import TemplateProcessing
+
+            loaded.post_processor = TemplateProcessing(
+                single="$A <EOS>", special_tokens=[("<EOS>", loaded.token_to_id(self.eos_token))], pair=None
+            )
+        return loaded
 
     def _new_file(self, folder, filename: str):
         from datatrove.pipeline.tokens.tokenizer import TokenizedFile
@@ -144,28 +184,44 @@ class FastDocumentTokenizer(DocumentTokenizer):
             flat.extend(ids)
         return np.frombuffer(flat, dtype=self._dtype), lengths
 
+    @cached_property
+    def word_encoder(self):
+        """A WordCacheEncoder when the tokenizer has SentencePiece's front end (cpt-tok merge's) and EOS
+        is the only thing its post-processor adds, else None (the library encodes every token)."""
+        from cpt.tokens.wordcache import WordCacheEncoder
+
+        if self.post_processor or not self.eos_token:
+            return None
+        return WordCacheEncoder.of(self.tokenizer, self.tokenizer.token_to_id(self.eos_token), self._dtype)
+
     def _encoded_batches(self, data) -> Iterator[tuple[list, tuple[np.ndarray, list[int]]]]:
         """(documents, (their ids one after the other, each one's length)) a chunk of at most
         `ENCODE_CHUNK` documents and `CHUNK_CHARS` characters at a time, in input order.
 
-        Each chunk is encoded by `encode_batch_fast` (the same ids, without the character offsets that
-        only loss masks need) in a worker thread, which lets go of the GIL while the library's own
-        threads fill every core. Reading the next chunk and turning the last one's encodings into an
-        array (Python work, one core) happen in this thread meanwhile, `IN_FLIGHT` chunks behind the
-        tokenizer, so the tokenizer never waits for them: done one after the other, they cost a fifth
-        of the time. At most `IN_FLIGHT + 1` chunks' documents and encodings exist at once."""
+        Each chunk is encoded in a worker thread: by the word cache (`cpt.tokens.wordcache`) when the
+        tokenizer allows it, else by `encode_batch_fast` (the same ids, without the character offsets
+        that only loss masks need), which lets go of the GIL while the library's own threads fill every
+        core. Reading the next chunk and turning the last one's encodings into an array (Python work,
+        one core) happen in this thread meanwhile, `IN_FLIGHT` chunks behind the tokenizer, so the
+        tokenizer never waits for them: done one after the other, they cost a fifth of the time. At
+        most `IN_FLIGHT + 1` chunks' documents and encodings exist at once."""
+        words = self.word_encoder
         with ThreadPoolExecutor(1) as pool:
             pending: deque = deque()  # (documents, future of their encodings), oldest first
             for chunk in batches(data, ENCODE_CHUNK, CHUNK_CHARS):
-                pending.append(
-                    (chunk, pool.submit(self.tokenizer.encode_batch_fast, [d.text for d in chunk]))
+                texts = [d.text for d in chunk]
+                job = (
+                    pool.submit(words.encode, texts)
+                    if words
+                    else pool.submit(self.tokenizer.encode_batch_fast, texts)
                 )
+                pending.append((chunk, job))
                 if len(pending) > IN_FLIGHT:
-                    docs, encodings = pending.popleft()
-                    yield docs, self._ids(encodings.result())
+                    docs, job = pending.popleft()
+                    yield docs, job.result() if words else self._ids(job.result())
             while pending:
-                docs, encodings = pending.popleft()
-                yield docs, self._ids(encodings.result())
+                docs, job = pending.popleft()
+                yield docs, job.result() if words else self._ids(job.result())
 
     def write_unshuffled(self, data, filename: str):
         """As datatrove's, faster (`_encoded_batches`, `_write`); batches are written in order, so the files
