@@ -85,18 +85,11 @@ def merge_protos(base, add, pieces: Literal["non-ascii", "all"] = "non-ascii"):
     return merged, MergeResult(len(base.pieces), added, skipped, len(merged.pieces))
 
 
-# SentencePiece's own front end: a "▁" always in front (add_dummy_prefix), spaces as "▁", words split
-# before each "▁" (split_by_whitespace). transformers 5's LlamaTokenizer forces a Metaspace that skips the
-# prefix when a text starts with a space, so " said" lost its space on decode; a plain tokenizers backend
-# with these steps encodes like sentencepiece and decodes every text back exactly.
-_NORMALIZER = {
-    "type": "Sequence",
-    "normalizers": [
-        {"type": "Prepend", "prepend": "▁"},
-        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-    ],
-}
-_PRE_TOKENIZER = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}
+# SentencePiece's own front end (cpt.tokens.wordcache, where tokenize reads it): a "▁" always in front
+# (add_dummy_prefix), spaces as "▁", words split before each "▁" (split_by_whitespace). transformers 5's
+# LlamaTokenizer forces a Metaspace that skips the prefix when a text starts with a space, so " said" lost
+# its space on decode; a plain tokenizers backend with these steps encodes like sentencepiece and decodes
+# every text back exactly.
 
 
 def save_tokenizer(proto, output: str | Path) -> None:
@@ -111,11 +104,14 @@ def save_tokenizer(proto, output: str | Path) -> None:
 
     from transformers import LlamaTokenizer
 
+    from cpt.tokens.wordcache import SENTENCEPIECE_NORMALIZER, SENTENCEPIECE_PRE_TOKENIZER
+
     with written_dir(output, TOKENIZER_FOLDER, "cpt-tok merge") as tmp:
         (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
         LlamaTokenizer.from_pretrained(str(tmp)).save_pretrained(str(tmp))
         tokenizer_json = json.loads((tmp / "tokenizer.json").read_text(encoding="utf-8"))
-        tokenizer_json["normalizer"], tokenizer_json["pre_tokenizer"] = _NORMALIZER, _PRE_TOKENIZER
+        tokenizer_json["normalizer"] = SENTENCEPIECE_NORMALIZER
+        tokenizer_json["pre_tokenizer"] = SENTENCEPIECE_PRE_TOKENIZER
         (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
         config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
