@@ -7,8 +7,8 @@ word only. The tokenizers library does all of this per token (strings that track
 String and offsets per token, a 10,000-word cache): about 1 µs of CPU an English token on the
 benchmark's machine. Here each distinct word is encoded once by the same model (through the library,
 a batch at a time, its threads on every core) and then looked up, so `tokenize` runs faster than the
-library called directly while writing the same ids (tests/test_tok_cli.py compares them on the real
-LLaMA and merged tokenizers and on hostile text).
+library called directly while writing the same ids (tests/test_tok_cli.py compares them with the real
+LLaMA tokenizer merged with Chinese-LLaMA's pieces, on real and on hostile text).
 
 Only that exact front end is handled (`WordCacheEncoder.of` returns None for any other tokenizer,
 which then goes through the library as before). A document holding the text of one of the
@@ -45,8 +45,8 @@ SENTENCEPIECE_PRE_TOKENIZER = {
 MAX_WORDS = 1 << 17  # words kept in the cache; once full it keeps what it has (as the library's does)
 MAX_WORD_CHARS = 64  # longer words (a line of Chinese, a URL) are encoded each time, never kept
 LEARN_CHARS = 8192  # characters of new words encoded as one input of the library
-MAX_ADDED_TOKENS = 32
-CHECKED_TEXTS = 100  # texts of the first batch also encoded by the library and compared  # more added tokens than this: every document goes through the library
+MAX_ADDED_TOKENS = 32  # more added tokens than this: every document goes through the library
+CHECKED_TEXTS = 100  # texts of the first batch also encoded by the library and compared
 
 
 def _state(component) -> dict | None:
