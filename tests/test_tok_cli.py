@@ -526,3 +526,22 @@ def test_tokenize_split_by_a_column_or_a_metadata_field_reads_the_input_once(tmp
         # one tokenizing stage read the input: its reader counted every document once
         stats = json.loads((out / "report" / "logs" / "tokenize" / "stats.json").read_text())
         assert stats[0]["stats"]["documents"]["total"] == len(docs)
+
+
+def test_the_tokenizing_step_takes_over_the_tokenizer_prepare_loaded(tmp_path, merged_tokenizer):
+    """`run.py tokenize` loads the tokenizer once per process: its step takes over the one `prepare` loaded
+    to check it (a second load of a LLaMA-sized tokenizer.json is a tenth of a second), with EOS set."""
+    from cpt import tokens
+    from pipelines.tokenization import prepare
+
+    rows = [{"id": str(i), "text": t, "lang": "x"} for i, t in enumerate(real_texts(20))]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA), tmp_path / "in" / "000.parquet")
+    run = prepare(tmp_path / "in", merged_tokenizer, tmp_path / "out", workers=1, progress=False)
+    (loaded,) = tokens._LOADED.values()
+    step = run.executors[0].pipeline[1]
+    assert step.tokenizer is loaded and not tokens._LOADED  # taken over, once
+    assert step.tokenizer.encode("a").ids[-1] == loaded.token_to_id("</s>")
+    run.executors[-1].run()
+    shards = tokens.TokenShards(tmp_path / "out", merged_tokenizer)
+    assert len(shards) == len(rows) and shards.document(0)[-1] == loaded.token_to_id("</s>")
