@@ -140,7 +140,9 @@ class WordCacheEncoder:
             raw = np.array(encoding.ids, self.dtype).tobytes()
             # every word is at least one token ("▁"), so each word index appears, in order
             ends = np.flatnonzero(np.diff(np.array(encoding.word_ids, np.int64), append=len(group))) + 1
-            if len(ends) != len(group):  # not with this front end; the first batch's check would say so
+            if len(ends) != len(
+                group
+            ):  # cannot happen: every word is at least its own "▁"; raised, not guessed
                 raise ValueError(f"{len(group)} words came back as {len(ends)}")
             begins = [0, *ends[:-1].tolist()]
             encoded += [
@@ -166,7 +168,10 @@ class WordCacheEncoder:
         unseen = set(chain.from_iterable(w for w in split if w)).difference(cache)
         rest = self._learn(unseen) if unseen else {}
         odd = [t for t, words in zip(texts, split, strict=True) if words is None]
-        library = (np.array(e.ids, self.dtype).tobytes() for e in self.library.encode_batch_fast(odd))
+        if odd:  # their ids as `_library` gives them, cut per text
+            flat, sizes = self._library(odd)
+            ends = np.cumsum(sizes).tolist()
+            library = iter(flat[e - n : e].tobytes() for e, n in zip(ends, sizes, strict=True))
         parts, lengths = [], []
         for words in split:
             if words is None:
