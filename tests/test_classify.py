@@ -10,7 +10,7 @@ import random
 import polars as pl
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import CHINESE_TEXT, data_path, run_cli
 from cpt.demo import sample_warc
 from cpt.demo.sample_warc import write_sample_rows
 from cpt.steps.classify import build_kl_reference, kl_divergence, kl_units, train_classifier
@@ -78,6 +78,7 @@ def test_classifiers_score_held_out_documents_correctly(models, corpus):
     assert right >= 0.8 * len(unseen)
 
 
+@pytest.mark.slow
 def test_score_pipeline_writes_scores_drops_routes_and_counts(models, corpus, tmp_path):
     out, _ = models
     rng = random.Random(5)
@@ -145,8 +146,8 @@ def test_score_pipeline_writes_scores_drops_routes_and_counts(models, corpus, tm
 
 
 def test_kl_filter_removes_planted_outliers_and_keeps_real_prose(tmp_path):
-    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
-    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8")
+    english = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    chinese = data_path(*CHINESE_TEXT).read_text(encoding="utf-8")
     paragraphs = [p.replace("\n", " ") for p in english.split("\n\n") if len(p.split()) >= 40]
     lines = [line for line in chinese.splitlines() if len(line) >= 60]
     reference = build_kl_reference(
@@ -212,6 +213,7 @@ def test_topic_folders_are_selected_by_a_stage_where(models, corpus, tmp_path):
         plan(load_stage(stage_file), str(stage_file))
 
 
+@pytest.mark.slow
 def test_clean_runs_the_kl_and_classify_steps(models, tmp_path):
     out, _ = models
     sample_warc.write_sample_warc(tmp_path / "warc" / "s.warc.gz", seed=3, n_articles=8)

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import run_cli, run_cli_until, shared_data
+from conftest import data_path, run_cli, run_cli_until
 from cpt.demo.sample_warc import write_sample_warc
 from texts import ARTICLES
 
@@ -190,8 +190,8 @@ def test_rerun_with_other_settings_into_the_same_output_is_refused(sample, tmp_p
     assert proc.returncode == 2 and "other settings" in proc.stderr and "limit" in proc.stderr
 
 
-def test_real_warcs_from_shared_data(tmp_path):
-    folder = shared_data("warc")
+def test_real_warcs_from_data_path(tmp_path):
+    folder = data_path("warc")
     run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--no-progress")
     f = funnel(tmp_path)
     read = f["steps"][0]
@@ -224,7 +224,7 @@ def test_jsonl_and_parquet_inputs_in_one_folder(tmp_path):
 def test_many_timeouts_are_reported_with_the_setting_to_change(tmp_path):
     """A CPU limit far too low for real pages (the shared WARCs hold several that need 0.3-1.1 s):
     over 1% of pages time out, and the run says so on stderr and in funnel.json."""
-    folder = shared_data("warc")
+    folder = data_path("warc")
     proc = run_cli("clean", "--input", str(folder), "--output", str(tmp_path), "--steps", "extract",
                    "--set", "extract.cpu_timeout=0.1", "--no-progress")  # fmt: skip
     extract = next(s for s in funnel(tmp_path)["steps"] if s["step"] == "extract")

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, run_cli_until, shared_data
+from conftest import chinese_paragraphs, data_path, run_cli, run_cli_until
 from cpt.shards import CLEAN_SCHEMA
 from cpt.steps.dedup import normalize_line, normalize_url
 
@@ -35,7 +35,7 @@ def write_clean_shard(path, docs: list[dict]) -> None:
 
 
 def english_paragraphs(n: int) -> list[str]:
-    text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    text = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8")
     body = text[text.index("Chapter 1") : text.index("*** END OF")]
     paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body)]
     paras = [p for p in paras if len(p.split()) >= 80]
@@ -77,6 +77,7 @@ def test_normalize_line_folds_case_digits_and_punctuation():
     assert normalize_line("  ...  ") == ""
 
 
+@pytest.mark.slow
 def test_dedup_end_to_end_on_clean_output(tmp_path):
     rng = random.Random(0)
     paras = english_paragraphs(40)
@@ -192,6 +193,7 @@ def _three_shard_corpus(root) -> None:
         write_clean_shard(root / "en" / f"000_0000{k}.parquet", docs[k::3])
 
 
+@pytest.mark.slow
 def test_dedup_resume_after_kill_matches_uninterrupted(tmp_path):
     clean = tmp_path / "clean"
     _three_shard_corpus(clean)
@@ -304,7 +306,7 @@ def test_chunk_words_give_spacy_words_and_datatrove_shingles(tmp_path):
 
 
 def test_chinese_character_shingles_find_character_edits(tmp_path):
-    lines = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    lines = chinese_paragraphs()
     paras = ["".join(lines[i : i + 4]).replace(" ", "") for i in range(0, 400, 4)]
     paras = [p for p in paras if len(p) >= 150][:60]
     rng = random.Random(4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import CHINESE_LLAMA, SENTENCEPIECE_BASE, data_path
 from cpt.io import (
     JsonFileError,
     OutputError,
@@ -72,8 +72,8 @@ def test_merge_into_a_model_folder_or_its_own_base_is_refused(tmp_path, capsys):
     from cpt.tok.cli import main
 
     base, add = (
-        shared_data("tokenizers", "llama-32k.model"),
-        shared_data("tokenizers", "chinese-llama-20k.model"),
+        data_path(*SENTENCEPIECE_BASE),
+        data_path(*CHINESE_LLAMA),
     )
     model = model_folder(tmp_path / "model")
     before = snapshot(model)

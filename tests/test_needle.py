@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import data_path, llama3_tokenizer
 from cpt.tokens import write_manifest
 from trainer import needle
 from trainer.config import NeedleConfig
@@ -31,7 +31,7 @@ def _shards(folder: Path, docs: list[list[int]], tokenizer_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir() -> Path:
-    return shared_data("tokenizers", "llama-3.2")
+    return llama3_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory, tokenizer, tokenizer_dir) -> Path:
     """200 paragraphs of the novel, each a document ending in EOS."""
-    text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    text = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8")
     paragraphs = [p.replace("\n", " ").strip() for p in re.split(r"\n\s*\n", text)]
     paragraphs = [p for p in paragraphs if len(p) > 80][50:250]  # past the Gutenberg header
     docs = [tokenizer.encode(p, add_special_tokens=False) + [tokenizer.eos_token_id] for p in paragraphs]

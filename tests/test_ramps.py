@@ -25,6 +25,8 @@ from trainer.config import ConfigError, DataConfig, ScheduleConfig
 from trainer.schedule import Schedule, Segment, amount, plan_sequences, step_plan
 from trainer_setup import SEQ_LEN, build_small_setup, run_train, train_cmd
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 # 16 steps of the small set-up's 4,096 tokens (2 ranks x micro-batches of 2): 8 of 4 sequences of 32
 # tokens, then 4 of 4 x 64 (the length ramp's boundary at 1,024 tokens), then 4 of 8 x 64 (the batch
 # ramp's at 2,048)

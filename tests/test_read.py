@@ -9,7 +9,7 @@ import json
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from conftest import shared_data
+from conftest import data_path
 from cpt.funnel import row_from_stats
 from cpt.steps.read import CountingJsonlReader, RobustWarcReader, decode_payload, input_kind
 
@@ -45,7 +45,7 @@ def test_broken_header_and_truncated_gzip_are_counted_and_reading_resumes(tmp_pa
 
 
 def test_real_blackbook_warc_reads_all_822_records():
-    folder = shared_data("warc")
+    folder = data_path("warc")
     reader = RobustWarcReader(str(folder), glob_pattern="IAH-20080430204825-00000-blackbook.warc.gz")
     docs, row = read_all(reader)
     assert row.docs_in == 822
@@ -54,7 +54,7 @@ def test_real_blackbook_warc_reads_all_822_records():
 
 
 def test_wet_conversions_are_plain_text_documents():
-    folder = shared_data("warc")
+    folder = data_path("warc")
     docs, row = read_all(RobustWarcReader(str(folder), glob_pattern="whirlwind.warc.wet.gz"))
     assert row.kept == 1 and docs[0].metadata["format"] == "text" and "<html" not in docs[0].text.lower()
 

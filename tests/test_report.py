@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, shared_data
+from conftest import REPO, data_path, missing, run_cli
 from cpt.demo.sample_warc import write_sample_warc
 from cpt.report.collect import chains, collect, read_metrics
 from trainer_setup import SEQ_LEN, build_small_setup
@@ -57,7 +57,7 @@ def ablation(setup):
     )
     # the runs also take MMLU and CMMLU (one question a subject): the findings are read on accuracy too
     config = root / "train_bench.yaml"
-    bench = f"  benchmarks: {{tasks: [mmlu, cmmlu], data: {shared_data('benchmarks')}, limit: 1, shots: 0}}\n"
+    bench = f"  benchmarks: {{tasks: [mmlu, cmmlu], data: {data_path('benchmarks')}, limit: 1, shots: 0}}\n"
     config.write_text(setup["config"].read_text().replace("eval:\n", "eval:\n" + bench, 1))
     grid = root / "grid.yaml"
     grid.write_text(
@@ -199,7 +199,7 @@ def project(setup, ablation, tmp_path_factory):
     out, _ = ablation
     # cpt eval of the base and of a run's last checkpoint: the before/after table and the continuations
     for name, model in (("base", out / "base"), ("constant", f"{out / 'runs' / 'constant'}:{STEPS}")):
-        proc = cpt("eval", "--model", str(model), "--tasks", "mmlu,cmmlu", "--data", str(shared_data("benchmarks")),
+        proc = cpt("eval", "--model", str(model), "--tasks", "mmlu,cmmlu", "--data", str(data_path("benchmarks")),
                    "--shots", "0", "--limit", "1", "--max-new-tokens", "4", "--output", str(root / "eval" / name))  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
     return [root, setup["root"] / "mix", out / "base", out / "runs", out]
@@ -261,9 +261,7 @@ def test_report_page_opens_in_chromium_with_every_section_and_image(project, tmp
     page = output / "index.html"
     assert f"wrote {page}" in proc.stdout
     if _chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver are not installed (.ci/run installs them)")
-        pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)")
+        missing("headless Chromium is not installed (apt-get install chromium chromium-driver)")
     seen = _open(page, tmp_path / "report.png")
     assert seen["errors"] == []
     assert seen["headings"] == [
@@ -284,8 +282,8 @@ def test_report_page_opens_in_chromium_with_every_section_and_image(project, tmp
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 50_000
 
     # the check can fail: a missing plot is a broken image and a console error
-    missing = output / seen["images"][0][0]
-    missing.unlink()
+    plot = output / seen["images"][0][0]
+    plot.unlink()
     broken = _open(page, tmp_path / "broken.png")
     assert [src for src, ok in broken["images"] if not ok] == [seen["images"][0][0]]
     assert any("ERR_FILE_NOT_FOUND" in e for e in broken["errors"]), broken["errors"]

@@ -13,6 +13,8 @@ import torch
 from conftest import REPO
 from trainer_setup import SEQ_LEN, build_small_setup, packed_and_alone_losses, run_train
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 OLD = SEQ_LEN // 2  # the base model's positions: the stage's sequences are twice as long
 ROPE = f"model.rope={{theta: 40000.0, scaling: {{rope_type: linear, factor: 2.0}}, max_position_embeddings: {SEQ_LEN * 4}}}"
 

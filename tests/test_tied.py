@@ -8,6 +8,8 @@ import torch
 
 from trainer_setup import SEQ_LEN, build_small_setup, run_train
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, cpt_tok, run_cli, shared_data
+from conftest import CHINESE_TEXT, REPO, SENTENCEPIECE_BASE, cpt_tok, data_path, llama3_tokenizer, run_cli
 from cpt.shards import CLEAN_SCHEMA
 
 NEW_TOKENS = 3000
@@ -45,18 +45,14 @@ def ids(tok, text: str, special: bool = False) -> list[int]:
 @pytest.fixture(scope="module")
 def chinese(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("zh") / "zh.utf8"
-    lines = [
-        shared_data("chinese-text", name).read_text(encoding="utf-8")
-        for name in ("pku_test.utf8", "msr_test.utf8")
-    ]
-    path.write_text("".join(lines), encoding="utf-8")
+    path.write_text(data_path(*CHINESE_TEXT).read_text(encoding="utf-8"), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
 def llama3_merged(tmp_path_factory, chinese) -> tuple[Path, Path, Path]:
-    """(base, trained, merged) for the real Llama 3.2 tokenizer, extended on the PKU + MSR text."""
-    base = shared_data("tokenizers", "llama-3.2")
+    """(base, trained, merged) for the real Llama 3.2 tokenizer, extended on the Chinese test text."""
+    base = llama3_tokenizer()
     root = tmp_path_factory.mktemp("llama3")
     cpt_tok("train", "--input", str(chinese), "--model-type", "byte-bpe", "--base", str(base),
             "--new-tokens", str(NEW_TOKENS), "--output", str(root / "new"))  # fmt: skip
@@ -103,7 +99,7 @@ def assert_extends(base: Path, merged: Path, english: list[str], chinese: str, m
 
 def test_merged_llama3_keeps_english_and_code_ids_and_needs_fewer_chinese_tokens(llama3_merged, chinese):
     base, _, merged = llama3_merged
-    novels = [shared_data("english-text", n).read_text(encoding="utf-8") for n in ("1342-0.txt", "3261.txt")]
+    novels = [data_path("english-text", n).read_text(encoding="utf-8") for n in ("1342-0.txt", "3261.txt")]
     assert_extends(base, merged, [*novels, code_text()], chinese.read_text(encoding="utf-8"), 0.85)
     for name in ("tokenizer_config.json",):  # kept as the base has it, chat template included
         assert (merged / name).read_bytes() == (base / name).read_bytes()
@@ -140,7 +136,7 @@ def test_ignore_merges_base_is_extended_the_same_way(llama3_merged, chinese, tmp
     )
     merged = json.loads((tmp_path / "merged" / "tokenizer.json").read_text(encoding="utf-8"))
     assert merged["model"]["ignore_merges"] is True
-    novel = shared_data("english-text", "3261.txt").read_text(encoding="utf-8")
+    novel = data_path("english-text", "3261.txt").read_text(encoding="utf-8")
     zh = chinese.read_text(encoding="utf-8")
     assert_extends(tmp_path / "base", tmp_path / "merged", [novel, code_text()], zh, 0.85)
 
@@ -151,7 +147,7 @@ def small_base(tmp_path_factory) -> Path:
     special tokens after the regular ones (as Qwen's), a chat template."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").splitlines()
+    english = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8").splitlines()
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -189,7 +185,7 @@ def test_a_gpt2_style_base_without_ignore_merges_is_extended_with_its_chat_templ
 ):
     from transformers import AutoTokenizer
 
-    novel = shared_data("english-text", "3261.txt").read_text(encoding="utf-8")
+    novel = data_path("english-text", "3261.txt").read_text(encoding="utf-8")
     assert_extends(small_base, small_merged, [novel, code_text()], chinese.read_text(encoding="utf-8"), 0.9)
     assert json.loads((small_merged / "tokenizer.json").read_text())["model"]["ignore_merges"] is False
     old, new = AutoTokenizer.from_pretrained(small_base), AutoTokenizer.from_pretrained(small_merged)
@@ -216,7 +212,7 @@ def test_bad_byte_level_input_gives_one_line_errors(small_base, small_merged, tm
                    "--output", str(tmp_path / "m"), check=False)  # fmt: skip
     assert proc.returncode == 2 and "not a byte-level BPE" in proc.stderr and str(converted) in proc.stderr
     assert not (tmp_path / "m").exists()
-    proc = cpt_tok("merge", "--base", str(shared_data("tokenizers", "llama-32k.model")), "--add",
+    proc = cpt_tok("merge", "--base", str(data_path(*SENTENCEPIECE_BASE)), "--add",
                    str(small_merged), "--output", str(tmp_path / "m"), "--new-tokens", "3", check=False)  # fmt: skip
     assert proc.returncode == 2 and "byte-level" in proc.stderr and not (tmp_path / "m").exists()
 
@@ -280,6 +276,7 @@ def test_init_embeddings_by_token_id_writes_spare_rows_in_place_or_grows(
     ).read_bytes()
 
 
+@pytest.mark.slow
 def test_train_merge_init_tokenize_mix_and_train_three_steps(small_base, small_merged, chinese, tmp_path):
     from cpt.report.collect import read_metrics
     from trainer_setup import run_train
@@ -289,9 +286,7 @@ def test_train_merge_init_tokenize_mix_and_train_three_steps(small_base, small_m
             "--tokenizer", str(small_merged), "--output", str(tmp_path / "model"))  # fmt: skip
     texts = {
         "zh": chinese.read_text(encoding="utf-8").splitlines()[:200],
-        "en": [p for p in shared_data("english-text", "3261.txt").read_text().split("\n\n") if p.strip()][
-            :200
-        ],
+        "en": [p for p in data_path("english-text", "3261.txt").read_text().split("\n\n") if p.strip()][:200],
     }
     for lang, docs in texts.items():
         rows = [{"id": f"{lang}{i}", "text": t, "lang": lang} for i, t in enumerate(docs)]

@@ -1,5 +1,5 @@
 """`cpt-tok train | merge | report` as a user runs them, with a small English base trained here
-(byte fallback, a stand-in for LLaMA's) and Chinese text from shared/data."""
+(byte fallback, a stand-in for LLaMA's) and Chinese text from tests/data."""
 
 from __future__ import annotations
 
@@ -11,16 +11,25 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from conftest import cpt_tok, shared_data
+from conftest import (
+    CHINESE_LLAMA,
+    CHINESE_TEXT,
+    SENTENCEPIECE_BASE,
+    chinese_paragraphs,
+    cpt_tok,
+    data_path,
+    llama3_tokenizer,
+)
 from cpt.shards import CLEAN_SCHEMA
 
 
 def test_train_merge_report_extend_a_small_english_base_for_chinese(tmp_path):
-    english = shared_data("english-text", "1342-0.txt")
-    chinese_lines = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    english = data_path("english-text", "1342-0.txt")
+    chinese_lines = chinese_paragraphs()[:1000]  # the rest is held out
     # Chinese training text as a clean output would hold it: Parquet shards with a text column
     rows = [
-        {"id": str(i), "text": "\n".join(chinese_lines[i : i + 5]), "lang": "zh"} for i in range(0, 1500, 5)
+        {"id": str(i), "text": "\n".join(chinese_lines[i : i + 5]), "lang": "zh"}
+        for i in range(0, len(chinese_lines), 5)
     ]
     shard = tmp_path / "clean" / "zh" / "000_00000.parquet"
     shard.parent.mkdir(parents=True)
@@ -46,14 +55,12 @@ def test_train_merge_report_extend_a_small_english_base_for_chinese(tmp_path):
     merged = spm.SentencePieceProcessor(model_file=str(tmp_path / "merged" / "tokenizer.model"))
     for i in range(2000):  # the base's pieces keep their ids
         assert merged.id_to_piece(i) == base.id_to_piece(i)
-    held_out_english = (
-        shared_data("english-text", "3261.txt").read_text(encoding="utf-8").splitlines()[300:800]
-    )
+    held_out_english = data_path("english-text", "3261.txt").read_text(encoding="utf-8").splitlines()[300:800]
     assert all(base.encode(t) == merged.encode(t) for t in held_out_english)
 
-    held_out = tmp_path / "msr.txt"
-    msr = shared_data("chinese-text", "msr_test.utf8").read_text(encoding="utf-8").splitlines()[:300]
-    held_out.write_text("\n".join(msr), encoding="utf-8")
+    held_out = tmp_path / "held_out.txt"
+    unseen = chinese_paragraphs()[1000:]
+    held_out.write_text("\n".join(unseen), encoding="utf-8")
     report = cpt_tok(
         "report",
         "--tokenizer",
@@ -106,12 +113,13 @@ def test_train_takes_trainer_options_with_set_and_the_old_option_spelling(tmp_pa
     assert "--option" not in cpt_tok("train", "--help").stdout  # a hidden alias
 
 
+@pytest.mark.slow
 def test_init_embeddings_pads_to_64_keeps_old_rows_and_averages_new_ones(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    english = shared_data("english-text", "1342-0.txt")
-    chinese = shared_data("chinese-text", "pku_test.utf8")
+    english = data_path("english-text", "1342-0.txt")
+    chinese = data_path(*CHINESE_TEXT)
     cpt_tok("train", "--input", str(english), "--vocab-size", "1000", "--output", str(tmp_path / "base"))
     cpt_tok(
         "train",
@@ -208,17 +216,17 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
     from cpt.tokens import TokenShardError, TokenShards
 
     merge(
-        shared_data("tokenizers", "llama-32k.model"),
-        shared_data("tokenizers", "chinese-llama-20k.model"),
+        data_path(*SENTENCEPIECE_BASE),
+        data_path(*CHINESE_LLAMA),
         tmp_path / "merged",
     )
     texts = {
         "en": [
             p
-            for p in shared_data("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")
+            for p in data_path("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")
             if p.strip()
         ][100:140],
-        "zh": shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()[:40],
+        "zh": chinese_paragraphs()[:40],
     }
     for lang, docs in texts.items():
         rows = [{"id": f"{lang}{i}", "text": t, "lang": lang} for i, t in enumerate(docs)]
@@ -248,8 +256,8 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
 
     other = tmp_path / "other"
     merge(
-        shared_data("tokenizers", "llama-32k.model"),
-        shared_data("tokenizers", "chinese-llama-20k.model"),
+        data_path(*SENTENCEPIECE_BASE),
+        data_path(*CHINESE_LLAMA),
         other,
         pieces="all",
     )
@@ -298,16 +306,16 @@ def merged_tokenizer(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("merged")
     merge(
-        shared_data("tokenizers", "llama-32k.model"),
-        shared_data("tokenizers", "chinese-llama-20k.model"),
+        data_path(*SENTENCEPIECE_BASE),
+        data_path(*CHINESE_LLAMA),
         folder / "tok",
     )
     return str(folder / "tok" / "tokenizer.json")
 
 
 def real_texts(n: int) -> list[str]:
-    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
-    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    english = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    chinese = chinese_paragraphs()
     return [t for t in english[:n] + chinese[:n] if t.strip()]
 
 
@@ -371,7 +379,7 @@ def test_the_word_cache_serves_only_sentencepiece_front_ends(merged_tokenizer):
 
     from cpt.tokens.wordcache import WordCacheEncoder
 
-    llama3 = Tokenizer.from_file(str(shared_data("tokenizers", "llama-3.2", "tokenizer.json")))
+    llama3 = Tokenizer.from_file(str(llama3_tokenizer() / "tokenizer.json"))
     assert WordCacheEncoder.of(llama3, 128001, "uint32") is None
     config = json.loads(open(merged_tokenizer, encoding="utf-8").read())
     other = dict(config, pre_tokenizer={**config["pre_tokenizer"], "prepend_scheme": "first"})
@@ -399,11 +407,11 @@ def test_tokenize_step_writes_the_same_files_as_datatrove_document_tokenizer(
     from cpt.tokens import document_tokenizer
 
     if which.startswith("llama-3.2"):
-        tokenizer, eos = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json")), "<|end_of_text|>"
+        tokenizer, eos = str(llama3_tokenizer() / "tokenizer.json"), "<|end_of_text|>"
     else:
         tokenizer, eos = merged_tokenizer, "</s>"
-    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
-    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    english = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    chinese = chinese_paragraphs()
     texts = [t for t in english[:400] + chinese[:400] if t.strip()] + HOSTILE
 
     def docs():
@@ -453,8 +461,8 @@ def test_split_tokenizer_writes_each_value_the_files_of_its_own_run(tmp_path):
 
     from cpt.tokens import SplitDocumentTokenizer
 
-    tokenizer = str(shared_data("tokenizers", "llama-3.2", "tokenizer.json"))
-    english = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
+    tokenizer = str(llama3_tokenizer() / "tokenizer.json")
+    english = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8").split("\n\n")
     texts = [t for t in english[:600] if t.strip()]
     topics = ["science", "sports", None, "arts"]  # None: no topic, the `other` folder
     never = "unused"  # a value of the run with no document in this task: an empty file, as its own run
@@ -489,9 +497,9 @@ def test_tokenize_split_by_a_column_or_a_metadata_field_reads_the_input_once(tmp
     from conftest import run_cli
     from cpt.tokens import TokenShards
 
-    tokenizer = shared_data("tokenizers", "llama-3.2")
-    english = [p for p in shared_data("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")]
-    chinese = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    tokenizer = llama3_tokenizer()
+    english = [p for p in data_path("english-text", "3261.txt").read_text(encoding="utf-8").split("\n\n")]
+    chinese = chinese_paragraphs()
     docs = [("en", t) for t in english[100:160] if t.strip()] + [("zh", t) for t in chinese[:50] if t.strip()]
     rows = []
     for i, (lang, text) in enumerate(docs):

@@ -21,6 +21,8 @@ from cpt.report.collect import read_metrics
 from trainer.schedule import lr_multiplier
 from trainer_setup import SEQ_LEN, build_small_setup, packed_and_alone_losses, run_train, train_cmd
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -23,6 +23,8 @@ from cpt.tokens import write_manifest
 from trainer.checkpoint import load_plain
 from trainer_setup import SEQ_LEN, build_small_setup, free_port
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -1,6 +1,6 @@
 """The same command on the same input gives the same output however busy the machine is.
 
-clean (on the real WARCs of ../shared/data/warc, four tasks), then dedup and tokenize on its output, each
+clean (on the real WARCs of tests/data/warc, four tasks), then dedup and tokenize on its output, each
 run once on a quiet machine and once while every core is kept busy by CPU-bound processes that the test
 starts and stops itself: the documents (id and text), the funnels and the token shards are identical.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import busy_cores, run_cli, shared_data
+from conftest import CHINESE_LLAMA, SENTENCEPIECE_BASE, busy_cores, data_path, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,8 @@ def tokenizer(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tok") / "merged"
     merge(
-        shared_data("tokenizers", "llama-32k.model"),
-        shared_data("tokenizers", "chinese-llama-20k.model"),
+        data_path(*SENTENCEPIECE_BASE),
+        data_path(*CHINESE_LLAMA),
         folder,
     )
     return folder
@@ -53,7 +53,7 @@ def run_chain(root: Path, warcs: Path, tokenizer: Path) -> Path:
 
 
 def test_clean_dedup_and_tokenize_give_the_same_output_on_a_busy_machine(tmp_path, tokenizer):
-    warcs = shared_data("warc")
+    warcs = data_path("warc")
     quiet = run_chain(tmp_path / "quiet", warcs, tokenizer)
     with busy_cores(per_core=2) as load:  # twice as many CPU-bound processes as cores, beside the run
         busy = run_chain(tmp_path / "busy", warcs, tokenizer)
@@ -64,7 +64,7 @@ def test_clean_dedup_and_tokenize_give_the_same_output_on_a_busy_machine(tmp_pat
     for stage in ("clean", "dedup"):
         assert documents(busy / stage) == documents(quiet / stage), stage
         assert funnel(busy / stage) == funnel(quiet / stage), stage
-    assert len(documents(quiet / "dedup")) > 20
+    assert len(documents(quiet / "dedup")) > 15  # 18 of the WARCs in tests/data
     assert token_files(busy / "tokens") == token_files(quiet / "tokens")
     assert json.loads((busy / "tokens" / "tokens.json").read_text()) == json.loads(
         (quiet / "tokens" / "tokens.json").read_text()

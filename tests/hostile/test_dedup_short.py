@@ -12,15 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import chinese_paragraphs, data_path, run_cli
 
 
 def _paragraphs(n: int) -> list[str]:
-    """Distinct real English paragraphs (Pride and Prejudice) and Chinese lines (People's Daily)."""
-    text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    """Distinct real English paragraphs (Pride and Prejudice) and Chinese paragraphs (the Debian handbook)."""
+    text = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8")
     body = text[text.index("Chapter 1") : text.index("*** END OF")]
     english = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body) if len(p.split()) >= 60]
-    lines = shared_data("chinese-text", "pku_test.utf8").read_text(encoding="utf-8").splitlines()
+    lines = chinese_paragraphs()
     chinese = ["".join(line.split()) for line in lines if len(line) >= 80]
     return english[:n], chinese[:n]
 
@@ -79,6 +79,7 @@ REMOVED = {"more-b": "more-a", "more-c": "more-a", "thanks-b": "thanks-a", "zh-b
         ),
     ],
 )
+@pytest.mark.slow
 def test_short_exact_duplicates_are_removed_counted_and_named(clean, tmp_path, description, options):
     out = tmp_path / "dedup"
     proc = run_cli("dedup", "--input", str(clean), "--output", str(out), "--no-progress", *options)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, run_cli, shared_data
+from conftest import REPO, data_path, llama3_tokenizer, run_cli
 
 SEED = 15
 ROUNDS = int(os.environ.get("CPT_FUZZ_ROUNDS", "1"))
@@ -46,7 +46,7 @@ def mutate(data: bytes, how: str, rng: random.Random) -> bytes:
 
 
 def _texts() -> list[str]:
-    text = shared_data("english-text", "1342-0.txt").read_text(encoding="utf-8")
+    text = data_path("english-text", "1342-0.txt").read_text(encoding="utf-8")
     paragraphs = [p.replace("\n", " ").strip() for p in text.split("\n\n")]
     return [p for p in paragraphs if len(p) > 200][:40]
 
@@ -106,8 +106,8 @@ def _check_funnel(output: Path, case: str) -> None:
 
 # (format, file name, how the seed file is made); WARC and WET are real crawl files
 FORMATS = {
-    "warc": ("crawl.warc.gz", lambda tmp: shared_data("warc", "whirlwind.warc.gz").read_bytes()),
-    "wet": ("crawl.warc.wet.gz", lambda tmp: shared_data("warc", "whirlwind.warc.wet.gz").read_bytes()),
+    "warc": ("crawl.warc.gz", lambda tmp: data_path("warc", "whirlwind.warc.gz").read_bytes()),
+    "wet": ("crawl.warc.wet.gz", lambda tmp: data_path("warc", "whirlwind.warc.wet.gz").read_bytes()),
     "jsonl": ("docs.jsonl", lambda tmp: _jsonl_bytes()),
     "jsonl.gz": ("docs.jsonl.gz", lambda tmp: gzip.compress(_jsonl_bytes(), mtime=0)),
     "parquet": ("docs.parquet", _parquet_bytes),
@@ -136,6 +136,7 @@ def test_clean_survives_damaged_input(tmp_path, fmt, how, round_):
         _check_funnel(output, case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", MUTATIONS)
 def test_dedup_survives_a_damaged_shard(tmp_path, how):
     rng = random.Random(f"{SEED}-dedup-{how}")
@@ -174,7 +175,7 @@ def test_a_damaged_config_is_one_line(tmp_path, how):
 def test_mix_build_survives_damaged_token_shards(tmp_path, how, target):
     from cpt.tokens import write_manifest
 
-    tokenizer = shared_data("tokenizers", "llama-3.2")
+    tokenizer = llama3_tokenizer()
     rng = random.Random(f"{SEED}-tokens-{how}-{target}")
     folder = tmp_path / "tokens" / "web"
     folder.mkdir(parents=True)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, run_cli, shared_data
+from conftest import REPO, llama3_tokenizer, run_cli
 
 EOS = "<|end_of_text|>"
 REDO = "re-run `run.py tokenize` into a new --output folder"
@@ -46,7 +46,7 @@ def _clean_input(folder: Path, n: int, offset: int = 0) -> Path:
 
 
 def _tokenize(clean: Path, output: Path, source: str = "web") -> Path:
-    tokenizer = shared_data("tokenizers", "llama-3.2")
+    tokenizer = llama3_tokenizer()
     run_cli("tokenize", "--input", str(clean), "--tokenizer", str(tokenizer), "--output", str(output),
             "--source", source, "--eos", EOS, "--no-progress")  # fmt: skip
     return output
@@ -106,9 +106,7 @@ def _other_tokenizer(folder: Path, tmp: Path) -> None:
 
     other = tmp / "other-tokenizer" / "tokenizer.json"
     other.parent.mkdir()
-    other.write_text(
-        json.dumps(json.loads(shared_data("tokenizers", "llama-3.2", "tokenizer.json").read_text()))
-    )
+    other.write_text(json.dumps(json.loads((llama3_tokenizer() / "tokenizer.json").read_text())))
     write_manifest(folder, "other", other, 4)
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import llama3_tokenizer, run_cli
 from cpt.config import ConfigError, apply_overrides, parse_yaml
 
 CLEAN = ["--no-progress", "--steps", "pii"]  # a cheap step: these probes are about the run, not the filters
@@ -126,7 +126,7 @@ def test_rerun_with_the_same_inputs_is_accepted(finished, tmp_path):
 def test_tokenize_of_a_language_folder_of_an_unfinished_run_is_refused(finished, tmp_path):
     _, clean = _copy_run(finished, tmp_path)
     (clean / "report" / "logs" / "completions" / "00000").unlink()
-    tokenizer = shared_data("tokenizers", "llama-3.2")
+    tokenizer = llama3_tokenizer()
     proc = run_cli("tokenize", "--input", str(clean / "und"), "--tokenizer", str(tokenizer), "--output",
                    str(tmp_path / "tokens"), check=False)  # fmt: skip
     _one_line_error(proc, "1 unfinished task (task 0 did not complete")

@@ -17,7 +17,7 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from conftest import run_cli, shared_data
+from conftest import llama3_tokenizer, run_cli
 from cpt.shards import CLEAN_SCHEMA, METADATA_FIELDS
 
 CLEAN = ["--no-progress", "--steps", "url_filter"]  # a cheap step: the probes are about reading and writing
@@ -201,7 +201,7 @@ def test_record_fields_never_choose_the_shard_path(tmp_path, files, extra, folde
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Path:
-    return shared_data("tokenizers", "llama-3.2")  # a real tokenizer.json; its EOS is <|end_of_text|>
+    return llama3_tokenizer()  # a real tokenizer.json; its EOS is <|end_of_text|>
 
 
 def _shard(path: Path, rows: list[dict]) -> None:

@@ -24,6 +24,8 @@ from conftest import REPO
 from cpt.report.collect import read_metrics
 from trainer_setup import build_small_setup
 
+pytestmark = pytest.mark.slow  # DeepSpeed trainer runs
+
 STEPS = ["max_steps=3", "checkpoint.every=1", "checkpoint.keep=5", "eval.sets=[]"]
 
 
