@@ -28,18 +28,18 @@ CHINESE_TEXT = ("chinese-text", "debian-handbook-zh-cn.txt")  # modern Chinese p
 
 
 # The modules whose tests take longest (trainer runs, Slurm and Ray jobs, whole pipelines), longest first,
-# from `pytest --durations` on 2 cores. `make test` runs the suite on two workers that each take a whole
+# from `make test`'s durations on CI's 2 cores. `make test` runs the suite on workers that each take a whole
 # module at a time (pytest-xdist's loadfile), in collection order: starting with these lets the short
 # modules fill in at the end instead of one long module running alone after everything else.
 LONGEST_FIRST = [
-    "test_slurm.py",
+    "test_slurm.py",  # ~11 min: jobs wait on the Slurm controller, leaving CPU to the other workers
     "test_trainer.py",
     "test_bench.py",
-    "test_under_load.py",
-    "test_trainer_batching.py",
-    "test_ray.py",
+    "test_under_load.py",  # ~4 min, half of it beside CPU-bound load it starts itself
     "test_clean_e2e.py",
+    "test_ray.py",
     "test_report.py",
+    "test_trainer_batching.py",
     "test_ramps.py",
     "hostile/test_trainer.py",
     "test_rope.py",
@@ -78,12 +78,15 @@ def data_path(*parts: str) -> Path:
     return path
 
 
-@functools.cache
 def chinese_paragraphs() -> list[str]:
     """1,386 paragraphs of modern Chinese prose, one a line: the Debian Administrator's Handbook in
-    Simplified Chinese (CC BY-SA 3.0)."""
-    text = data_path(*CHINESE_TEXT).read_text(encoding="utf-8")
-    return text.splitlines()
+    Simplified Chinese (CC BY-SA 3.0). A new list each call, the file read once."""
+    return _read_text(data_path(*CHINESE_TEXT)).splitlines()
+
+
+@functools.cache
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 @functools.cache
