@@ -28,18 +28,18 @@ CHINESE_TEXT = ("chinese-text", "debian-handbook-zh-cn.txt")  # modern Chinese p
 
 
 # The modules whose tests take longest (trainer runs, Slurm and Ray jobs, whole pipelines), longest first,
-# from `make test`'s durations on CI's 2 cores. `make test` runs the suite on workers that each take a whole
+# from `pytest --durations` on 2 cores. `make test` runs the suite on two workers that each take a whole
 # module at a time (pytest-xdist's loadfile), in collection order: starting with these lets the short
 # modules fill in at the end instead of one long module running alone after everything else.
 LONGEST_FIRST = [
-    "test_slurm.py",  # ~11 min: jobs wait on the Slurm controller, leaving CPU to the other workers
+    "test_slurm.py",
     "test_trainer.py",
     "test_bench.py",
-    "test_under_load.py",  # ~4 min, half of it beside CPU-bound load it starts itself
-    "test_clean_e2e.py",
-    "test_ray.py",
-    "test_report.py",
+    "test_under_load.py",
     "test_trainer_batching.py",
+    "test_ray.py",
+    "test_clean_e2e.py",
+    "test_report.py",
     "test_ramps.py",
     "hostile/test_trainer.py",
     "test_rope.py",
