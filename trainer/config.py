@@ -1,6 +1,6 @@
 """The trainer's configuration: one dataclass a concern, loaded from YAML, `key.sub=value` overrides.
 
-Defaults are the CPT recipe of DESIGN.md (AdamW 0.9/0.95, weight decay 0.1, clip 1.0, bf16, warmup 1%,
+Defaults are the CPT recipe (Ziya2's AdamW 0.9/0.95, weight decay 0.1, clip 1.0, bf16, warmup 1%,
 cosine to a floor) and are overridden by `trainer/configs/*.yaml`, then by the command line.
 """
 
@@ -68,13 +68,13 @@ class DataConfig:
     seq_len_ramp: list[list[int | float | str]] = field(default_factory=list)
     batch_ramp: list[list[int | float | str]] = field(default_factory=list)
     ramp_unit: Literal["tokens", "steps"] = "tokens"
-    # the LR of a step whose batch is B is optim.lr x sqrt(B / the ramp's last batch) (DESIGN.md's rule); none
+    # the LR of a step whose batch is B is optim.lr x sqrt(B / the ramp's last batch) (square-root LR scaling); none
     ramp_lr: Literal["sqrt", "none"] = "sqrt"
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-5  # ~10% of the base model's pre-training peak (3e-5 for a 7B; DESIGN.md)
+    lr: float = 3e-5  # ~10% of the base model's pre-training peak (3e-5 for a 7B, as in Ziya2)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1  # not on norms and biases

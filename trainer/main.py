@@ -567,8 +567,8 @@ def anneal_steps(segments: list[Segment], tokens: int) -> int:
 
 
 def lr_scale(cfg: TrainConfig, segments: list[Segment]):
-    """A batch ramp's LR rule: a step whose batch is B runs at sqrt(B / the last batch) of the LR (DESIGN.md:
-    scale with the square root of the batch-size ratio); None without a ramp or with ramp_lr none."""
+    """A batch ramp's LR rule: a step whose batch is B runs at sqrt(B / the last batch) of the LR (the
+    square-root rule: scale with the square root of the batch-size ratio); None without a ramp or with ramp_lr none."""
     if not cfg.data.batch_ramp or cfg.data.ramp_lr == "none" or not segments:
         return None
     last = segments[-1].batch
