@@ -76,38 +76,36 @@ def local_clean(warcs):
     return out
 
 
-def test_clean_as_a_slurm_array_job_matches_local(warcs, local_clean):
-    out = warcs.parent / "clean_slurm"
+def queue_is_empty() -> bool:
+    return not subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_clean_as_a_slurm_array_job_with_wait_returns_when_it_has_ended_with_the_local_output(
+    warcs, local_clean
+):
+    """One array job of four tasks, waited on (submitting without --wait is exercised by the failed-task
+    test below, which polls the queue itself)."""
+    out = warcs.parent / "clean_wait"
     proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
-                   "--no-progress",)  # fmt: skip
-    assert "submitted" in proc.stdout
-    wait_for_queue()
+                   "--wait", "--no-progress")  # fmt: skip
+    assert queue_is_empty()  # it returned only once the array job and datatrove's stats merge had ended
+    assert "written by language" in proc.stdout and json.loads((out / "report" / "funnel.json").read_text())
     assert len(list((out / "report" / "logs" / "completions").iterdir())) == 4
     assert list((out / "report" / "logs" / "slurm").glob("*.out"))  # Slurm's own logs of the array tasks
     assert shards(out) == shards(local_clean)
     assert run_cli("funnel", str(out)).returncode == 0
 
 
-def queue_is_empty() -> bool:
-    return not subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def test_clean_with_wait_returns_when_the_job_has_ended_with_the_local_output(warcs, local_clean):
-    out = warcs.parent / "clean_wait"
-    proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
-                   "--wait", "--no-progress")  # fmt: skip
-    assert queue_is_empty()  # it returned only once the array job and datatrove's stats merge had ended
-    assert "written by language" in proc.stdout and json.loads((out / "report" / "funnel.json").read_text())
-    assert shards(out) == shards(local_clean)
-
-
 def test_dedup_stages_as_dependent_slurm_jobs_match_local_and_tokenize_waits_for_them(local_clean, tmp_path):
     from cpt.tok.train import train
 
     local, slurm = local_clean.parent / "dedup_local", local_clean.parent / "dedup_slurm"
-    run_cli("dedup", "--input", str(local_clean), "--output", str(local), "--no-progress")
+    # two tasks a stage, two MinHash bands and two line-count shards (instead of one a shard, 14 and 8):
+    # every stage is still an array of several tasks, in a third of the job starts
+    small = ["--tasks", "2", "--set", "minhash.num_buckets=2", "--set", "lines.shards=2", "--no-progress"]
+    run_cli("dedup", "--input", str(local_clean), "--output", str(local), *small)
     proc = run_cli("dedup", "--input", str(local_clean), "--output", str(slurm), "--executor", "slurm",
-                   "--wait", "--no-progress")  # fmt: skip
+                   "--wait", *small)  # fmt: skip
     assert queue_is_empty() and "written by language" in proc.stdout
     assert shards(slurm) == shards(local)
 
@@ -146,7 +144,7 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     blocker.mkdir(parents=True)  # task 1 cannot open its output file: it fails, the others finish
     args = ["clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
             "--no-progress"]  # fmt: skip
-    run_cli(*args)
+    assert "submitted" in run_cli(*args).stdout  # without --wait it returns once the jobs are queued
     wait_for_queue()
     completions = out / "report" / "logs" / "completions"
     assert sorted(p.name for p in completions.iterdir()) == ["00000", "00002", "00003"]
