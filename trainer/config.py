@@ -198,12 +198,21 @@ class TrainConfig:
             ("data.micro_batch_size", self.data.micro_batch_size),
             ("data.gradient_accumulation", self.data.gradient_accumulation),
             ("checkpoint.keep", self.checkpoint.keep),
+            ("checkpoint.every", self.checkpoint.every),
             ("log.every", self.log.every),
         ):
             if value < 1:
                 problems.append(f"{key}: must be >= 1 (got {value})")
-        if self.data.workers < 0:
-            problems.append(f"data.workers: must be >= 0 (got {self.data.workers})")
+        for key, value in (
+            ("data.workers", self.data.workers),
+            ("eval.every", self.eval.every),
+            ("optim.weight_decay", self.optim.weight_decay),
+            ("optim.clip", self.optim.clip),
+        ):
+            if value < 0:
+                problems.append(f"{key}: must be >= 0 (got {value})")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps: must be >= 1 (got {self.max_steps})")
         if self.optim.lr <= 0 or self.schedule.min_lr < 0 or self.schedule.min_lr > self.optim.lr:
             problems.append(
                 f"optim.lr / schedule.min_lr: need 0 <= min_lr <= lr (got {self.schedule.min_lr}, {self.optim.lr})"

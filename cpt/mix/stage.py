@@ -9,7 +9,10 @@ from typing import Literal
 
 import yaml
 
-from cpt.config import ConfigError, build, parse_yaml, read_yaml
+from cpt.config import ConfigError, build, parse_yaml, read_yaml, show
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")  # a stage name: the folder its manifest goes to
+MIN_SEQ_LEN = 8
 
 
 @dataclass
@@ -69,8 +72,12 @@ class Stage:
         problems = []
         if not self.name:
             problems.append("name: missing")
-        if not isinstance(self.seq_len, int) or self.seq_len <= 0:
-            problems.append(f"seq_len: must be a positive integer (got {self.seq_len!r})")
+        elif not PLAIN_NAME.fullmatch(self.name) or set(self.name) == {"."}:
+            # it names the manifest's folder (runs/mixes/<name>): a path here would write elsewhere
+            problems.append(f"name: {show(self.name)} must be a plain name (letters, digits, '-', '_', '.')")
+        if not isinstance(self.seq_len, int) or self.seq_len < MIN_SEQ_LEN:
+            # a sequence of one token has nothing to predict: the loss would be 0
+            problems.append(f"seq_len: must be an integer >= {MIN_SEQ_LEN} (got {show(self.seq_len)})")
         if not isinstance(self.tokens, int) or self.tokens <= 0:
             problems.append(f"tokens: the stage's budget must be a positive integer (got {self.tokens!r})")
         if _integer(self.anneal_tokens) and _integer(self.tokens):
