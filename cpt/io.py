@@ -89,6 +89,30 @@ def read_json(path: str | Path) -> Any:
         raise JsonFileError(f"{path}: a folder, not a JSON file") from None
 
 
+class CustomCodeError(ValueError):
+    """A model or tokenizer folder that asks transformers to import Python files shipped with it."""
+
+
+# the Hugging Face files that can name a class to import from the folder itself (`auto_map`)
+_CODE_BEARING = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def refuse_custom_code(folder: str | Path) -> None:
+    """CustomCodeError when a model or tokenizer folder names custom code (an `auto_map`), before anything
+    of it is loaded: cpt runs only transformers' own classes, with `trust_remote_code=False`, so a
+    downloaded folder cannot run code (transformers would otherwise ask, and a piped `y` would run it)."""
+    for name in _CODE_BEARING:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        data = read_json(path)
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise CustomCodeError(
+                f"{path}: names custom code (auto_map: {', '.join(sorted(map(str, data['auto_map'])))[:120]}); "
+                "cpt loads only transformers' own model and tokenizer classes: use a folder without auto_map"
+            )
+
+
 class OutputError(ValueError):
     """An --output that already holds something this command would have to delete."""
 

@@ -503,18 +503,25 @@ def load_model(spec: str):
     latest checkpoint that loads without it), LoRA merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cpt.io import refuse_custom_code
+
     path, _, tag = spec.partition(":")
     folder = Path(path)
     if (folder / "checkpoints").is_dir():
         from trainer.export import trained_model
 
-        model, base, tag = trained_model(folder, tag or None)
-        return model, AutoTokenizer.from_pretrained(base), f"{folder}:{tag}"
+        model, base, tag = trained_model(folder, tag or None)  # refuses a base naming custom code
+        return model, AutoTokenizer.from_pretrained(base, trust_remote_code=False), f"{folder}:{tag}"
     if not (folder / "config.json").is_file():
         raise BenchError(
             f"{spec}: neither a Hugging Face model folder (config.json) nor a run (checkpoints/)"
         )
-    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), str(folder)
+    refuse_custom_code(folder)  # before transformers reads it (it would ask whether to run the code)
+    return (
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False),
+        AutoTokenizer.from_pretrained(folder, trust_remote_code=False),
+        str(folder),
+    )
 
 
 def add_arguments(p) -> None:
@@ -556,7 +563,7 @@ def run(args) -> int:
 
     import torch
 
-    from cpt.io import OutputError, check_replaceable
+    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable
 
     try:
         if args.limit is not None and args.limit < 1:
@@ -585,7 +592,7 @@ def run(args) -> int:
         about = {"model": what, "tasks": tasks, "data": str(args.data), "limit": args.limit, "seed": args.seed,
                  "seconds": round(seconds, 1), "questions": len(records)}  # fmt: skip
         write(args.output, summary, results, records, about, samples)
-    except (BenchError, OutputError) as e:
+    except (BenchError, OutputError, CustomCodeError, JsonFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(summary))

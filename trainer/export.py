@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 import torch
 
 from cpt.config import ConfigError, build
-from cpt.io import OutputError, check_replaceable, holds, written_dir
+from cpt.io import CustomCodeError, OutputError, check_replaceable, holds, refuse_custom_code, written_dir
 from trainer import checkpoint
 from trainer.config import TrainConfig
 
@@ -134,8 +134,9 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, dtyp
 def generate(model_dir: str | Path, prompt: str, max_new_tokens: int = 32) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    refuse_custom_code(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
     inputs = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0], skip_special_tokens=True)
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = export(args.checkpoint, args.output, args.step)
-    except (FileNotFoundError, RuntimeError, OutputError, ConfigError, checkpoint.CheckpointError) as e:
+    except (
+        FileNotFoundError, RuntimeError, OutputError, ConfigError, checkpoint.CheckpointError, CustomCodeError
+    ) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -29,7 +30,7 @@ import torch
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
 from cpt.data.loader import IGNORE_INDEX, cu_seqlens
-from cpt.io import OutputError, write_json
+from cpt.io import CustomCodeError, JsonFileError, OutputError, refuse_custom_code, write_json
 from cpt.manifest import ManifestError, read_stage_manifest
 from trainer import checkpoint
 from trainer.config import RopeConfig, TrainConfig, load_config
@@ -710,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     first = os.environ.get("RANK", "0") == "0"  # each rank checks the same; one of them says so
     try:
         return train(args, first)
-    except (ConfigError, ManifestError, checkpoint.CheckpointError, OutputError, RunError) as e:
+    except (
+        ConfigError, ManifestError, checkpoint.CheckpointError, OutputError, RunError, CustomCodeError, JsonFileError
+    ) as e:  # fmt: skip
         if first:
             print(f"error: {e}", file=sys.stderr)
         return 2
@@ -764,10 +767,28 @@ def step_totals(batches: list[dict], stop: bool, device) -> StepTotals:
     return StepTotals(targets, squares, stops > 0)
 
 
+def non_finite(step_loss: torch.Tensor, grad_norm, device) -> str:
+    """'loss' or 'gradient norm' when either is NaN or infinite on any rank (one all-reduce), else ''.
+    Training on would write NaN weights into every later checkpoint."""
+    flags = torch.tensor(
+        [
+            float(not torch.isfinite(step_loss)),
+            float(grad_norm is not None and not math.isfinite(float(grad_norm))),
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    loss_bad, norm_bad = flags.tolist()
+    return "loss" if loss_bad else "gradient norm" if norm_bad else ""
+
+
 def train(args: argparse.Namespace, first: bool) -> int:
     # -- config, manifest, run folder, and where the weights come from: all checked before any work -
     try:
         cfg, manifest, run_dir = read_run_config(args)
+        refuse_custom_code(cfg.model.path)  # before anything of the model folder is read by transformers
         start = choose_start(args, cfg, run_dir)
     except FileNotFoundError as e:  # an --init-from run's config.json
         raise RunError(str(e)) from None
@@ -813,7 +834,7 @@ def train(args: argparse.Namespace, first: bool) -> int:
     if cfg.eval.benchmarks.tasks or cfg.eval.needle.set:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=False)
     if (
         cfg.eval.needle.set
     ):  # its haystacks built now: held-out text too short for them is said before any work
@@ -889,6 +910,7 @@ def train(args: argparse.Namespace, first: bool) -> int:
         # the step's loss is the mean over all its target tokens, on every rank and micro-batch: DeepSpeed
         # averages gradients over ranks (hence x world) and would divide by the accumulation steps (not here)
         scale = world / max(totals.targets, 1.0)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for i, batch in enumerate(batches):
             # the step's boundary is its last micro-batch, said outright: DeepSpeed's own count of micro-steps
             # modulo the accumulation would misplace it once a ramp has changed the accumulation
@@ -897,7 +919,23 @@ def train(args: argparse.Namespace, first: bool) -> int:
             engine.backward(losses.sum() * scale, scale_wrt_gas=False)
             engine.step()
             losses_since_log.add(losses, mask, batch["source"])
+            step_loss += losses.detach().sum().double()
         step += 1
+        bad = non_finite(step_loss, engine.get_global_grad_norm(), device)
+        if bad:  # the step has already moved the weights: nothing of it is saved, the last checkpoint stays
+            if progress is not None:
+                progress.close()
+            logger.close()
+            if rank == 0:
+                kept = (
+                    f"checkpoint step_{saved_step:08d} is kept" if saved_step else "no checkpoint was written"
+                )
+                print(
+                    f"error: the {bad} became non-finite at step {step}: the run stopped without saving ({kept}); "
+                    "lower optim.lr or look at this step's data, then run again (with --resume auto)",
+                    file=sys.stderr,
+                )
+            return 1
         tokens_per_step = seg.batch * seg.seq_len
         tokens_seen += tokens_per_step
         piece_squares += totals.piece_squares

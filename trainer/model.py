@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cpt.config import ConfigError
+from cpt.io import refuse_custom_code
 from trainer.config import LoraConfig, RopeConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def model_config(path: str | Path, rope: RopeConfig):
     """A model folder's config with the run's RoPE applied."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    refuse_custom_code(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     apply_rope(config, rope)
     return config
 
@@ -75,7 +77,11 @@ def load_model(cfg: TrainConfig, path: str | None = None):
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     attention = pick_attention(cfg.model.attention)
     model = AutoModelForCausalLM.from_pretrained(
-        path, config=model_config(path, cfg.model.rope), attn_implementation=attention, dtype=torch.float32
+        path,
+        config=model_config(path, cfg.model.rope),
+        attn_implementation=attention,
+        dtype=torch.float32,
+        trust_remote_code=False,
     )
     return prepare_model(model, cfg), attention
 

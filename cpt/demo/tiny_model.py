@@ -28,7 +28,7 @@ def make_tiny_llama(
 
     tokenizer = Path(tokenizer)
     if (tokenizer / "tokenizer.json").is_file():
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
         size, bos, eos, pad = len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     else:  # a bare SentencePiece model (`cpt-tok train` output)
         import sentencepiece as spm

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cpt.io import OutputError, check_replaceable, holds, written_dir
+from cpt.io import CustomCodeError, OutputError, check_replaceable, holds, refuse_custom_code, written_dir
 from cpt.tok.bpe import KEPT_FILES
 from cpt.tok.merge import TokenizerError
 
@@ -112,7 +112,10 @@ def init_embeddings(
     parts_of = _byte_level_parts if byte_level else _sentencepiece_parts
     base_n, merged_n, parts = parts_of(base_tokenizer, tokenizer)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        refuse_custom_code(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
+    except CustomCodeError as e:
+        raise TokenizerError(str(e)) from None
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise TokenizerError(f"{model_dir}: the model does not load ({first})") from None

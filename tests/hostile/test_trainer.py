@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, data_path
 from cpt.report.collect import read_metrics
 from trainer_setup import build_small_setup
 
@@ -274,6 +275,34 @@ def init_embeddings_over_model(s, run, tmp):
                     tok, "--output", str(s["model"])), s["model"]  # fmt: skip
 
 
+def _custom_code_model(s, tmp) -> Path:
+    """A copy of the model whose config.json names a class in a .py file beside it (`auto_map`), as a
+    downloaded folder can: importing that file would create MARKER."""
+    folder = shutil.copytree(s["model"], tmp / "custom")
+    (folder / "evil.py").write_text(f"open({str(tmp / 'MARKER')!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def train_custom_code(s, run, tmp):
+    return _train_argv(s, tmp / "fresh", "--model", str(_custom_code_model(s, tmp))), None
+
+
+def eval_custom_code(s, run, tmp):
+    model = _custom_code_model(s, tmp)
+    return [sys.executable, "-m", "trainer.cli", "eval", "--model", str(model), "--tasks", "mmlu", "--data",
+            str(data_path("benchmarks")), "--limit", "1", "--output", str(tmp / "fresh")], model  # fmt: skip
+
+
+def init_embeddings_custom_code(s, run, tmp):
+    tok = str(Path(s["root"]) / "tok")
+    model = _custom_code_model(s, tmp)
+    return _cpt_tok("init-embeddings", "--model", str(model), "--base-tokenizer", tok, "--tokenizer", tok,
+                    "--output", str(tmp / "extended")), model  # fmt: skip
+
+
 # (id, prepare, exit code, the expected text: in the one `error:` line for exit 2, else in stdout, and
 # a `warning:` line when the case passes over a damaged checkpoint)
 PROBES = [
@@ -321,6 +350,9 @@ PROBES = [
     ("init-embeddings-no-config", init_embeddings_no_config, 2,
      "{tmp}/not_a_model: not a Hugging Face model folder (no config.json)"),
     ("init-embeddings-over-model", init_embeddings_over_model, 2, "is one of the inputs"),
+    ("train-custom-code", train_custom_code, 2, "{tmp}/custom/config.json: names custom code (auto_map"),
+    ("eval-custom-code", eval_custom_code, 2, "{tmp}/custom/config.json: names custom code (auto_map"),
+    ("init-embeddings-custom-code", init_embeddings_custom_code, 2, "{tmp}/custom/config.json: names custom code"),
 ]  # fmt: skip
 FALLS_BACK = {"truncated-newest-falls-back": "mp_rank_00_model_states.pt", "rng-file-missing-falls-back":
               "rng_rank0.pt: missing"}  # fmt: skip
@@ -344,7 +376,7 @@ def test_trainer_probe(setup, trained, tmp_path, request, prepare, code, expecte
         assert len(warnings) == 1 and f"step_00000003/{FALLS_BACK[case]}" in warnings[0], proc.stderr
     if protected:
         assert _digest(protected) == before, "a folder the command was pointed at changed"
-    assert not (tmp_path / "MARKER").exists(), "a crafted checkpoint ran code"
+    assert not (tmp_path / "MARKER").exists(), "a crafted checkpoint or model folder ran code"
     for fresh in ("fresh", "next", "extended"):  # refused before any work: nothing written
         if code == 2:
             assert not (tmp_path / fresh).exists()
@@ -388,3 +420,24 @@ def test_pruning_keeps_the_checkpoint_just_written(setup, trained, tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     proc = _run(_train_argv(setup, run, "--resume", "--dry-run"))
     assert proc.returncode == 0 and f"resuming from {ckpt(run, 2)}" in proc.stdout
+
+
+def test_a_loss_or_gradient_norm_that_becomes_non_finite_stops_the_run_keeping_the_last_checkpoint(
+    setup, tmp_path
+):
+    """An LR of 1e30 (finite, so the config takes it) blows the weights up at the first step: the second
+    step's gradient norm is not finite. The run stops at once with one line (exit 1), saves nothing of
+    the broken step, and `latest` still names the checkpoint before it."""
+    out = tmp_path / "run"
+    proc = _run(_train_argv(setup, out, "max_steps=6", "checkpoint.every=1", "checkpoint.keep=10", "eval.sets=[]",
+                            "optim.lr=1e30", "schedule.min_lr=0", "schedule.warmup_ratio=0"))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = _lines(proc, "error:")
+    assert len(errors) == 1 and "became non-finite at step 2" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "done:" not in proc.stdout
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000001"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000001"
+    records = read_metrics(out)
+    assert sorted(records) == [1] and all(
+        v is None or not isinstance(v, float) or math.isfinite(v) for v in records[1].values()
+    )
