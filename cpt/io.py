@@ -17,9 +17,11 @@ itself, a command refuses with one line instead of deleting it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,6 +89,54 @@ def read_json(path: str | Path) -> Any:
         raise JsonFileError(f"{path}: not valid JSON ({e})") from None
     except IsADirectoryError:
         raise JsonFileError(f"{path}: a folder, not a JSON file") from None
+
+
+def lock_path(output: str | Path) -> Path:
+    """The lock file of an output folder: beside it, not in it (a command may replace the whole folder)."""
+    output = Path(output).absolute()
+    return output.parent / f".{output.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder `output` while the block runs: one writer per output.
+
+    The lock is an OS lock (flock) on `.<name>.lock` beside the folder, so the kernel releases it when the
+    process ends however it ends: a killed run never blocks the next one. A second command on the same
+    output gets OutputError naming the holder (command, pid, host) at once, before any work. The file
+    stays (removing it would let a third command lock a new file while the second still holds the old).
+
+    Across machines it is as good as the file system's locks: local disks and NFS (v4, or v3 with lockd)
+    share flock locks between clients; a file system without them (some FUSE mounts, Lustre without
+    `-o flock`) gives each machine its own lock, and the rule is then the user's to keep."""
+    path = lock_path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise OutputError(f"{output}: cannot create its lock file {path} ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{output}: another command is writing it ({_holder(fd)}); wait for it to end or choose another "
+                "output"
+            ) from None
+        os.ftruncate(fd, 0)
+        holder = {"command": what, "pid": os.getpid(), "host": socket.gethostname()}
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"{info['command']}, pid {int(info['pid'])} on {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):  # written this instant, or not by cpt
+        return "its holder is not recorded yet"
 
 
 class CustomCodeError(ValueError):

@@ -19,10 +19,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpt.config import ConfigError  # noqa: E402
+from cpt.io import OutputError, output_lock  # noqa: E402
 from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
 from pipelines import clean, dedup, score, tokenization  # noqa: E402
-from pipelines.common import SlurmError, pipeline_of, print_funnel, read_steps  # noqa: E402
+from pipelines.common import SlurmError, check_paths, pipeline_of, print_funnel, read_steps  # noqa: E402
 
 # sub-command -> (adds its parser, runs it), in the order --help lists them
 COMMANDS = {
@@ -57,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "funnel":
             return _funnel(args)
-        return COMMANDS[args.command][1](args)
-    except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError, SlurmError) as e:
+        output = getattr(args, "output", None)
+        if output is None or getattr(args, "dry_run", False):
+            return COMMANDS[args.command][1](args)
+        if args.command in ("clean", "dedup", "score", "tokenize"):
+            # the lock file goes beside --output: one inside the input is refused before it is made there
+            check_paths([args.input], output)
+        with output_lock(output, f"pipelines/run.py {args.command}"):  # one writer per output folder
+            return COMMANDS[args.command][1](args)
+    except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError, SlurmError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -149,3 +149,131 @@ def test_read_json_names_the_file_it_cannot_read(tmp_path):
         read_json(bad)
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "missing.json")
+
+
+# -- one writer per output ---------------------------------------------------------------------------
+HOLD = "import sys, time; from cpt.io import output_lock; held = output_lock(sys.argv[1], 'a holder'); held.__enter__(); print('held', flush=True); time.sleep(600)"  # noqa: E501
+
+
+@pytest.fixture
+def held_output(tmp_path):
+    """An output folder whose lock another process holds (as a running command would); its pid."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    output = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(output)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield output, holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _commands(output: Path, tmp: Path) -> dict[str, list[str]]:
+    """Every command that writes a folder and takes its lock before reading its inputs (those that
+    check their inputs first, the trainer and `cpt-mix build`, are tried where their inputs are built)."""
+    import sys
+
+    py, nothing = sys.executable, str(tmp / "nothing")
+    run_py = [py, "pipelines/run.py"]
+    return {
+        "clean": [*run_py, "clean", "--input", nothing, "--output", str(output)],
+        "dedup": [*run_py, "dedup", "--input", nothing, "--output", str(output)],
+        "score": [*run_py, "score", "--input", nothing, "--output", str(output)],
+        "tokenize": [
+            *run_py,
+            "tokenize",
+            "--input",
+            nothing,
+            "--tokenizer",
+            nothing,
+            "--output",
+            str(output),
+        ],
+        "cpt-tok train": [py, "-m", "cpt.tok.cli", "train", "--input", nothing, "--output", str(output)],
+        "cpt-tok merge": [
+            py,
+            "-m",
+            "cpt.tok.cli",
+            "merge",
+            "--base",
+            nothing,
+            "--add",
+            nothing,
+            "--output",
+            str(output),
+        ],  # fmt: skip
+        "cpt-tok init-embeddings": [
+            py,
+            "-m",
+            "cpt.tok.cli",
+            "init-embeddings",
+            "--model",
+            nothing,
+            "--base-tokenizer",
+            nothing,
+            "--tokenizer",
+            nothing,
+            "--output",
+            str(output),
+        ],  # fmt: skip
+        "export": [py, "trainer/export.py", "--checkpoint", nothing, "--output", str(output)],
+        "cpt eval": [
+            py,
+            "-m",
+            "trainer.cli",
+            "eval",
+            "--model",
+            nothing,
+            "--tasks",
+            "mmlu",
+            "--data",
+            nothing,
+            "--output",
+            str(output),
+        ],  # fmt: skip
+        "cpt report": [py, "-m", "trainer.cli", "report", nothing, "--output", str(output)],
+    }
+
+
+def test_a_second_command_on_a_held_output_is_refused_naming_the_holder(held_output, tmp_path):
+    import socket
+    import subprocess
+
+    from conftest import REPO
+
+    output, holder = held_output
+    for name, argv in _commands(output, tmp_path).items():
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1, (name, proc.stderr[-2000:])
+        assert (
+            f"another command is writing it (a holder, pid {holder.pid} on {socket.gethostname()})"
+            in errors[0]
+        ), (
+            name,
+            errors,
+        )
+        assert "Traceback" not in proc.stderr, name
+    assert not output.exists()  # nothing was written while it was held
+
+
+def test_the_lock_goes_with_its_holder_however_it_ends(held_output):
+    from cpt.io import lock_path, output_lock
+
+    output, holder = held_output
+    with pytest.raises(OutputError, match="another command is writing it"):
+        with output_lock(output, "second"):
+            pass
+    holder.kill()  # SIGKILL: no clean-up ran
+    holder.wait()
+    with output_lock(output, "third"):  # the kernel released it
+        assert json.loads(lock_path(output).read_text())["command"] == "third"
+    with output_lock(output, "fourth"):  # and a clean exit releases it too
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,17 @@ def test_anneal_tokens_is_written_when_set_and_zero_changes_nothing(tmp_path, sh
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["anneal_tokens"] == 100_000 and manifest["manifest_hash"] != plain["manifest_hash"]
     assert "LR annealed to 0 over its last 100,000 tokens" in proc.stdout
+
+
+def test_a_build_into_a_folder_another_build_is_writing_is_refused(shards, tmp_path):
+    from cpt.io import output_lock
+
+    stage, out = write_stage(tmp_path, STAGE.format(**shards)), tmp_path / "mix"
+    with output_lock(out, "cpt-mix build"):  # held as a running build would hold it
+        proc = cpt_mix("build", str(stage), "--output", str(out))
+    assert (
+        proc.returncode == 2
+        and f"another command is writing it (cpt-mix build, pid {os.getpid()}" in proc.stderr
+    )
+    assert not out.exists()
+    assert cpt_mix("build", str(stage), "--output", str(out)).returncode == 0  # released with its holder

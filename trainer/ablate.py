@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -36,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cpt.config import ConfigError, build, read_yaml
-from cpt.io import write_json
+from cpt.config import ConfigError, build, read_yaml, show
+from cpt.io import OutputError, output_lock, write_json
 from cpt.mix.plan import MixError
+from cpt.mix.stage import PLAIN_NAME
 from cpt.report.collect import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +82,8 @@ class Grid:
     def validate(self) -> list[str]:
         required = ("name", "config", "base", "stage", "steps", "eval", "axes")
         problems = [f"{key}: missing" for key in required if getattr(self, key) is None]
+        if self.name is not None and (not PLAIN_NAME.fullmatch(self.name) or set(self.name) == {"."}):
+            problems.append(f"name: {show(self.name)} must be a plain name (it names runs/ablate/<name>)")
         axes = self.axes or {}
         for key, values in axes.items():
             if key not in AXES:
@@ -115,7 +119,12 @@ class Grid:
 
 
 def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -502,13 +511,15 @@ def run(args: argparse.Namespace) -> int:
             for params in points(grid):
                 print(f"{run_name(params):<28} {params}")
             return 0
-        summary, output = run_grid(args.grid, args.output)
-    except (ConfigError, MixError, RuntimeError) as e:
+        output = Path(args.output or Path("runs") / "ablate" / load_grid(args.grid).name)
+        with output_lock(output, "cpt ablate"):  # one writer per output (each run also locks its own folder)
+            summary, output = run_grid(args.grid, output)
+            print(table(summary))
+            from cpt.report.page import write_report
+
+            page = write_report([output], output / "report", f"ablation {summary['name']}")
+    except (ConfigError, MixError, RuntimeError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(table(summary))
-    from cpt.report.page import write_report
-
-    page = write_report([output], output / "report", f"ablation {summary['name']}")
     print(f"wrote {output / 'ablation.json'} and {page}")
     return 0

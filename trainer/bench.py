@@ -21,6 +21,7 @@ subject, per task and per language (English: MMLU; Chinese: CMMLU and C-Eval).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -563,9 +564,11 @@ def run(args) -> int:
 
     import torch
 
-    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable
+    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable, output_lock
 
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(output_lock(args.output, "cpt eval"))  # one writer per output
         if args.limit is not None and args.limit < 1:
             raise BenchError(f"--limit {args.limit}: must be at least 1")
         if args.max_new_tokens < 0:
@@ -595,6 +598,8 @@ def run(args) -> int:
     except (BenchError, OutputError, CustomCodeError, JsonFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        held.close()
     print(table(summary))
     if samples:
         print("\ngreedy continuations:\n" + continuation_lines(samples))

@@ -22,7 +22,15 @@ if __package__ in (None, ""):
 import torch
 
 from cpt.config import ConfigError, build
-from cpt.io import CustomCodeError, OutputError, check_replaceable, holds, refuse_custom_code, written_dir
+from cpt.io import (
+    CustomCodeError,
+    OutputError,
+    check_replaceable,
+    holds,
+    output_lock,
+    refuse_custom_code,
+    written_dir,
+)
 from trainer import checkpoint
 from trainer.config import TrainConfig
 
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        path = export(args.checkpoint, args.output, args.step)
+        with output_lock(args.output, "trainer/export.py"):
+            path = export(args.checkpoint, args.output, args.step)
     except (
         FileNotFoundError, RuntimeError, OutputError, ConfigError, checkpoint.CheckpointError, CustomCodeError
     ) as e:  # fmt: skip

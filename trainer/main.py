@@ -9,6 +9,7 @@ starts two CPU ranks); on GPUs it runs unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import torch
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
 from cpt.data.loader import IGNORE_INDEX, cu_seqlens
-from cpt.io import CustomCodeError, JsonFileError, OutputError, refuse_custom_code, write_json
+from cpt.io import CustomCodeError, JsonFileError, OutputError, output_lock, refuse_custom_code, write_json
 from cpt.manifest import ManifestError, read_stage_manifest
 from trainer import checkpoint
 from trainer.config import RopeConfig, TrainConfig, load_config
@@ -710,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     first = os.environ.get("RANK", "0") == "0"  # each rank checks the same; one of them says so
     try:
-        return train(args, first)
+        with contextlib.ExitStack() as held:  # the run folder's lock, for as long as the run writes it
+            return train(args, first, held)
     except (
         ConfigError, ManifestError, checkpoint.CheckpointError, OutputError, RunError, CustomCodeError, JsonFileError
     ) as e:  # fmt: skip
@@ -784,7 +786,7 @@ def non_finite(step_loss: torch.Tensor, grad_norm, device) -> str:
     return "loss" if loss_bad else "gradient norm" if norm_bad else ""
 
 
-def train(args: argparse.Namespace, first: bool) -> int:
+def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> int:
     # -- config, manifest, run folder, and where the weights come from: all checked before any work -
     try:
         cfg, manifest, run_dir = read_run_config(args)
@@ -823,6 +825,8 @@ def train(args: argparse.Namespace, first: bool) -> int:
             print(json.dumps(asdict(cfg), indent=2))
             print(plan)
         return 0
+    if rank == 0:  # one writer per run folder: a second run into it is refused here, before any work
+        held.enter_context(output_lock(run_dir, "trainer/main.py"))
     if total_steps < 1:
         raise RunError(f"the stage gives fewer sequences than one step ({plan})")
     if start.existing and not start.resume_tag:  # the folders on disk decide, whatever `latest` says

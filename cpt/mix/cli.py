@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cpt.config import ConfigError
+from cpt.io import OutputError, output_lock
 from cpt.manifest import STAGE_MANIFEST, ManifestError, read_stage_manifest, write_stage_manifest
 from cpt.mix.chart import composition_chart
 from cpt.mix.plan import MixError, plan, table
@@ -56,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(manifest))
     if not args.dry_run:
         try:
-            path = write_stage_manifest(manifest, output)
+            with output_lock(output, "cpt-mix build"):
+                _check_output(output, stage.name)  # again, now that no other build can write it
+                path = write_stage_manifest(manifest, output)
+        except (OutputError, MixError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except OSError as e:
             print(f"error: {output}: cannot write the manifest there ({e.strerror})", file=sys.stderr)
             return 2

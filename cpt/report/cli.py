@@ -19,12 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt.io import OutputError
+    from cpt.io import OutputError, output_lock
     from cpt.report.collect import ReportError
     from cpt.report.page import write_report
 
     try:
-        page = write_report(args.folders, args.output, args.title)
+        with output_lock(args.output, "cpt report"):
+            page = write_report(args.folders, args.output, args.title)
     except (ReportError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

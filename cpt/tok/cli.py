@@ -9,11 +9,12 @@ cpt-tok report --tokenizer A --tokenizer B [...] --input PARQUET_DIR_OR_TXT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 from cpt.config import ConfigError, apply_overrides
-from cpt.io import OutputError, write_json
+from cpt.io import OutputError, output_lock, write_json
 from cpt.tok.merge import TokenizerError
 
 
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--json", help="also write the figures here")
 
     args = parser.parse_args(argv)
+    held = contextlib.ExitStack()
     try:
+        if getattr(args, "output", None):  # one writer per output folder, for the whole command
+            held.enter_context(output_lock(args.output, f"cpt-tok {args.command}"))
         if args.command == "train" and args.model_type == "byte-bpe":
             from cpt.tok.train import train_byte_bpe
 
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TokenizerError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        held.close()
     return 0
 
 

@@ -441,3 +441,15 @@ def test_a_loss_or_gradient_norm_that_becomes_non_finite_stops_the_run_keeping_t
     assert sorted(records) == [1] and all(
         v is None or not isinstance(v, float) or math.isfinite(v) for v in records[1].values()
     )
+
+
+def test_a_second_run_into_a_run_folder_in_use_is_refused_before_it_loads_the_model(setup, tmp_path):
+    """One writer per run folder: while another process holds it (here the test itself, as a running
+    trainer would), a run into it exits 2 naming the holder, and writes nothing there."""
+    from cpt.io import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out, "trainer/main.py"):
+        proc = _run(_train_argv(setup, out, "max_steps=2", "eval.sets=[]"))
+    _one_line_error(proc, f"another command is writing it (trainer/main.py, pid {os.getpid()}")
+    assert "Loading weights" not in proc.stderr and not out.exists()

@@ -182,3 +182,16 @@ def test_a_one_token_sequence_is_refused(tmp_path):
     stage.write_text("name: s\nseq_len: 1\ntokens: 1000\nsources: [{name: a, path: x, weight: 1}]\n")
     with pytest.raises(ConfigError, match=r"seq_len: must be an integer >= 8 \(got 1\)"):
         load_stage(stage)
+
+
+def test_a_grid_name_is_a_plain_name_and_its_axes_finite(tmp_path):
+    from trainer.ablate import load_grid
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: ../../x\nconfig: c.yaml\nbase: {model: m, stage: s.yaml, steps: 2}\nstage: s.yaml\nsteps: 2\n"
+        "eval: {old: a, new: b}\ncenter: {lr_scale: 1.0}\naxes: {lr_scale: [1.0, .nan]}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_grid(grid)
+    assert "name: '../../x' must be a plain name" in str(err.value) and "axes.lr_scale[1]" in str(err.value)
