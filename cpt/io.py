@@ -91,30 +91,38 @@ def read_json(path: str | Path) -> Any:
         raise JsonFileError(f"{path}: a folder, not a JSON file") from None
 
 
+LOCK_NAME = ".cpt.lock"  # inside an output folder while a command writes it
+
+
 def lock_path(output: str | Path) -> Path:
-    """The lock file of an output folder: beside it, not in it (a command may replace the whole folder)."""
-    output = Path(output).absolute()
-    return output.parent / f".{output.name}.lock"
+    return Path(output) / LOCK_NAME
 
 
 @contextlib.contextmanager
 def output_lock(output: str | Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on the output folder `output` while the block runs: one writer per output.
 
-    The lock is an OS lock (flock) on `.<name>.lock` beside the folder, so the kernel releases it when the
-    process ends however it ends: a killed run never blocks the next one. A second command on the same
-    output gets OutputError naming the holder (command, pid, host) at once, before any work. The file
-    stays (removing it would let a third command lock a new file while the second still holds the old).
+    The lock is an OS lock (flock) on `.cpt.lock` inside the folder (made if absent), so the kernel
+    releases it when the process ends however it ends: a killed run never blocks the next one. A second
+    command on the same output gets OutputError naming the holder (command, pid, host) at once, before any
+    work. At the end the lock file, and the folder if this made it and it stayed empty, are removed: a
+    command refused later leaves the folder as it found it. A command that swaps a finished folder in
+    under the name replaces the lock file with it; it has finished writing by then.
 
     Across machines it is as good as the file system's locks: local disks and NFS (v4, or v3 with lockd)
     share flock locks between clients; a file system without them (some FUSE mounts, Lustre without
     `-o flock`) gives each machine its own lock, and the rule is then the user's to keep."""
-    path = lock_path(output)
+    output = Path(output)
+    path = output / LOCK_NAME
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: a file, not a folder: choose another output")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+        made_dir = not output.is_dir()
+        output.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666 & ~_UMASK)
     except OSError as e:
-        raise OutputError(f"{output}: cannot create its lock file {path} ({e.strerror})") from None
+        raise OutputError(f"{output}: cannot create its lock file {LOCK_NAME} there ({e.strerror})") from None
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,12 +131,22 @@ def output_lock(output: str | Path, what: str) -> Iterator[None]:
                 f"{output}: another command is writing it ({_holder(fd)}); wait for it to end or choose another "
                 "output"
             ) from None
+        held = True
         os.ftruncate(fd, 0)
         holder = {"command": what, "pid": os.getpid(), "host": socket.gethostname()}
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield
     finally:
+        # removed while still held, so a command that opened it before cannot lock it after; one that
+        # opens the name now makes a new file (this command has finished writing)
+        if held:
+            with contextlib.suppress(OSError):  # gone with a folder swapped in under the name
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    os.unlink(path)
         os.close(fd)  # releases the lock
+        if made_dir:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only when empty
 
 
 def _holder(fd: int) -> str:
@@ -169,7 +187,7 @@ class OutputError(ValueError):
 
 def holds_only(*names: str) -> Callable[[Path], bool]:
     """An `owned` test: the folder holds nothing but these top-level names."""
-    allowed = set(names)
+    allowed = {*names, LOCK_NAME}
     return lambda folder: {p.name for p in folder.iterdir()} <= allowed
 
 
@@ -183,13 +201,18 @@ def check_replaceable(output: str | Path, owned: Callable[[Path], bool], what: s
     output = Path(output)
     if not output.exists() and not output.is_symlink():
         return
-    if output.is_dir() and not output.is_symlink() and (not any(output.iterdir()) or owned(output)):
+    if output.is_dir() and not output.is_symlink() and (not _contents(output) or owned(output)):
         return
     kind = "a folder" if output.is_dir() else "a file"
     raise OutputError(
         f"{output}: {kind} that is not an earlier {what} output is already there; "
         "it is left as it is: choose another --output"
     )
+
+
+def _contents(folder: Path) -> list[Path]:
+    """What a folder holds besides the lock of the command writing it."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
 
 
 def temp_dir_beside(output: str | Path) -> Path:

@@ -129,13 +129,48 @@ class ShardReadError(ValueError):
     """A Parquet file that cannot be read as documents: the message names the file."""
 
 
+def batch_rows(batch) -> tuple[list[dict], int]:
+    """A record batch as dicts, and how many string values held invalid UTF-8.
+
+    Arrow does not check that a Parquet string column is UTF-8, and its conversion to Python raises on
+    the first bad value, which would lose the whole shard: such values are decoded with U+FFFD in place of
+    the bad bytes (what `errors="replace"` gives) and counted, and the rows are kept."""
+    try:
+        return batch.to_pylist(), 0
+    except UnicodeDecodeError:
+        pass
+    bad, columns = 0, {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            columns[name] = column.to_pylist()
+            continue
+        values = []
+        raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+        for value in raw.to_pylist():
+            if value is None:
+                values.append(None)
+                continue
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(value.decode("utf-8", errors="replace"))
+                bad += 1
+        columns[name] = values
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)], bad
+
+
 def read_rows(
-    path: str | Path, columns: Sequence[str] = ("text",), optional: Sequence[str] = (), batch_size: int = 1024
+    path: str | Path,
+    columns: Sequence[str] = ("text",),
+    optional: Sequence[str] = (),
+    batch_size: int = 1024,
+    counts: dict[str, int] | None = None,
 ) -> Iterator[dict]:
     """The rows of one Parquet shard as dicts of `columns` (which must exist) and `optional` columns
     (None where the file lacks them), streamed a batch at a time: the one reader of text from Parquet.
 
-    ShardReadError names the file when it is not Parquet or lacks a required column."""
+    ShardReadError names the file when it is not Parquet or lacks a required column. String values of
+    invalid UTF-8 are repaired (`batch_rows`) and, given `counts`, counted there as `repaired_utf8`."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -153,7 +188,10 @@ def read_rows(
     absent = [c for c in optional if c not in names]
     with pf:
         for batch in pf.iter_batches(columns=present, batch_size=batch_size):
-            for row in batch.to_pylist():
+            rows, bad = batch_rows(batch)
+            if bad and counts is not None:
+                counts["repaired_utf8"] = counts.get("repaired_utf8", 0) + bad
+            for row in rows:
                 for c in absent:
                     row[c] = None
                 yield row

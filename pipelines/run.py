@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "funnel":
             return _funnel(args)
         output = getattr(args, "output", None)
-        if output is None or getattr(args, "dry_run", False):
+        if output is None or getattr(args, "dry_run", False) or args.command == "train-classifier":
+            # train-classifier's --output is a model file, written whole under a temporary name
             return COMMANDS[args.command][1](args)
         if args.command in ("clean", "dedup", "score", "tokenize"):
-            # the lock file goes beside --output: one inside the input is refused before it is made there
+            # before the lock file is made in --output: an --output inside the input is refused untouched
             check_paths([args.input], output)
         with output_lock(output, f"pipelines/run.py {args.command}"):  # one writer per output folder
             return COMMANDS[args.command][1](args)

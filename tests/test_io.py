@@ -261,7 +261,7 @@ def test_a_second_command_on_a_held_output_is_refused_naming_the_holder(held_out
             errors,
         )
         assert "Traceback" not in proc.stderr, name
-    assert not output.exists()  # nothing was written while it was held
+    assert [p.name for p in output.iterdir()] == [".cpt.lock"]  # the holder's; nothing else was written
 
 
 def test_the_lock_goes_with_its_holder_however_it_ends(held_output):
@@ -275,5 +275,21 @@ def test_the_lock_goes_with_its_holder_however_it_ends(held_output):
     holder.wait()
     with output_lock(output, "third"):  # the kernel released it
         assert json.loads(lock_path(output).read_text())["command"] == "third"
-    with output_lock(output, "fourth"):  # and a clean exit releases it too
+    assert not list(output.iterdir())  # the lock file is removed by whoever held it last
+    with output_lock(output, "fourth"):  # and a clean exit released it
         pass
+
+
+def test_a_lock_leaves_a_folder_it_did_not_make_as_it_found_it(tmp_path):
+    from cpt.io import output_lock
+
+    mine = model_folder(tmp_path / "model")
+    before = snapshot(mine)
+    with pytest.raises(OutputError, match="refused after locking"):
+        with output_lock(mine, "a command pointed at the wrong folder"):
+            raise OutputError("refused after locking")
+    assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == sorted(before)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="file: a file, not a folder"):
+        with output_lock(tmp_path / "file", "x"):
+            pass

@@ -31,7 +31,15 @@ import torch
 from cpt.config import ConfigError
 from cpt.data import PackedLoader
 from cpt.data.loader import IGNORE_INDEX, cu_seqlens
-from cpt.io import CustomCodeError, JsonFileError, OutputError, output_lock, refuse_custom_code, write_json
+from cpt.io import (
+    LOCK_NAME,
+    CustomCodeError,
+    JsonFileError,
+    OutputError,
+    output_lock,
+    refuse_custom_code,
+    write_json,
+)
 from cpt.manifest import ManifestError, read_stage_manifest
 from trainer import checkpoint
 from trainer.config import RopeConfig, TrainConfig, load_config
@@ -186,7 +194,7 @@ def _is_run_file(name: str) -> bool:
     unfinished = UNFINISHED.fullmatch(name)
     if unfinished:
         name = unfinished["name"] or unfinished["plain"]
-    return name in RUN_FILES
+    return name in RUN_FILES or name == LOCK_NAME  # a killed run's lock file
 
 
 def check_output(run_dir: Path, model: str) -> None:

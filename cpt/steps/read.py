@@ -22,7 +22,7 @@ from warcio.bufferedreaders import DecompressingBufferedReader
 
 from cpt.funnel import add_stats
 from cpt.io import write_text
-from cpt.shards import fit_metadata
+from cpt.shards import batch_rows, fit_metadata
 
 # Plain-text inputs (WET conversions, jsonl, parquet) are marked so the extractor lets them through.
 FORMAT_KEY = "format"
@@ -480,7 +480,10 @@ class CountingParquetReader(_CountingReader, ParquetReader):
                     return
                 columns = None if self.read_metadata else [self.text_key, self.id_key]
                 for batch in pqf.iter_batches(batch_size=self.batch_size, columns=columns):
-                    for row in batch.to_pylist():
+                    rows_of_batch, bad = batch_rows(batch)
+                    if bad:  # kept, with U+FFFD for the bytes that are not UTF-8
+                        self.stat_update("repaired_utf8", value=bad)
+                    for row in rows_of_batch:
                         document = self.to_document(row, filepath, seen)
                         seen += 1
                         if document is not None:

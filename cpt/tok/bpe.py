@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpt.io import OutputError, check_replaceable, write_json, written_dir
+from cpt.io import LOCK_NAME, OutputError, check_replaceable, write_json, written_dir
 from cpt.tok.merge import TOKENIZER_FOLDER, TokenizerError
 
 # the files of a Hugging Face tokenizer folder that the merge keeps as they are; vocab.json and
@@ -303,4 +303,4 @@ def train(
 
 
 def _trained_folder(folder: Path) -> bool:
-    return {p.name for p in folder.iterdir()} <= {"tokenizer.json", "train.json"}
+    return {p.name for p in folder.iterdir()} <= {"tokenizer.json", "train.json", LOCK_NAME}

@@ -286,3 +286,35 @@ def test_tokenize_refuses_an_input_without_documents(tmp_path, tokenizer, make, 
     assert expected in errors[0] and str(tmp_path / "in") in errors[0], errors[0]
     if expected != "no documents tokenized":  # found by the run itself: its (empty) tokens.json stays
         assert not (out / "tokens.json").exists()
+
+
+BAD_UTF8 = b"\xed\xa0\x80"  # a UTF-16 surrogate encoded as UTF-8: not UTF-8, and Arrow does not check
+
+
+def _with_bad_utf8(table: pa.Table, row: int) -> pa.Table:
+    """`table` with row `row` of its text column holding BAD_UTF8 (written as a string column)."""
+    texts = [t.encode() for t in table.column("text").to_pylist()]
+    texts[row] = texts[row][:20] + BAD_UTF8 + texts[row][20:]
+    column = pa.array(texts, pa.binary()).view(pa.string())
+    return table.set_column(table.schema.get_field_index("text"), "text", column)
+
+
+def test_invalid_utf8_in_a_parquet_text_is_repaired_and_counted_and_the_shard_kept(tmp_path, tokenizer):
+    """clean reads it with U+FFFD for the bad bytes, counts it under the read step's `repaired_utf8`,
+    and keeps every row; tokenize reads a shard holding such a value and tokenizes all its documents."""
+    table = _with_bad_utf8(pa.Table.from_pylist(_texts(5)), 2)
+    out, funnel = _run_clean(tmp_path / "clean", {"a.parquet": _parquet(table)}, [])
+    read = funnel["steps"][0]
+    assert (read["docs_in"], read["kept"], read["removed"]) == (5, 5, {}), read
+    assert read["counters"] == {"repaired_utf8": 1}, read
+    shards = [p for p in out.rglob("*.parquet") if "report" not in p.relative_to(out).parts]
+    texts = [t for p in shards for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()]
+    assert sum("\ufffd" in t for t in texts) == 1 and len(texts) == 5
+
+    rows = [{"text": r["text"]} for r in _texts(4)]
+    _shard(tmp_path / "in" / "en" / "a.parquet", rows)
+    path = tmp_path / "in" / "en" / "a.parquet"
+    pq.write_table(_with_bad_utf8(pq.read_table(path), 1), path)
+    tokens, proc = _tokenize(tmp_path, tokenizer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tokens / "tokens.json").read_text())["documents"] == 4
