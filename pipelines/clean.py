@@ -293,7 +293,7 @@ def prepare(
         )
     report = output / "report"
     folder, by_kind = list_inputs(input_path)
-    readers = make_readers(folder, by_kind, report / "inputs", limit, progress)
+    readers = make_readers(folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars)
     files = [Path(folder) / f for kind_files in by_kind.values() for f in kind_files]
     tasks = tasks or len(files)
     processing, labels = build_steps(cfg, output)

@@ -61,6 +61,9 @@ class _CountingReader:
     """
 
     COUNT_EVERY = 10_000  # documents whose counts and lengths are merged into the stats at once
+    # a text longer than this many characters is dropped as `too_large` as it is read (clean's
+    # extract.max_chars; WARC pages are held to it by the extract step, on their HTML); None: no cap
+    max_chars: int | None = None
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         if data:
@@ -110,6 +113,9 @@ class _CountingReader:
             return None
         if not isinstance(document.text, str):
             self.drop("bad_text")
+            return None
+        if self.max_chars is not None and len(document.text) > self.max_chars:
+            self.drop("too_large")
             return None
         # the shard schema's id is a non-null string: a number or null from the input is not one
         if document.id is None or document.id == "":
@@ -429,9 +435,18 @@ class CountingJsonlReader(_CountingReader, JsonlReader):
 
         with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
             li = 0
+            # a JSON string spends at most 6 bytes a character (\uXXXX): a longer line cannot fit the cap,
+            # and is skipped a MiB at a time instead of being read whole
+            limit = None if self.max_chars is None else 6 * self.max_chars + (1 << 20)
             while True:
                 try:
-                    line = f.readline()
+                    line = f.readline() if limit is None else f.readline(limit + 1)
+                    if limit is not None and len(line) > limit:
+                        while line and not line.endswith(b"\n"):
+                            line = f.readline(1 << 20)
+                        self.drop("too_large")
+                        li += 1
+                        continue
                 except (EOFError, zlib.error, OSError):
                     self.drop("truncated_file")
                     return
@@ -519,19 +534,28 @@ def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:
 
 
 def make_readers(
-    folder: str, by_kind: dict[str, list[str]], lists_dir: str | Path, limit: int = -1, progress: bool = True
+    folder: str,
+    by_kind: dict[str, list[str]],
+    lists_dir: str | Path,
+    limit: int = -1,
+    progress: bool = True,
+    max_chars: int | None = None,
 ) -> list:
     """One reader per kind of input `list_inputs` found, each sharding the list of its files that
     `write_input_lists` keeps in `lists_dir/<kind>.txt` (written once the run is accepted: a run that is
     refused writes nothing)."""
     common = dict(limit=limit, file_progress=progress, doc_progress=progress)
     classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
-    return [
+    readers = [
         classes.get(kind, CountingParquetReader)(
             folder, paths_file=str(Path(lists_dir) / f"{kind}.txt"), **common
         )
         for kind in sorted(by_kind)
     ]
+    for reader in readers:
+        if not isinstance(reader, RobustWarcReader):  # text records: the cap applies as they are read
+            reader.max_chars = max_chars
+    return readers
 
 
 def write_input_lists(by_kind: dict[str, list[str]], lists_dir: str | Path) -> None:

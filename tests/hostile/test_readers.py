@@ -318,3 +318,17 @@ def test_invalid_utf8_in_a_parquet_text_is_repaired_and_counted_and_the_shard_ke
     tokens, proc = _tokenize(tmp_path, tokenizer)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tokens / "tokens.json").read_text())["documents"] == 4
+
+
+def test_the_size_cap_holds_for_every_input_kind_as_it_is_read(tmp_path):
+    """extract.max_chars, before any work: a jsonl or Parquet text over it is `too_large` at the read
+    step (a jsonl line too long to hold such a text is skipped without being read whole), as an HTML page
+    over it is at the extract step."""
+    long_text = "word " * 400  # 2,000 characters
+    files = {
+        "a.jsonl": _jsonl([*_texts(2), {"text": long_text}, {"text": "x" * 1_300_000}, *_texts(1)]),
+        "b.parquet": _parquet(pa.Table.from_pylist([*_texts(2), {"text": long_text}])),
+    }
+    _, funnel = _run_clean(tmp_path, files, ["--set", "extract.max_chars=1000"])
+    read = funnel["steps"][0]
+    assert (read["docs_in"], read["kept"], read["removed"]) == (8, 5, {"too_large": 3}), read
