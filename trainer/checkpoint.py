@@ -186,6 +186,15 @@ def verify(folder: str | Path) -> None:
                 )
 
 
+def saved_by(folder: str | Path) -> tuple[int, int]:
+    """(ranks, ZeRO stage) of a verified checkpoint folder, from its model states (memory-mapped)."""
+    folder = Path(folder)
+    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    states = load_plain(next(folder / n for n in names if (folder / n).is_file()))
+    zero = ((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0)
+    return int(states.get("dp_world_size") or 1), int(zero)
+
+
 def choose(run_dir: str | Path, tag: str | None = None) -> tuple[str, list[str]]:
     """The checkpoint to load and the damaged ones passed over (one line each, naming the file).
 

@@ -438,6 +438,15 @@ def choose_start(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path) -> S
         if not start.existing:
             raise checkpoint.CheckpointError(f"--resume: {run_dir} has no complete checkpoint")
         start.resume_tag, start.skipped = checkpoint.choose(run_dir, resume)
+        folder = checkpoint.checkpoint_dir(run_dir) / start.resume_tag
+        ranks, zero = checkpoint.saved_by(folder)
+        world = process_ranks()[1]
+        if zero >= 1 and ranks != world:  # before anything of the run is written (its config.json first)
+            raise RunError(
+                f"{folder}: saved by {ranks} ranks under ZeRO stage {zero}, whose optimizer state is split by "
+                f"rank; this run has {world}: resume it on {ranks} ranks, or start a new run from its weights "
+                f"with --init-from {run_dir}:{start.resume_tag}"
+            )
     elif args.init_from:
         source, tag = split_init_from(args.init_from)  # a run folder: read_run_config checked it
         start.init_source = source

@@ -275,6 +275,12 @@ def init_embeddings_over_model(s, run, tmp):
                     tok, "--output", str(s["model"])), s["model"]  # fmt: skip
 
 
+def resume_on_other_ranks(s, run, tmp):  # ZeRO 2's optimizer state is split by rank: refused, unwritten
+    from trainer_setup import train_cmd
+
+    return train_cmd(s, run, "--resume", *STEPS, ranks=2), run
+
+
 def _custom_code_model(s, tmp) -> Path:
     """A copy of the model whose config.json names a class in a .py file beside it (`auto_map`), as a
     downloaded folder can: importing that file would create MARKER."""
@@ -350,6 +356,8 @@ PROBES = [
     ("init-embeddings-no-config", init_embeddings_no_config, 2,
      "{tmp}/not_a_model: not a Hugging Face model folder (no config.json)"),
     ("init-embeddings-over-model", init_embeddings_over_model, 2, "is one of the inputs"),
+    ("resume-on-other-ranks", resume_on_other_ranks, 2,
+     "step_00000003: saved by 1 ranks under ZeRO stage 2, whose optimizer state is split by rank; this run has 2"),
     ("train-custom-code", train_custom_code, 2, "{tmp}/custom/config.json: names custom code (auto_map"),
     ("eval-custom-code", eval_custom_code, 2, "{tmp}/custom/config.json: names custom code (auto_map"),
     ("init-embeddings-custom-code", init_embeddings_custom_code, 2, "{tmp}/custom/config.json: names custom code"),
