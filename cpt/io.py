@@ -17,6 +17,7 @@ itself, a command refuses with one line instead of deleting it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -155,6 +156,25 @@ def _holder(fd: int) -> str:
         return f"{info['command']}, pid {int(info['pid'])} on {info['host']}"
     except (OSError, ValueError, KeyError, TypeError):  # written this instant, or not by cpt
         return "its holder is not recorded yet"
+
+
+_DISK_FAULTS = {
+    errno.ENOSPC: "no space left on the device: free some, or choose another output",
+    errno.EDQUOT: "disk quota exceeded: free some, or choose another output",
+    errno.EROFS: "a read-only file system: choose another output",
+    errno.EACCES: "permission denied: choose an output you may write, or fix its permissions",
+    errno.EPERM: "not permitted: choose an output you may write, or fix its permissions",
+}
+
+
+def disk_fault(e: OSError) -> str | None:
+    """One line for a fault of the disk a command writes to (full, read-only, not permitted), naming the
+    path; None for any other OSError (a bug or a missing input, reported as such)."""
+    why = _DISK_FAULTS.get(e.errno)
+    if why is None:
+        return None
+    where = e.filename if e.filename is not None else "writing"
+    return f"{where}: {why}"
 
 
 class CustomCodeError(ValueError):

@@ -564,7 +564,7 @@ def run(args) -> int:
 
     import torch
 
-    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable, output_lock
+    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable, disk_fault, output_lock
 
     held = contextlib.ExitStack()
     try:
@@ -597,6 +597,11 @@ def run(args) -> int:
         write(args.output, summary, results, records, about, samples)
     except (BenchError, OutputError, CustomCodeError, JsonFileError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output's disk full or read-only: one line, not a traceback
+        if disk_fault(e) is None:
+            raise
+        print(f"error: {disk_fault(e)}", file=sys.stderr)
         return 2
     finally:
         held.close()

@@ -246,11 +246,23 @@ def save(
     if rank == 0 and tmp.exists():  # a crash during an earlier save of this step
         shutil.rmtree(tmp)
     _barrier()
-    engine.save_checkpoint(str(root), tag=tmp.name, client_state=client_state, save_latest=False)
-    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
-    if rank == 0:
-        for name, tensors in (extra or {}).items():
-            torch.save(tensors, tmp / f"{name}.pt")
+    try:
+        engine.save_checkpoint(str(root), tag=tmp.name, client_state=client_state, save_latest=False)
+        torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+        if rank == 0:
+            for name, tensors in (extra or {}).items():
+                torch.save(tensors, tmp / f"{name}.pt")
+    except (OSError, RuntimeError) as e:  # disk full or read-only (torch.save wraps it in RuntimeError)
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left for a resume to find
+        before = latest_tag(run_dir)
+        kept = f"{before} stays the latest" if before else "no earlier checkpoint"
+        why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:200]
+        if isinstance(e, RuntimeError) and shutil.disk_usage(root).free < 1 << 20:
+            why = "No space left on device"  # torch.save's short write says only "unexpected pos ..."
+        raise CheckpointError(
+            f"{root / tag}: the checkpoint could not be written ({why}); {kept}: free space or fix "
+            "the folder, then run the same command with --resume auto"
+        ) from None
     _barrier()
     if rank == 0:
         # every rank has finished its files: the checkpoint becomes step_N whole (one of the same step,

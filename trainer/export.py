@@ -10,8 +10,10 @@ and renamed. The result loads with `AutoModelForCausalLM.from_pretrained` and ge
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from cpt.io import (
     CustomCodeError,
     OutputError,
     check_replaceable,
+    disk_fault,
     holds,
     output_lock,
     refuse_custom_code,
@@ -128,8 +131,15 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, dtyp
     output = Path(output)
     check_replaceable(output, EXPORTED, "trainer/export.py")  # before the work: not the model it started from
     model, base, tag = trained_model(run_dir, tag)
+    from safetensors import SafetensorError
+
     with written_dir(output, EXPORTED, "trainer/export.py") as tmp:
-        model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        try:
+            model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        except (SafetensorError, RuntimeError) as e:  # they wrap a failed write's OSError in their own
+            if "No space left" in str(e) or shutil.disk_usage(tmp).free < 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output)) from None
+            raise
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
                 shutil.copy2(base / name, tmp / name)
@@ -173,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError, RuntimeError, OutputError, ConfigError, checkpoint.CheckpointError, CustomCodeError
     ) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output's disk full or read-only: one line, not a traceback
+        if disk_fault(e) is None:
+            raise
+        print(f"error: {disk_fault(e)}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     if args.prompt:

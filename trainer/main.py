@@ -36,6 +36,7 @@ from cpt.io import (
     CustomCodeError,
     JsonFileError,
     OutputError,
+    disk_fault,
     output_lock,
     refuse_custom_code,
     write_json,
@@ -736,6 +737,12 @@ def main(argv: list[str] | None = None) -> int:
         if first:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the run folder's disk full or read-only: one line, not a traceback
+        if disk_fault(e) is None:
+            raise
+        if first:
+            print(f"error: {disk_fault(e)}", file=sys.stderr)
+        return 2
 
 
 class StopSignals:
@@ -908,6 +915,7 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
         from tqdm import tqdm
 
         progress = tqdm(total=total_steps, initial=step, desc=f"train {manifest['stage']}", unit="step")
+        held.callback(progress.close)  # an error line after it starts a line of its own
     engine.train()
     tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
     micro_batches = iter(loader)

@@ -2,9 +2,10 @@
 
 Every record has the step, loss, loss per source, learning rate, gradient norm, tokens seen, tokens/s,
 achieved TFLOP/s per device and MFU (when the device's peak is known), and evaluations add
-`eval/<set>/loss` and `eval/<set>/ppl`. A resumed run appends: when a step appears twice in
-`metrics.jsonl`, the later line is the one that counts (TensorBoard purges the overlap itself;
-`cpt.report.collect.read_metrics` reads the file that way).
+`eval/<set>/loss` and `eval/<set>/ppl`. A resumed run first drops the lines of the steps after its
+checkpoint, which it redoes, so every step appears once in `metrics.jsonl` (TensorBoard purges the
+overlap itself; `cpt.report.collect.read_metrics` still lets a later line of a step win, for files of
+older runs).
 
 `SourceLosses` sums the training loss between two log lines, overall and per source, on every rank.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from cpt.io import write_text
 
 
 @dataclass
@@ -72,6 +75,25 @@ class SourceLosses:
         return window
 
 
+def _drop_redone(path: Path, start_step: int) -> None:
+    """Keep the lines of the steps up to `start_step` (the checkpoint the run starts from): the steps
+    after it, logged by a run that stopped before its next checkpoint, are redone and logged again. A
+    fresh start (step 0) keeps none; a line cut by a kill is dropped. Rewritten whole, or not at all."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if start_step > 0 and isinstance(step, int) and step <= start_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    text = "".join(kept)
+    if text != path.read_text(encoding="utf-8"):
+        write_text(path, text)
+
+
 class RunLogger:
     def __init__(
         self, run_dir: str | Path, enabled: bool, tensorboard: bool, wandb: dict | None, start_step: int
@@ -82,6 +104,7 @@ class RunLogger:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        _drop_redone(run_dir / "metrics.jsonl", start_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (held open)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -410,6 +410,8 @@ def test_a_damaged_newest_checkpoint_falls_back_and_resumes_exactly(setup, train
     warnings = _lines(proc, "warning:")
     assert len(warnings) == 1 and str(states) in warnings[0] and "using step_00000002" in warnings[0]
     assert read_metrics(run)[3]["loss"] == read_metrics(trained)[3]["loss"]  # resumed from step 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # step 3, logged before and redone after the resume, appears once
     kept = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     assert kept == ["step_00000003", "step_00000004"]  # keep 2, by step number
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
@@ -461,3 +463,44 @@ def test_a_second_run_into_a_run_folder_in_use_is_refused_before_it_loads_the_mo
         proc = _run(_train_argv(setup, out, "max_steps=2", "eval.sets=[]"))
     _one_line_error(proc, f"another command is writing it (trainer/main.py, pid {os.getpid()}")
     assert "Loading weights" not in proc.stderr and not out.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (and a read-only one) under tmp_path: a disk that fills up at the first checkpoint.
+    Mounting needs root (CAP_SYS_ADMIN); elsewhere the test skips, saying so."""
+    disks = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
+    mounted = []
+    try:
+        for name, options in (("full", "size=256k"), ("ro", "ro,size=64k")):
+            disks[name].mkdir()
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disks[name])],
+                                  capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()[:200]}")
+            mounted.append(disks[name])
+        yield disks
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_half_checkpoint(setup, trained, small_disk):
+    out = small_disk["full"] / "run"
+    proc = _run(_train_argv(setup, out, "max_steps=2", "checkpoint.every=1", "eval.sets=[]"))
+    _one_line_error(proc, "step_00000001: the checkpoint could not be written (No space left on device)")
+    assert not list((out / "checkpoints").glob("*.tmp")) and not (out / "checkpoints" / "latest").exists()
+
+    export = [
+        sys.executable,
+        "trainer/export.py",
+        "--checkpoint",
+        str(trained),
+        "--output",
+        str(out.parent / "hf"),
+    ]
+    _one_line_error(_run(export), "no space left on the device")
+
+    proc = _run(_train_argv(setup, small_disk["ro"] / "run", "max_steps=2", "eval.sets=[]"))
+    _one_line_error(proc, "cannot create its lock file .cpt.lock there (Read-only file system)")
+    assert "Loading weights" not in proc.stderr  # refused before the model loads
