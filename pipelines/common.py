@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from datatrove.executor import RayPipelineExecutor
 
 from cpt.config import ConfigError
-from cpt.io import write_json
+from cpt.io import OutputError, write_json
 
 
 @dataclass
@@ -341,6 +342,40 @@ def _queued_jobs() -> list[tuple[str, str, str, str]]:
     raise SlurmError(f"squeue failed: {proc.stderr.strip() or f'exit code {proc.returncode}'}")
 
 
+SLURM_JOBS = ".cpt.slurm_jobs"  # in an output: the jobs a submission without --wait left writing it
+
+
+def check_slurm_jobs_ended(output: str | Path) -> None:
+    """One writer per output, across a Slurm submission: the output lock ends with the submitting
+    command, so a submission without --wait records its jobs in the output, and a later command on that
+    output is refused (OutputError) while any of them, or a job waiting on one, is still in the queue."""
+    path = Path(output) / SLURM_JOBS
+    if not path.is_file():
+        return
+    try:
+        jobs = {str(j) for j in json.loads(path.read_text(encoding="utf-8"))["jobs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        jobs = set()
+    if jobs and shutil.which("squeue"):
+        queued = _queued_jobs()
+        ours = set(jobs)
+        grew = True
+        while grew:  # a job that waits on one of ours (datatrove's stats merge, the next stage) is ours too
+            before = len(ours)
+            ours |= {job for job, _, _, dep in queued if set(re.findall(r"\d+", dep)) & ours}
+            grew = len(ours) > before
+        still = sorted({job for job, _, _, _ in queued if job in ours}, key=int)
+        if still:
+            raise OutputError(
+                f"{output}: Slurm job{'s' if len(still) > 1 else ''} {', '.join(still)} of an earlier submission "
+                "still write it: wait for them to end (squeue --me), or cancel them (scancel), then run again"
+            )
+    elif jobs:
+        print(f"warning: {path}: squeue is not here to tell whether Slurm jobs {', '.join(sorted(jobs))} "
+              "have ended; going on", file=sys.stderr)  # fmt: skip
+    path.unlink()
+
+
 def wait_for_slurm(job_ids: list[str], poll: float = 10.0) -> None:
     """Block until the jobs, and every job that depends on them (datatrove's stats merge, the next stage),
     have left the queue. A job whose dependency failed can never start (unless the cluster cancels such
@@ -446,6 +481,7 @@ def submitted(args, executors, command: str) -> bool:
     block until its jobs have left the queue and return True (the caller then reports as for a local run)."""
 
     if not args.wait:
+        write_json(Path(args.output) / SLURM_JOBS, {"jobs": slurm_job_ids(executors)})
         print(f"submitted; {command}")
         return False
     wait_for_slurm(slurm_job_ids(executors))

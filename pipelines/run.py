@@ -23,7 +23,14 @@ from cpt.io import OutputError, disk_fault, output_lock  # noqa: E402
 from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
 from pipelines import clean, dedup, score, tokenization  # noqa: E402
-from pipelines.common import SlurmError, check_paths, pipeline_of, print_funnel, read_steps  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    SlurmError,
+    check_paths,
+    check_slurm_jobs_ended,
+    pipeline_of,
+    print_funnel,
+    read_steps,
+)
 
 # sub-command -> (adds its parser, runs it), in the order --help lists them
 COMMANDS = {
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             # before the lock file is made in --output: an --output inside the input is refused untouched
             check_paths([args.input], output)
         with output_lock(output, f"pipelines/run.py {args.command}"):  # one writer per output folder
+            check_slurm_jobs_ended(output)  # and none left by a submission that did not --wait
             return COMMANDS[args.command][1](args)
     except (ConfigError, FileNotFoundError, TokenShardError, ClassifierError, SlurmError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -145,6 +145,7 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     args = ["clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
             "--no-progress"]  # fmt: skip
     assert "submitted" in run_cli(*args).stdout  # without --wait it returns once the jobs are queued
+    assert json.loads((out / ".cpt.slurm_jobs").read_text())["jobs"]  # what a later command checks first
     wait_for_queue()
     completions = out / "report" / "logs" / "completions"
     assert sorted(p.name for p in completions.iterdir()) == ["00000", "00002", "00003"]
@@ -162,6 +163,30 @@ def test_a_failed_array_task_is_reported_and_only_it_reruns(warcs, local_clean):
     # datatrove submitted an array of the one unfinished rank (its index 0 maps to rank 1) and its stats merge
     assert set((out / "report" / "logs" / "slurm").glob("*.out")) - slurm_logs
     assert shards(out) == shards(local_clean)
+
+
+def test_a_command_on_an_output_that_queued_jobs_still_write_is_refused(warcs):
+    """A submission without --wait leaves its jobs in OUTPUT/.cpt.slurm_jobs (the output lock ends with the
+    submitting command): while one of them is queued, a new command on that output is refused in one line.
+    The queued job here is a held one, so it cannot end while the test looks."""
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "--wrap", "true"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip().split(";")[0]  # fmt: skip
+    out = warcs.parent / "clean_queued"
+    out.mkdir()
+    (out / ".cpt.slurm_jobs").write_text(json.dumps({"jobs": [held]}))
+    try:
+        proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor",
+                       "slurm", "--no-progress", check=False)  # fmt: skip
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+        assert f"Slurm job {held} of an earlier submission still write it" in errors[0]
+        assert sorted(p.name for p in out.iterdir()) == [".cpt.slurm_jobs"]  # nothing submitted or written
+    finally:
+        subprocess.run(["scancel", held], check=True, timeout=30)
+    wait_for_queue()
+    proc = run_cli("clean", "--input", str(warcs), "--output", str(out), "--tasks", "4", "--executor", "slurm",
+                   "--wait", "--no-progress")  # fmt: skip
+    assert "written by language" in proc.stdout and not (out / ".cpt.slurm_jobs").exists()
 
 
 def read_log(path):
