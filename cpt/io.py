@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,6 +176,17 @@ def disk_fault(e: OSError) -> str | None:
         return None
     where = e.filename if e.filename is not None else "writing"
     return f"{where}: {why}"
+
+
+def exit_on_disk_fault(e: OSError, say: bool = True) -> int:
+    """In a command's `except OSError`: print the fault's one line (when `say`) and return exit status 2,
+    or re-raise what is not a disk fault (a bug or a missing input, reported as such)."""
+    line = disk_fault(e)
+    if line is None:
+        raise  # noqa: PLE0704 - called from the except clause handling `e`
+    if say:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 class CustomCodeError(ValueError):

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpt.config import ConfigError  # noqa: E402
-from cpt.io import OutputError, disk_fault, output_lock  # noqa: E402
+from cpt.io import OutputError, exit_on_disk_fault, output_lock  # noqa: E402
 from cpt.steps.classify import ClassifierError  # noqa: E402
 from cpt.tokens import TokenShardError  # noqa: E402
 from pipelines import clean, dedup, score, tokenization  # noqa: E402
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the output's disk full or read-only: one line, not a traceback
-        if disk_fault(e) is None:
-            raise
-        print(f"error: {disk_fault(e)}", file=sys.stderr)
-        return 2
+        return exit_on_disk_fault(e)
 
 
 if __name__ == "__main__":

@@ -564,7 +564,14 @@ def run(args) -> int:
 
     import torch
 
-    from cpt.io import CustomCodeError, JsonFileError, OutputError, check_replaceable, disk_fault, output_lock
+    from cpt.io import (
+        CustomCodeError,
+        JsonFileError,
+        OutputError,
+        check_replaceable,
+        exit_on_disk_fault,
+        output_lock,
+    )
 
     held = contextlib.ExitStack()
     try:
@@ -599,10 +606,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the output's disk full or read-only: one line, not a traceback
-        if disk_fault(e) is None:
-            raise
-        print(f"error: {disk_fault(e)}", file=sys.stderr)
-        return 2
+        return exit_on_disk_fault(e)
     finally:
         held.close()
     print(table(summary))

@@ -28,7 +28,7 @@ from cpt.io import (
     CustomCodeError,
     OutputError,
     check_replaceable,
-    disk_fault,
+    exit_on_disk_fault,
     holds,
     output_lock,
     refuse_custom_code,
@@ -185,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the output's disk full or read-only: one line, not a traceback
-        if disk_fault(e) is None:
-            raise
-        print(f"error: {disk_fault(e)}", file=sys.stderr)
-        return 2
+        return exit_on_disk_fault(e)
     print(f"wrote {path}")
     if args.prompt:
         print(generate(path, args.prompt))

@@ -36,7 +36,7 @@ from cpt.io import (
     CustomCodeError,
     JsonFileError,
     OutputError,
-    disk_fault,
+    exit_on_disk_fault,
     output_lock,
     refuse_custom_code,
     write_json,
@@ -738,11 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the run folder's disk full or read-only: one line, not a traceback
-        if disk_fault(e) is None:
-            raise
-        if first:
-            print(f"error: {disk_fault(e)}", file=sys.stderr)
-        return 2
+        return exit_on_disk_fault(e, say=first)
 
 
 class StopSignals:

@@ -14,7 +14,7 @@ import json
 import sys
 
 from cpt.config import ConfigError, apply_overrides
-from cpt.io import OutputError, disk_fault, output_lock, write_json
+from cpt.io import OutputError, exit_on_disk_fault, output_lock, write_json
 from cpt.tok.merge import TokenizerError
 
 
@@ -217,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the output's disk full or read-only: one line, not a traceback
-        if disk_fault(e) is None:
-            raise
-        print(f"error: {disk_fault(e)}", file=sys.stderr)
-        return 2
+        return exit_on_disk_fault(e)
     finally:
         held.close()
     return 0
