@@ -117,13 +117,15 @@ def read_yaml(path: str | Path) -> dict:
                 raise ConfigError(
                     str(path), [f"{info.st_size:,} bytes: a config is at most {MAX_CONFIG_BYTES:,}"]
                 )
-            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read the file ({e.strerror})"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:  # it grew while being read
+        raise ConfigError(str(path), [f"a config is at most {MAX_CONFIG_BYTES:,} bytes"])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), [f"not UTF-8 text (byte {e.start})"]) from None
-    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:  # it grew while being read
-        raise ConfigError(str(path), [f"a config is at most {MAX_CONFIG_BYTES:,} bytes"])
     try:
         data = parse_yaml(text)
     except ConfigError as e:

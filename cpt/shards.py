@@ -164,13 +164,12 @@ def read_rows(
     columns: Sequence[str] = ("text",),
     optional: Sequence[str] = (),
     batch_size: int = 1024,
-    counts: dict[str, int] | None = None,
 ) -> Iterator[dict]:
     """The rows of one Parquet shard as dicts of `columns` (which must exist) and `optional` columns
     (None where the file lacks them), streamed a batch at a time: the one reader of text from Parquet.
 
     ShardReadError names the file when it is not Parquet or lacks a required column. String values of
-    invalid UTF-8 are repaired (`batch_rows`) and, given `counts`, counted there as `repaired_utf8`."""
+    invalid UTF-8 are repaired (`batch_rows`)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -188,10 +187,7 @@ def read_rows(
     absent = [c for c in optional if c not in names]
     with pf:
         for batch in pf.iter_batches(columns=present, batch_size=batch_size):
-            rows, bad = batch_rows(batch)
-            if bad and counts is not None:
-                counts["repaired_utf8"] = counts.get("repaired_utf8", 0) + bad
-            for row in rows:
+            for row in batch_rows(batch)[0]:
                 for c in absent:
                     row[c] = None
                 yield row

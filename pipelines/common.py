@@ -342,6 +342,18 @@ def _queued_jobs() -> list[tuple[str, str, str, str]]:
     raise SlurmError(f"squeue failed: {proc.stderr.strip() or f'exit code {proc.returncode}'}")
 
 
+def _with_dependents(jobs: set[str], queued: list[tuple[str, str, str, str]]) -> set[str]:
+    """`jobs` and every queued job that waits on one of them, however indirectly (datatrove's stats
+    merge, the next stage)."""
+    ours = set(jobs)
+    grew = True
+    while grew:
+        before = len(ours)
+        ours |= {job for job, _, _, dep in queued if set(re.findall(r"\d+", dep)) & ours}
+        grew = len(ours) > before
+    return ours
+
+
 SLURM_JOBS = ".cpt.slurm_jobs"  # in an output: the jobs a submission without --wait left writing it
 
 
@@ -358,12 +370,7 @@ def check_slurm_jobs_ended(output: str | Path) -> None:
         jobs = set()
     if jobs and shutil.which("squeue"):
         queued = _queued_jobs()
-        ours = set(jobs)
-        grew = True
-        while grew:  # a job that waits on one of ours (datatrove's stats merge, the next stage) is ours too
-            before = len(ours)
-            ours |= {job for job, _, _, dep in queued if set(re.findall(r"\d+", dep)) & ours}
-            grew = len(ours) > before
+        ours = _with_dependents(jobs, queued)
         still = sorted({job for job, _, _, _ in queued if job in ours}, key=int)
         if still:
             raise OutputError(
@@ -387,11 +394,7 @@ def wait_for_slurm(job_ids: list[str], poll: float = 10.0) -> None:
           file=sys.stderr, flush=True)  # fmt: skip
     while True:
         queued = _queued_jobs()
-        grew = True
-        while grew:  # follow dependencies: a job that waits on one of ours is ours too
-            before = len(ours)
-            ours |= {job for job, _, _, dep in queued if set(re.findall(r"\d+", dep)) & ours}
-            grew = len(ours) > before
+        ours = _with_dependents(ours, queued)
         mine = [(job, state, reason) for job, state, reason, _ in queued if job in ours]
         if not mine:
             return

@@ -154,13 +154,15 @@ def load_plain(path: str | Path):
         raise DamagedCheckpoint(f"{path}: unreadable ({_first_line(e)}); truncated or damaged") from None
 
 
+_STATES_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO 0-2; 3
+
+
 def verify(folder: str | Path) -> None:
     """Raise DamagedCheckpoint or UnsafeCheckpoint unless every file of the checkpoint in `folder` is
     there (DeepSpeed's model and optimizer states and an RNG file for each rank it was saved by) and
     every `.pt` file loads as plain data."""
     folder = Path(folder)
-    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO 0-2; 3
-    states_file = next((folder / n for n in names if (folder / n).is_file()), None)
+    states_file = next((folder / n for n in _STATES_FILES if (folder / n).is_file()), None)
     if states_file is None:
         raise DamagedCheckpoint(f"{folder}: no DeepSpeed model states file (mp_rank_00_model_states.pt)")
     states = None
@@ -170,8 +172,7 @@ def verify(folder: str | Path) -> None:
             states = loaded
     if not isinstance(states, dict):
         raise DamagedCheckpoint(f"{states_file}: not DeepSpeed model states (no dictionary)")
-    ranks = int(states.get("dp_world_size") or 1)
-    zero = ((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0)
+    ranks, zero = _shape(states)
     for r in range(ranks):
         needed = [[f"rng_rank{r}.pt"]]
         if int(zero) >= 1:
@@ -189,8 +190,11 @@ def verify(folder: str | Path) -> None:
 def saved_by(folder: str | Path) -> tuple[int, int]:
     """(ranks, ZeRO stage) of a verified checkpoint folder, from its model states (memory-mapped)."""
     folder = Path(folder)
-    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
-    states = load_plain(next(folder / n for n in names if (folder / n).is_file()))
+    return _shape(load_plain(next(folder / n for n in _STATES_FILES if (folder / n).is_file())))
+
+
+def _shape(states: dict) -> tuple[int, int]:
+    """(ranks, ZeRO stage) that DeepSpeed's model states record."""
     zero = ((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0)
     return int(states.get("dp_world_size") or 1), int(zero)
 

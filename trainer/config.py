@@ -194,23 +194,19 @@ class TrainConfig:
             problems.append("mix: missing (a stage name such as stage2, or a manifest path)")
         if not self.model.path:
             problems.append("model.path: missing (a Hugging Face model folder; --model DIR)")
-        for key, value in (
-            ("data.micro_batch_size", self.data.micro_batch_size),
-            ("data.gradient_accumulation", self.data.gradient_accumulation),
-            ("checkpoint.keep", self.checkpoint.keep),
-            ("checkpoint.every", self.checkpoint.every),
-            ("log.every", self.log.every),
+        for key, value, least in (
+            ("data.micro_batch_size", self.data.micro_batch_size, 1),
+            ("data.gradient_accumulation", self.data.gradient_accumulation, 1),
+            ("checkpoint.keep", self.checkpoint.keep, 1),
+            ("checkpoint.every", self.checkpoint.every, 1),
+            ("log.every", self.log.every, 1),
+            ("data.workers", self.data.workers, 0),
+            ("eval.every", self.eval.every, 0),
+            ("optim.weight_decay", self.optim.weight_decay, 0),
+            ("optim.clip", self.optim.clip, 0),
         ):
-            if value < 1:
-                problems.append(f"{key}: must be >= 1 (got {value})")
-        for key, value in (
-            ("data.workers", self.data.workers),
-            ("eval.every", self.eval.every),
-            ("optim.weight_decay", self.optim.weight_decay),
-            ("optim.clip", self.optim.clip),
-        ):
-            if value < 0:
-                problems.append(f"{key}: must be >= 0 (got {value})")
+            if value < least:
+                problems.append(f"{key}: must be >= {least} (got {value})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps: must be >= 1 (got {self.max_steps})")
         if self.optim.lr <= 0 or self.schedule.min_lr < 0 or self.schedule.min_lr > self.optim.lr:

@@ -81,17 +81,17 @@ def _drop_redone(path: Path, start_step: int) -> None:
     fresh start (step 0) keeps none; a line cut by a kill is dropped. Rewritten whole, or not at all."""
     if not path.is_file():
         return
+    text = path.read_text(encoding="utf-8")
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    for line in text.splitlines(keepends=True):
         try:
             step = json.loads(line)["step"]
         except (ValueError, KeyError, TypeError):
             continue
         if start_step > 0 and isinstance(step, int) and step <= start_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    text = "".join(kept)
-    if text != path.read_text(encoding="utf-8"):
-        write_text(path, text)
+    if "".join(kept) != text:
+        write_text(path, "".join(kept))
 
 
 class RunLogger:
