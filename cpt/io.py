@@ -168,20 +168,22 @@ _DISK_FAULTS = {
 }
 
 
-def disk_fault(e: OSError) -> str | None:
+def disk_fault(e: OSError, where: str | Path | None = None) -> str | None:
     """One line for a fault of the disk a command writes to (full, read-only, not permitted), naming the
-    path; None for any other OSError (a bug or a missing input, reported as such)."""
+    path (the error's own, else `where`: the folder being written); None for any other OSError (a bug or
+    a missing input, reported as such)."""
     why = _DISK_FAULTS.get(e.errno)
     if why is None:
         return None
-    where = e.filename if e.filename is not None else "writing"
+    where = e.filename if e.filename is not None else where or "writing"
     return f"{where}: {why}"
 
 
-def exit_on_disk_fault(e: OSError, say: bool = True) -> int:
+def exit_on_disk_fault(e: OSError, say: bool = True, where: str | Path | None = None) -> int:
     """In a command's `except OSError`: print the fault's one line (when `say`) and return exit status 2,
-    or re-raise what is not a disk fault (a bug or a missing input, reported as such)."""
-    line = disk_fault(e)
+    or re-raise what is not a disk fault (a bug or a missing input, reported as such). `where` names the
+    output for errors that carry no file name (pyarrow's, a library's short write)."""
+    line = disk_fault(e, where)
     if line is None:
         raise  # noqa: PLE0704 - called from the except clause handling `e`
     if say:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from datatrove.executor import RayPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor
 
 from cpt.config import ConfigError
-from cpt.io import OutputError, write_json
+from cpt.io import OutputError, disk_fault, write_json
 
 
 @dataclass
@@ -268,11 +268,9 @@ def make_executor(
             skip_completed=True,
             depends=depends,
         )
-    from datatrove.executor import LocalPipelineExecutor
-
     # never more tasks at once than this process may use CPUs, unless --workers asks for more: each
     # extra one only slows the others down
-    return LocalPipelineExecutor(
+    return LocalExecutor(
         pipeline,
         tasks=tasks,
         workers=min(workers or available_cpus(), tasks),
@@ -280,6 +278,58 @@ def make_executor(
         skip_completed=True,
         depends=depends,
     )
+
+
+# datatrove's task log line, on the terminal and in the task's log file
+_LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | <level>{level: <8}</level> | {name}:{function}:{line} - <level>{message}</level>"
+
+
+def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+    """datatrove's `add_task_logger` (the same handlers, levels and format), except that a failed task is
+    one line on the terminal, naming its log file, where datatrove prints the whole traceback (it stays
+    in the log file); and that a log file that cannot be written (the full disk that failed the task)
+    drops its lines instead of printing loguru's own error report, three tracebacks long."""
+    from loguru import logger
+
+    logger.remove()
+    name = f"logs/task_{rank:05d}.log"
+    logfile = logging_dir.open(name, "w")
+    where = logging_dir.resolve_paths(name)
+
+    def terminal(record) -> str:  # a format function: loguru appends no traceback of its own
+        error = record["exception"] and record["exception"].value
+        # the traceback's place, unless the disk is what failed: then the log file may not hold it
+        failed = f" (traceback in {where})" if error and not (isinstance(error, OSError) and disk_fault(error)) else ""
+        return _LOG_FORMAT + failed.replace("{", "{{").replace("}", "}}") + "\n"
+
+    def to_file(message) -> None:
+        try:
+            logfile.write(message)
+        except OSError:  # the task's own error says what happened to the disk
+            pass
+
+    prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
+    logger.add(sys.stderr, level="INFO" if local_rank == 0 else "ERROR", format=lambda r: prefix + terminal(r))
+    logger.add(to_file, level="DEBUG", format=prefix + _LOG_FORMAT, colorize=False)
+    logger.info(f"Launching pipeline for {rank=}")
+    return logfile
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """datatrove's LocalPipelineExecutor with cpt's task logger (`_task_logger`). datatrove's
+    `_run_for_rank` sets a task's logging up through the module-level `add_task_logger` and offers no
+    parameter for it, so that name is swapped for the duration of each task (in the worker process that
+    runs it: this class is what the worker unpickles, so the swap happens there too)."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        import datatrove.executor.base as base
+
+        own = base.add_task_logger
+        base.add_task_logger = _task_logger
+        try:
+            return super()._run_for_rank(rank, local_rank, node_rank)
+        finally:
+            base.add_task_logger = own
 
 
 class RayStage(RayPipelineExecutor):

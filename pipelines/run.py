@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the output's disk full or read-only: one line, not a traceback
-        return exit_on_disk_fault(e)
+        return exit_on_disk_fault(e, where=getattr(args, "output", None))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class ShardWriter(ParquetWriter):
             batch_size=rows_per_group,
             max_file_size=max_file_size,
             schema=CLEAN_SCHEMA,
+            # pyarrow 26 aborts the process (a failed CHECK in column_writer.cc, exit 134) when a write
+            # under content-defined chunking fails, as on a full disk; chunking only helps uploads to
+            # a deduplicating store (the Hub's Xet), which shards that feed the next pipeline are not
+            use_content_defined_chunking=False,
         )
         self.source = source
         self._written: set[str] = set()

@@ -10,8 +10,10 @@ without it, or read with another tokenizer, are refused.
 from __future__ import annotations
 
 import array
+import contextlib
 import hashlib
 import json
+import os
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
+from datatrove.io import get_datafolder
 from datatrove.pipeline.tokens import DocumentTokenizer
+from datatrove.pipeline.tokens.tokenizer import TokenizedFile
 
 from cpt.funnel import add_stats
 from cpt.io import JsonFileError, read_json, write_text
@@ -129,6 +133,50 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+class StagedTokenizedFile(TokenizedFile):
+    """datatrove's TokenizedFile written under temporary names (`.NAME.<pid>.tmp`, `.tmp.index`,
+    `.tmp.metadata`), each renamed to its final name (`NAME`, `NAME.index`, `NAME.metadata`) by `close()`
+    once whole, the token file last: a task that fails, is killed or runs out of disk leaves no `.ds`
+    under a final name, only temporary files that its rerun removes (the output lock makes every other
+    writer of the folder a dead one)."""
+
+    def __init__(self, output_folder, filename: str, **kwargs):
+        folder = get_datafolder(output_folder)
+        for stale in folder.glob(f".{filename}.*.tmp*"):  # a killed earlier try of this task
+            folder.rm_file(stale)
+        self.final_name = filename
+        super().__init__(folder, f".{filename}.{os.getpid()}.tmp", **kwargs)
+
+    def close(self):
+        with self.removed_on_error():  # a full disk fails the flush of what is buffered, or the index
+            super().close()
+        staged = self.filename
+        for suffix in (".index", ".metadata", ""):  # the token file last: it names the shard
+            if suffix == "" or self.output_folder.exists(staged + suffix):
+                self.output_folder.mv(staged + suffix, self.final_name + suffix)
+        self.filename = self.final_name
+
+    @contextlib.contextmanager
+    def removed_on_error(self):
+        """Within it, an error removes this file's temporary files before it goes on up."""
+        with StagedTokenizedFile.all_removed_on_error({None: self}):
+            yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def all_removed_on_error(files: dict):
+        """Within it, an error removes the temporary files of `files`' values (as they are then)."""
+        try:
+            yield
+        except BaseException:
+            for file in files.values():
+                with contextlib.suppress(OSError):  # a full disk fails the flush of what is buffered
+                    file.tokens_file.close()
+                with contextlib.suppress(OSError):
+                    file.cleanup()
+            raise
+
+
 class FastDocumentTokenizer(DocumentTokenizer):
     """datatrove's DocumentTokenizer with the same files out, its per-document work done per batch."""
 
@@ -151,9 +199,7 @@ class FastDocumentTokenizer(DocumentTokenizer):
         return loaded
 
     def _new_file(self, folder, filename: str):
-        from datatrove.pipeline.tokens.tokenizer import TokenizedFile
-
-        return TokenizedFile(
+        return StagedTokenizedFile(
             folder,
             filename,
             save_index=self.save_index or self.shuffle_documents or self.shuffle_chunk_size,
@@ -229,7 +275,7 @@ class FastDocumentTokenizer(DocumentTokenizer):
         if self.save_loss_metadata:
             return super().write_unshuffled(data, filename)
         unshuff = self._new_file(self.output_folder, filename)
-        with self.track_time(unit="batch"):
+        with unshuff.removed_on_error(), self.track_time(unit="batch"):
             for _, (flat, lengths) in self._encoded_batches(data):
                 self._write(unshuff, flat, lengths)
         unshuff.close()
@@ -266,8 +312,8 @@ class SplitDocumentTokenizer(FastDocumentTokenizer):
         from datatrove.pipeline.tokens.tokenizer import get_output_filename
 
         filename = get_output_filename(self.save_filename, rank, "unshuffled")
-        files = {}
-        with self.track_time(unit="batch"):
+        files: dict[str, StagedTokenizedFile] = {}
+        with StagedTokenizedFile.all_removed_on_error(files), self.track_time(unit="batch"):
             for docs, (flat, lengths) in self._encoded_batches(data):
                 ends = np.cumsum(lengths).tolist()
                 groups: dict[str, list[int]] = {}  # value -> its documents' positions in the batch
