@@ -79,6 +79,11 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1  # not on norms and biases
     clip: float = 1.0
+    # a step whose loss or gradient norm is not finite: `stop` the run (exit 1, the last checkpoint kept), or
+    # `skip` it as Megatron does (DeepSpeed discards the update, the step is counted as skipped_steps in
+    # metrics.jsonl and training goes on); `max_skips` skipped steps in a row stop the run as `stop` would
+    nan_policy: Literal["stop", "skip"] = "stop"
+    max_skips: int = 10
 
 
 @dataclass
@@ -204,6 +209,7 @@ class TrainConfig:
             ("eval.every", self.eval.every, 0),
             ("optim.weight_decay", self.optim.weight_decay, 0),
             ("optim.clip", self.optim.clip, 0),
+            ("optim.max_skips", self.optim.max_skips, 1),
         ):
             if value < least:
                 problems.append(f"{key}: must be >= {least} (got {value})")

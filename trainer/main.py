@@ -894,6 +894,7 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
     if start.resume_tag:
         step, tokens_seen = resume(engine, loader, ema, run_dir, start.resume_tag, manifest, segments)
     first_step, saved_step = step, step
+    skips_in_a_row = 0
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
@@ -947,7 +948,16 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
             step_loss += losses.detach().sum().double()
         step += 1
         bad = non_finite(step_loss, engine.get_global_grad_norm(), device)
-        if bad:  # the step has already moved the weights: nothing of it is saved, the last checkpoint stays
+        # `skip`: DeepSpeed's overflow check found the gradients non-finite and discarded the update (the
+        # same decision on every rank: the norm is global); the schedule moves on as after any step, so
+        # the LR of a step does not depend on what was skipped before it
+        skipped = bool(bad) and cfg.optim.nan_policy == "skip" and not engine.was_step_applied()
+        skips_in_a_row = skips_in_a_row + 1 if skipped else 0
+        if skipped and skips_in_a_row <= cfg.optim.max_skips:
+            schedule.step()
+            if progress is not None:  # a line of its own, above the progress bar
+                progress.write(f"warning: step {step} skipped: its {bad} is not finite", file=sys.stderr)
+        elif bad:  # the step has already moved the weights: nothing of it is saved, the last checkpoint stays
             if progress is not None:
                 progress.close()
             logger.close()
@@ -955,8 +965,15 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
                 kept = (
                     f"checkpoint step_{saved_step:08d} is kept" if saved_step else "no checkpoint was written"
                 )
+                why = (
+                    f"non-finite in {skips_in_a_row} steps in a row (optim.max_skips {cfg.optim.max_skips})"
+                    if skipped
+                    else "applied by DeepSpeed all the same (its overflow check is off here: use ZeRO 1-3 or bf16)"
+                    if cfg.optim.nan_policy == "skip"
+                    else "became non-finite"
+                )
                 print(
-                    f"error: the {bad} became non-finite at step {step}: the run stopped without saving ({kept}); "
+                    f"error: the {bad} {why} at step {step}: the run stopped without saving ({kept}); "
                     "lower optim.lr or look at this step's data, then run again (with --resume auto)",
                     file=sys.stderr,
                 )
@@ -990,6 +1007,8 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
                 "tflops_per_device": tokens_per_s * flops / world / 1e12,
                 "tflops_per_device_docs": tokens_per_s * flops_docs / world / 1e12,
             }
+            if engine.skipped_steps:  # steps discarded for non-finite gradients, in all (nan_policy skip)
+                record["skipped_steps"] = engine.skipped_steps
             if peak:
                 record["mfu"] = tokens_per_s * flops / world / peak
                 record["mfu_docs"] = tokens_per_s * flops_docs / world / peak
@@ -1029,8 +1048,10 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
             )
         return STOPPED
     if rank == 0:
+        skips = f" ({engine.skipped_steps} skipped: non-finite)" if engine.skipped_steps else ""
         print(
-            f"done: {step} steps, {tokens_seen:,} tokens; checkpoints in {checkpoint.checkpoint_dir(run_dir)}"
+            f"done: {step} steps{skips}, {tokens_seen:,} tokens; "
+            f"checkpoints in {checkpoint.checkpoint_dir(run_dir)}"
         )
     return 0
 

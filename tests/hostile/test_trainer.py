@@ -452,6 +452,23 @@ def test_a_loss_or_gradient_norm_that_becomes_non_finite_stops_the_run_keeping_t
         v is None or not isinstance(v, float) or math.isfinite(v) for v in records[1].values()
     )
 
+    # nan_policy skip: DeepSpeed discards steps 2 and 3 (counted), the third in a row stops the run
+    out = tmp_path / "skip"
+    proc = _run(_train_argv(setup, out, "max_steps=6", "checkpoint.every=1", "checkpoint.keep=10", "eval.sets=[]",
+                            "log.every=1", "optim.lr=1e30", "schedule.min_lr=0", "schedule.warmup_ratio=0",
+                            "optim.nan_policy=skip", "optim.max_skips=2"))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert [line.split(":")[1] for line in _lines(proc, "warning: step")] == [" step 2 skipped", " step 3 skipped"]
+    errors = _lines(proc, "error:")
+    assert len(errors) == 1 and "non-finite in 3 steps in a row (optim.max_skips 2) at step 4" in errors[0]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    assert [read_metrics(out)[k].get("skipped_steps") for k in (1, 2, 3)] == [None, 1, 2]
+    weights = [
+        torch.load(ckpt(out, k) / "mp_rank_00_model_states.pt", weights_only=True, mmap=True)["module"]
+        for k in (1, 3)
+    ]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])  # skipped: untouched
+
 
 def test_a_second_run_into_a_run_folder_in_use_is_refused_before_it_loads_the_model(setup, tmp_path):
     """One writer per run folder: while another process holds it (here the test itself, as a running
