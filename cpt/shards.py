@@ -164,12 +164,14 @@ def read_rows(
     columns: Sequence[str] = ("text",),
     optional: Sequence[str] = (),
     batch_size: int = 1024,
+    counts: dict | None = None,
 ) -> Iterator[dict]:
     """The rows of one Parquet shard as dicts of `columns` (which must exist) and `optional` columns
     (None where the file lacks them), streamed a batch at a time: the one reader of text from Parquet.
 
     ShardReadError names the file when it is not Parquet or lacks a required column. String values of
-    invalid UTF-8 are repaired (`batch_rows`)."""
+    invalid UTF-8 are repaired (`batch_rows`) and, when `counts` is given, counted in its
+    `repaired_utf8`."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -187,7 +189,10 @@ def read_rows(
     absent = [c for c in optional if c not in names]
     with pf:
         for batch in pf.iter_batches(columns=present, batch_size=batch_size):
-            for row in batch_rows(batch)[0]:
+            rows, repaired = batch_rows(batch)
+            if counts is not None and repaired:
+                counts["repaired_utf8"] = counts.get("repaired_utf8", 0) + repaired
+            for row in rows:
                 for c in absent:
                     row[c] = None
                 yield row

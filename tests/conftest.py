@@ -176,3 +176,24 @@ def busy_cores(per_core: int = 2):
             p.kill()
         for p in procs:
             p.wait()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (and a read-only one) under tmp_path: a disk that fills up at a trainer's first
+    checkpoint or a pipeline's first shards.
+    Mounting needs root (CAP_SYS_ADMIN); elsewhere the test skips, saying so."""
+    disks = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
+    mounted = []
+    try:
+        for name, options in (("full", "size=256k"), ("ro", "ro,size=64k")):
+            disks[name].mkdir()
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disks[name])],
+                                  capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()[:200]}")
+            mounted.append(disks[name])
+        yield disks
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", str(folder)], check=False)

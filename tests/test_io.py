@@ -239,6 +239,7 @@ def _commands(output: Path, tmp: Path) -> dict[str, list[str]]:
             str(output),
         ],  # fmt: skip
         "cpt report": [py, "-m", "trainer.cli", "report", nothing, "--output", str(output)],
+        "cpt ablate": [py, "-m", "trainer.cli", "ablate", "--grid", nothing, "--output", str(output)],
     }
 
 

@@ -18,6 +18,17 @@ from cpt.io import OutputError, exit_on_disk_fault, output_lock, write_json
 from cpt.tok.merge import TokenizerError
 
 
+def _say_repaired(folder) -> None:
+    """A warning line when the corpus held text of invalid UTF-8 (counted in train.json)."""
+    repaired = json.loads((folder / "train.json").read_text(encoding="utf-8")).get("repaired_utf8", 0)
+    if repaired:
+        print(
+            f"warning: {repaired:,} texts of invalid UTF-8 in the corpus were read with U+FFFD for the bad "
+            "bytes (train.json: repaired_utf8)",
+            file=sys.stderr,
+        )
+
+
 def _options(items: list[str]) -> dict:
     """`--set key=value` pairs passed to SentencePiece's trainer, values parsed as YAML (as every `--set`)."""
     try:
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
             print(f"wrote {path}: {found:,} tokens the base lacks{short}")
+            _say_repaired(path.parent)
         elif args.command == "train":
             from cpt.tok.train import train
 
@@ -166,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 _options(args.options),
             )
             print(f"wrote {path}")
+            _say_repaired(path.parent)
         elif args.command == "merge":
             from pathlib import Path
 

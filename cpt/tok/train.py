@@ -34,8 +34,10 @@ TRAIN_DEFAULTS = {
 }
 
 
-def iter_texts(source: str | Path) -> Iterator[str]:
-    """Documents from Parquet shards (their `text` column) or text files (one document a line)."""
+def iter_texts(source: str | Path, counts: dict | None = None) -> Iterator[str]:
+    """Documents from Parquet shards (their `text` column) or text files (one document a line). Text of
+    invalid UTF-8 is decoded with U+FFFD for the bad bytes and, when `counts` is given, counted in its
+    `repaired_utf8` (a Parquet value or a line of a text file each)."""
     source = Path(source)
     if source.is_file():
         files = [source]
@@ -49,12 +51,20 @@ def iter_texts(source: str | Path) -> Iterator[str]:
     for path in files:
         if path.suffix == ".parquet":
             try:
-                yield from (row["text"] for row in read_rows(path) if row["text"])
+                yield from (row["text"] for row in read_rows(path, counts=counts) if row["text"])
             except ShardReadError as e:
                 raise TokenizerError(str(e)) from None
         else:
-            with path.open(encoding="utf-8", errors="replace") as f:
-                yield from (line.rstrip("\n") for line in f if line.strip())
+            with path.open("rb") as f:
+                for raw in f:
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        line = raw.decode("utf-8", errors="replace")
+                        if counts is not None:
+                            counts["repaired_utf8"] = counts.get("repaired_utf8", 0) + 1
+                    if line.strip():
+                        yield line.rstrip("\n")
 
 
 def sample_lines(texts: Iterator[str], max_lines: int, seed: int = 0) -> list[str]:
@@ -88,7 +98,8 @@ def train(
     """Train and write `output/tokenizer.model` (and `train.json` with the settings); returns the model."""
     import sentencepiece as spm
 
-    lines = sample_lines(iter_texts(source), max_lines, seed)
+    counts: dict = {}
+    lines = sample_lines(iter_texts(source, counts), max_lines, seed)
     if not lines:
         raise TokenizerError(f"{source}: no text to train on")
     settings = {**TRAIN_DEFAULTS, "model_type": model_type, "vocab_size": vocab_size, **(options or {})}
@@ -100,6 +111,7 @@ def train(
     output = Path(output)
     write_bytes(output / "tokenizer.model", model.getvalue())
     info = {"source": str(source), "lines_sampled": len(lines), "seed": seed, **settings}
+    info["repaired_utf8"] = counts.get("repaired_utf8", 0)  # texts of invalid UTF-8, decoded with U+FFFD
     write_json(output / "train.json", info)
     return output / "tokenizer.model"
 
@@ -121,8 +133,10 @@ def train_byte_bpe(
     if options:
         raise TokenizerError(f"--set {next(iter(options))}: byte-bpe takes only --set min_frequency=N")
     bpe.load_byte_level(base, "--base")  # before reading the corpus
-    lines = sample_lines(iter_texts(source), max_lines, seed)
+    counts: dict = {}
+    lines = sample_lines(iter_texts(source, counts), max_lines, seed)
     if not lines:
         raise TokenizerError(f"{source}: no text to train on")
     info = {"source": str(source), "lines_sampled": len(lines), "seed": seed}
+    info["repaired_utf8"] = counts.get("repaired_utf8", 0)  # texts of invalid UTF-8, decoded with U+FFFD
     return bpe.train(lines, base, new_tokens, output, info, min_frequency)

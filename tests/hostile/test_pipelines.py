@@ -240,3 +240,74 @@ def test_input_files_that_could_not_be_read_are_a_warning(tmp_path):
     funnel = json.loads((tmp_path / "out" / "report" / "funnel.json").read_text())
     assert funnel["steps"][0]["removed"] == {"not_warc": 1} and funnel["outputs"] == {"und": 2}
     assert any("not_warc" in w for w in funnel["warnings"])
+
+
+def _words_jsonl(path: Path, docs: int) -> Path:
+    """`docs` documents of random lowercase words (seeded): text that compresses little, to fill a disk."""
+    import random
+
+    rng = random.Random(0)
+    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(20000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(docs):
+            f.write(json.dumps({"id": f"w{i}", "text": " ".join(rng.choices(vocabulary, k=100))}) + "\n")
+    return path
+
+
+def test_a_full_disk_under_clean_and_tokenize_is_one_line_and_leaves_nothing_under_a_final_name(
+    tmp_path, small_disk
+):
+    """clean and tokenize into a 256 KiB disk: exit 2, one `error:` line naming the output, no traceback
+    (pyarrow used to abort the process), and no shard or token file under a name a reader would take."""
+    _words_jsonl(tmp_path / "in" / "words.jsonl", 3000)  # ~1.9 MB of text, ~3 MB of uint32 tokens
+    full = small_disk["full"]
+    proc = run_cli("clean", "--input", str(tmp_path / "in"), "--output", str(full / "clean"), *CLEAN, check=False)
+    _one_line_error(proc, f"{full / 'clean'}: no space left on the device")
+    assert not list((full / "clean").rglob("*.parquet"))
+
+    run_cli("clean", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "clean"), *CLEAN)
+    proc = run_cli("tokenize", "--input", str(tmp_path / "clean" / "und"), "--tokenizer", str(llama3_tokenizer()),
+                   "--output", str(full / "tokens"), "--no-progress", check=False)  # fmt: skip
+    _one_line_error(proc, f"{full / 'tokens'}: no space left on the device")
+    assert not [p.name for p in (full / "tokens").iterdir() if p.name.endswith((".ds", ".index", ".metadata"))]
+    assert not (full / "tokens" / "tokens.json").exists()
+
+
+def test_two_clean_runs_into_one_output_one_is_refused_and_the_other_writes_what_it_would_alone(finished, tmp_path):
+    """Two real runs at once: the second, started while the first holds the output (the first is paused
+    with SIGSTOP once its lock file names it, so the order does not depend on timing), exits 2 naming the
+    first; the first then finishes with the documents of a run alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "clean"
+    argv = [sys.executable, "pipelines/run.py", "clean", "--input", str(finished["input"]), "--output", str(out),
+            *CLEAN]  # fmt: skip
+    first = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while first.poll() is None:  # the lock file names its holder once the lock is taken
+            try:
+                if json.loads((out / ".cpt.lock").read_text())["pid"] == first.pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    _one_line_error(second, f"another command is writing it (pipelines/run.py clean, pid {first.pid}")
+    rows = {
+        run: sorted(pq.read_table(sorted(folder.glob("*/*.parquet"))).select(["id", "text"]).to_pylist(),
+                    key=lambda r: r["id"])
+        for run, folder in (("alone", finished["clean"]), ("first", out))
+    }  # fmt: skip
+    assert rows["first"] == rows["alone"] and len(rows["alone"]) == 12

@@ -319,6 +319,14 @@ def test_invalid_utf8_in_a_parquet_text_is_repaired_and_counted_and_the_shard_ke
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tokens / "tokens.json").read_text())["documents"] == 4
 
+    # cpt-tok train's reader: the shard and a text file with a bad line, each value counted once
+    from cpt.tok.train import iter_texts
+
+    (tmp_path / "in" / "en" / "b.txt").write_bytes(b"a good line\nbad " + BAD_UTF8 + b" line\n")
+    counts: dict = {}
+    texts = list(iter_texts(tmp_path / "in" / "en", counts))
+    assert len(texts) == 6 and sum("\ufffd" in t for t in texts) == 2 and counts == {"repaired_utf8": 2}
+
 
 def test_the_size_cap_holds_for_every_input_kind_as_it_is_read(tmp_path):
     """extract.max_chars, before any work: a jsonl or Parquet text over it is `too_large` at the read

@@ -482,26 +482,6 @@ def test_a_second_run_into_a_run_folder_in_use_is_refused_before_it_loads_the_mo
     assert "Loading weights" not in proc.stderr and not out.exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (and a read-only one) under tmp_path: a disk that fills up at the first checkpoint.
-    Mounting needs root (CAP_SYS_ADMIN); elsewhere the test skips, saying so."""
-    disks = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
-    mounted = []
-    try:
-        for name, options in (("full", "size=256k"), ("ro", "ro,size=64k")):
-            disks[name].mkdir()
-            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disks[name])],
-                                  capture_output=True, text=True)  # fmt: skip
-            if proc.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()[:200]}")
-            mounted.append(disks[name])
-        yield disks
-    finally:
-        for folder in mounted:
-            subprocess.run(["umount", str(folder)], check=False)
-
-
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_half_checkpoint(setup, trained, small_disk):
     out = small_disk["full"] / "run"
     proc = _run(_train_argv(setup, out, "max_steps=2", "checkpoint.every=1", "eval.sets=[]"))
