@@ -299,7 +299,11 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
     def terminal(record) -> str:  # a format function: loguru appends no traceback of its own
         error = record["exception"] and record["exception"].value
         # the traceback's place, unless the disk is what failed: then the log file may not hold it
-        failed = f" (traceback in {where})" if error and not (isinstance(error, OSError) and disk_fault(error)) else ""
+        failed = (
+            f" (traceback in {where})"
+            if error and not (isinstance(error, OSError) and disk_fault(error))
+            else ""
+        )
         return _LOG_FORMAT + failed.replace("{", "{{").replace("}", "}}") + "\n"
 
     def to_file(message) -> None:
@@ -309,7 +313,9 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
             pass
 
     prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
-    logger.add(sys.stderr, level="INFO" if local_rank == 0 else "ERROR", format=lambda r: prefix + terminal(r))
+    logger.add(
+        sys.stderr, level="INFO" if local_rank == 0 else "ERROR", format=lambda r: prefix + terminal(r)
+    )
     logger.add(to_file, level="DEBUG", format=prefix + _LOG_FORMAT, colorize=False)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile

@@ -22,8 +22,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from datatrove.pipeline.base import PipelineStep
 from datatrove.io import get_datafolder
+from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.tokens import DocumentTokenizer
 from datatrove.pipeline.tokens.tokenizer import TokenizedFile
 

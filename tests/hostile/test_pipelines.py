@@ -247,7 +247,9 @@ def _words_jsonl(path: Path, docs: int) -> Path:
     import random
 
     rng = random.Random(0)
-    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(20000)]
+    vocabulary = [
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(20000)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for i in range(docs):
@@ -262,7 +264,9 @@ def test_a_full_disk_under_clean_and_tokenize_is_one_line_and_leaves_nothing_und
     (pyarrow used to abort the process), and no shard or token file under a name a reader would take."""
     _words_jsonl(tmp_path / "in" / "words.jsonl", 3000)  # ~1.9 MB of text, ~3 MB of uint32 tokens
     full = small_disk["full"]
-    proc = run_cli("clean", "--input", str(tmp_path / "in"), "--output", str(full / "clean"), *CLEAN, check=False)
+    proc = run_cli(
+        "clean", "--input", str(tmp_path / "in"), "--output", str(full / "clean"), *CLEAN, check=False
+    )
     _one_line_error(proc, f"{full / 'clean'}: no space left on the device")
     assert not list((full / "clean").rglob("*.parquet"))
 
@@ -270,11 +274,15 @@ def test_a_full_disk_under_clean_and_tokenize_is_one_line_and_leaves_nothing_und
     proc = run_cli("tokenize", "--input", str(tmp_path / "clean" / "und"), "--tokenizer", str(llama3_tokenizer()),
                    "--output", str(full / "tokens"), "--no-progress", check=False)  # fmt: skip
     _one_line_error(proc, f"{full / 'tokens'}: no space left on the device")
-    assert not [p.name for p in (full / "tokens").iterdir() if p.name.endswith((".ds", ".index", ".metadata"))]
+    assert not [
+        p.name for p in (full / "tokens").iterdir() if p.name.endswith((".ds", ".index", ".metadata"))
+    ]
     assert not (full / "tokens" / "tokens.json").exists()
 
 
-def test_two_clean_runs_into_one_output_one_is_refused_and_the_other_writes_what_it_would_alone(finished, tmp_path):
+def test_two_clean_runs_into_one_output_one_is_refused_and_the_other_writes_what_it_would_alone(
+    finished, tmp_path
+):
     """Two real runs at once: the second, started while the first holds the output (the first is paused
     with SIGSTOP once its lock file names it, so the order does not depend on timing), exits 2 naming the
     first; the first then finishes with the documents of a run alone."""

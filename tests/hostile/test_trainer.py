@@ -458,7 +458,10 @@ def test_a_loss_or_gradient_norm_that_becomes_non_finite_stops_the_run_keeping_t
                             "log.every=1", "optim.lr=1e30", "schedule.min_lr=0", "schedule.warmup_ratio=0",
                             "optim.nan_policy=skip", "optim.max_skips=2"))  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert [line.split(":")[1] for line in _lines(proc, "warning: step")] == [" step 2 skipped", " step 3 skipped"]
+    assert [line.split(":")[1] for line in _lines(proc, "warning: step")] == [
+        " step 2 skipped",
+        " step 3 skipped",
+    ]
     errors = _lines(proc, "error:")
     assert len(errors) == 1 and "non-finite in 3 steps in a row (optim.max_skips 2) at step 4" in errors[0]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000003"
