@@ -179,6 +179,19 @@ def disk_fault(e: OSError, where: str | Path | None = None) -> str | None:
     return f"{where}: {why}"
 
 
+def wrapped_disk_full(e: Exception, folder: str | Path) -> OSError | None:
+    """The full disk behind a library's own error for a failed write (torch.save's RuntimeError
+    "unexpected pos ...", safetensors' SafetensorError), as an ENOSPC OSError naming `folder`: when the
+    message says so, or when `folder`'s disk has under 1 MiB left; None otherwise (a bug, reported as such)."""
+    try:
+        nearly_full = shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        nearly_full = False
+    if "No space left" in str(e) or nearly_full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
+
+
 def exit_on_disk_fault(e: OSError, say: bool = True, where: str | Path | None = None) -> int:
     """In a command's `except OSError`: print the fault's one line (when `say`) and return exit status 2,
     or re-raise what is not a disk fault (a bug or a missing input, reported as such). `where` names the

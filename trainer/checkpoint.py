@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cpt.io import replace_dir, write_text
+from cpt.io import replace_dir, wrapped_disk_full, write_text
 
 LATEST = "latest"
 STEP_TAG = re.compile(r"step_(\d+)")
@@ -261,8 +261,9 @@ def save(
         before = latest_tag(run_dir)
         kept = f"{before} stays the latest" if before else "no earlier checkpoint"
         why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:200]
-        if isinstance(e, RuntimeError) and shutil.disk_usage(root).free < 1 << 20:
-            why = "No space left on device"  # torch.save's short write says only "unexpected pos ..."
+        full = wrapped_disk_full(e, root) if isinstance(e, RuntimeError) else None
+        if full is not None:  # torch.save's short write says only "unexpected pos ..."
+            why = full.strerror
         raise CheckpointError(
             f"{root / tag}: the checkpoint could not be written ({why}); {kept}: free space or fix "
             "the folder, then run the same command with --resume auto"

@@ -10,10 +10,8 @@ and renamed. The result loads with `AutoModelForCausalLM.from_pretrained` and ge
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,6 +30,7 @@ from cpt.io import (
     holds,
     output_lock,
     refuse_custom_code,
+    wrapped_disk_full,
     written_dir,
 )
 from trainer import checkpoint
@@ -137,9 +136,11 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, dtyp
         try:
             model.to(dtype).save_pretrained(tmp, safe_serialization=True)
         except (SafetensorError, RuntimeError) as e:  # they wrap a failed write's OSError in their own
-            if "No space left" in str(e) or shutil.disk_usage(tmp).free < 1 << 20:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output)) from None
-            raise
+            full = wrapped_disk_full(e, tmp)
+            if full is None:
+                raise
+            full.filename = str(output)
+            raise full from None
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
                 shutil.copy2(base / name, tmp / name)
