@@ -171,11 +171,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def heuristic_filters(cfg: CleanConfig) -> list[tuple[str, object]]:
+    """The heuristics step's filters, in order, each with its funnel label (`heuristics.<kind>`)."""
+    from cpt.steps.heuristics import HEURISTIC_FILTERS, PerLanguageFilter, word_tokenizers
+
+    tokenizers = word_tokenizers(cfg.languages)  # shared: a page split once serves the next filter
+    filters = []
+    for kind in HEURISTIC_FILTERS:
+        spec = dict(cfg.heuristics.get(kind, {}))
+        if spec.pop("enabled", True):
+            step = PerLanguageFilter(f"{kind} (per language)", kind, spec, cfg.languages, tokenizers)
+            filters.append((f"heuristics.{kind}", step))
+    return filters
+
+
 def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
     """The processing steps after the readers, and a funnel label for each."""
     from cpt.steps.dirty_words import DirtyWordsFilter, default_lists
     from cpt.steps.extract import make_extractor
-    from cpt.steps.heuristics import HEURISTIC_FILTERS, PerLanguageFilter, word_tokenizers
     from cpt.steps.langid import LanguageID
     from cpt.steps.pii import PIIRedactor
     from cpt.steps.url_filter import OfflineURLFilter
@@ -201,15 +214,9 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
         elif name == "langid":
             steps.append(LanguageID(cfg.languages, cfg.langid.min_score))
         elif name == "heuristics":
-            tokenizers = word_tokenizers(cfg.languages)  # shared: a page split once serves the next filter
-            for kind in HEURISTIC_FILTERS:
-                spec = dict(cfg.heuristics.get(kind, {}))
-                if not spec.pop("enabled", True):
-                    continue
-                steps.append(
-                    PerLanguageFilter(f"{kind} (per language)", kind, spec, cfg.languages, tokenizers)
-                )
-                labels.append(f"heuristics.{kind}")
+            for label, step in heuristic_filters(cfg):
+                steps.append(step)
+                labels.append(label)
             continue
         elif name == "dirty_words":
             steps.append(

@@ -7,8 +7,8 @@ Layout of a run folder:
                                    (step, loader state, manifest hash), rng_rank{r}.pt (each rank's torch
                                    and Python RNG)
     checkpoints/latest             the tag of the newest complete checkpoint
-A checkpoint is written under `step_N.tmp` (a name every rank knows without asking rank 0, as each
-writes its own files into it), renamed whole when every rank has finished (`cpt.io.replace_dir`), and
+A checkpoint is written under `step_N.<pid>.tmp` (rank 0's pid, told to every rank once: each writes
+its own files into it, and no other process uses the name), renamed whole when every rank has finished (`cpt.io.replace_dir`), and
 only then named in `latest` (`cpt.io.write_text`: a temporary file, renamed); after a save, checkpoints
 of earlier steps beyond `keep` are removed (by step number; never the one just written).
 
@@ -23,7 +23,9 @@ to the previous one.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 import pickle
 import random
 import re
@@ -238,6 +240,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
+@functools.cache
+def _saver() -> int:
+    """Rank 0's pid, the same on every rank (broadcast once): the temporary name of a checkpoint is this
+    run's own, and every rank writes its files into the same folder."""
+    pid = [os.getpid()]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(pid, src=0)
+    return pid[0]
+
+
 def save(
     engine, run_dir: str | Path, step: int, client_state: dict, keep: int, extra: dict | None = None
 ) -> Path:
@@ -245,10 +257,11 @@ def save(
     e.g. the EMA weights) as NAME.pt. Returns the finished checkpoint folder."""
     root = checkpoint_dir(run_dir)
     tag = f"step_{step:08d}"
-    tmp = root / f"{tag}.tmp"
+    tmp = root / f"{tag}.{_saver()}.tmp"
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if rank == 0 and tmp.exists():  # a crash during an earlier save of this step
-        shutil.rmtree(tmp)
+    if rank == 0:  # what a killed run left: the run folder's lock says no other run is writing
+        for stale in root.glob("step_*.tmp") if root.is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
     _barrier()
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, client_state=client_state, save_latest=False)

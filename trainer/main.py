@@ -220,7 +220,7 @@ def check_output(run_dir: Path, model: str) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("--output", [f"{run_dir} is a file, not a folder: choose another --output"])
     # a folder that already holds something else: the run would write config.json over theirs, and its
-    # checkpoint saves remove folders under checkpoints/ (a leftover step_N.tmp, pruned old steps)
+    # checkpoint saves remove folders under checkpoints/ (a leftover step_N.<pid>.tmp, pruned old steps)
     names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
     foreign = sorted(n for n in names if not _is_run_file(n))
     if foreign:

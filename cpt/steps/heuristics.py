@@ -195,8 +195,10 @@ def word_tokenizers(languages: list[str]) -> dict[str, WordTokenizer]:
 
 
 def filter_params(cls: type) -> set[str]:
-    """Keyword arguments a datatrove filter accepts (used to reject unknown keys in the config)."""
-    return {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "exclusion_writer")}
+    """Keyword arguments a datatrove filter accepts (used to reject unknown keys in the config), and
+    cpt's `more_stop_chars` where the filter takes `stop_chars`."""
+    params = {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "exclusion_writer")}
+    return params | {"more_stop_chars"} if "stop_chars" in params else params
 
 
 class PerLanguageFilter(BaseFilter):
@@ -223,8 +225,24 @@ class PerLanguageFilter(BaseFilter):
             params = dict(params_by_lang.get("default", {}))
             params.update(params_by_lang.get(lang, {}) if lang != "default" else {})
             params.setdefault("language", tokenizers.get(lang, tokenizers["en"]))
+            if isinstance(params.get("stop_chars"), (str, list)):  # YAML gives a string or a list
+                params["stop_chars"] = tuple(params["stop_chars"])  # str.endswith takes a tuple
+            if "more_stop_chars" in params:  # cpt's: characters that end a line too, beside the default's
+                from datatrove.utils.text import TERMINAL_PUNCTUATION
+
+                more = tuple(params.pop("more_stop_chars"))
+                params["stop_chars"] = tuple(params.get("stop_chars") or TERMINAL_PUNCTUATION) + more
             self.filters[lang] = cls(**params)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         lang = doc.metadata.get("lang", UNKNOWN_LANG)
-        return self.filters.get(lang, self.filters["default"]).filter(doc)
+        f = self.filters.get(lang, self.filters["default"])
+        result = f.filter(doc)
+        if self.kind == "c4_quality" and result == (False, "too_few_sentences"):
+            # C4 removes lines (a too long word, `javascript`, a policy phrase, ...) and then counts the
+            # sentences left: a document whose sentences were all in removed lines is `c4_lines_removed`
+            from datatrove.utils.text import split_into_sentences
+
+            if len(split_into_sentences(doc.text, f.language)) >= f.min_num_sentences:
+                return False, "c4_lines_removed"
+        return result
