@@ -41,6 +41,56 @@ def add_stats(step, labels, values) -> None:
         step.stats[label] = step.stats[label] + merged
 
 
+# a step's stats key counting the documents it passed on, by language and input file:
+# "group<TAB>LANG<TAB>FILE" (LANG `-` before language ID ran; FILE relative to the run's input folder)
+GROUP = "group\t"
+NO_LANG = "-"
+
+
+class GroupTally:
+    """A pipeline element placed right after `step`: passes every document on and counts it in `step`'s
+    own stats by its language and input file (`GROUP`), so that the funnel can be broken down by either.
+    Not a PipelineStep: datatrove saves stats only of those, so the steps keep their places in the stats
+    files. Documents without a `file_path` count under `-`."""
+
+    def __init__(self, step, root: str | Path):
+        self.step, self.root = step, str(root).rstrip("/") + "/"
+
+    def __repr__(self) -> str:  # datatrove's log of the pipeline names every element
+        return "    ↳ counted by language and input file (cpt)"
+
+    def __call__(self, data, rank: int = 0, world_size: int = 1):
+        names: dict[str, str] = {}
+        for doc in data or ():
+            meta = doc.metadata
+            path = meta.get("file_path") or ""
+            name = names.get(path)
+            if name is None:
+                name = names[path] = path.removeprefix(self.root) if path else NO_LANG
+            self.step.stat_update(f"{GROUP}{meta.get('lang') or NO_LANG}\t{name}")
+            yield doc
+
+
+def with_tallies(pipeline: list, n_readers: int, root: str | Path) -> list:
+    """`pipeline` with a GroupTally after its last reader and after every later step."""
+    out = list(pipeline[:n_readers])
+    if out:
+        out.append(GroupTally(out[-1], root))
+    for step in pipeline[n_readers:]:
+        out += [step, GroupTally(step, root)]
+    return out
+
+
+def _groups(stats: dict) -> dict[tuple[str, str], int]:
+    """(language, input file) -> documents a step passed on, from its stats (`GroupTally`'s keys)."""
+    found = {}
+    for key, value in stats.items():
+        if key.startswith(GROUP):
+            lang, _, name = key[len(GROUP) :].partition("\t")
+            found[(lang, name)] = int(value["total"] if isinstance(value, dict) else value)
+    return found
+
+
 @dataclass
 class FunnelRow:
     step: str
@@ -66,6 +116,10 @@ class Funnel:
     pipeline: str = ""  # clean, dedup, score: how a report names it
     languages: dict[str, list[FunnelRow]] = field(default_factory=dict)  # per-language rows (dedup)
     warnings: list[str] = field(default_factory=list)  # what a user must look at, e.g. many timeouts
+    # documents each step passed on, by input file and by language (clean): {name: {step: n}}; a
+    # language's steps start at language ID, where documents get one
+    by_input: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_language: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise if any step's documents in differ from kept + removed, or a step loses documents."""
@@ -91,6 +145,9 @@ class Funnel:
         }
         if self.languages:
             data["languages"] = {lang: [r.to_dict() for r in rows] for lang, rows in self.languages.items()}
+        if self.by_input:
+            data["by_input"] = self.by_input
+            data["by_language"] = self.by_language
         return json.dumps(data, indent=2, ensure_ascii=False)
 
     def save(self, path: str | Path) -> None:
@@ -111,9 +168,45 @@ class Funnel:
         if self.outputs:
             written = ", ".join(f"{lang}: {n:,}" for lang, n in sorted(self.outputs.items()))
             lines.append(f"written by language: {written}")
+        lines += self._breakdown()
         if self.tasks_done < self.tasks_total:
             lines.append(f"(partial: {self.tasks_done}/{self.tasks_total} tasks finished)")
         return "\n".join(lines)
+
+    def _breakdown(self, most: int = 10) -> list[str]:
+        """Kept from read to write for each input file (the `most` that kept least, when there are more),
+        and from language ID to write for each language; what removed most of each, by step."""
+        if not self.by_input or not self.rows:
+            return []
+        steps = [r.step for r in self.rows]
+
+        def line(name: str, counts: dict[str, int], first: str) -> str:
+            start, end = counts.get(first, 0), counts.get(steps[-1], 0)
+            chain = [counts.get(s, 0) for s in steps[steps.index(first) :]]
+            losses = [
+                (a - b, s) for a, b, s in zip(chain, chain[1:], steps[steps.index(first) + 1 :], strict=False)
+            ]
+            worst = max(losses, default=(0, ""))
+            pct = f"{100 * end / start:.1f}" if start else "-"
+            why = f"  most removed at {worst[1]} ({worst[0]:,})" if worst[0] > 0 else ""
+            return f"  {name[:40]:<40}  {start:>9,}  {end:>9,}  {pct:>7}{why}"
+
+        out = []
+        files = sorted(
+            self.by_input.items(),
+            key=lambda kv: (kv[1].get(steps[-1], 0) / max(kv[1].get("read", 0), 1), kv[0]),
+        )
+        if len(files) > 1:  # one input file's breakdown is the table above
+            out.append(f"by input file{'':<27}  {'read':>9}  {'written':>9}  {'kept %':>7}")
+            out += [line(name, counts, "read") for name, counts in files[:most]]
+        if len(files) > most:
+            out.append(f"  ... {len(files) - most:,} more files (all in funnel.json: by_input)")
+        if len(self.by_language) > 1:
+            first = next((s for s in steps if any(s in c for c in self.by_language.values())), None)
+            out.append(f"by language{'':<29}  {first or '':>9}  {'written':>9}  {'kept %':>7}")
+            for lang, counts in sorted(self.by_language.items()):
+                out.append(line(lang, counts, first))
+        return out
 
 
 def loss_warning(
@@ -223,4 +316,14 @@ def build_funnel(
         rows = [merge_rows("read", rows[:n_readers]), *rows[n_readers:]]
     elif rows:
         rows[0].step = "read"
-    return Funnel(rows, len(files), tasks_total, outputs, pipeline=pipeline)
+    funnel = Funnel(rows, len(files), tasks_total, outputs, pipeline=pipeline)
+    # the readers' tally sits after the last one: its counts are the whole read row's
+    step_groups = [_groups(totals[n_readers - 1]) if rows else {}] + [_groups(t) for t in totals[n_readers:]]
+    for row, groups in zip(rows, step_groups, strict=True):
+        for (lang, name), n in groups.items():
+            by_input = funnel.by_input.setdefault(name, {})
+            by_input[row.step] = by_input.get(row.step, 0) + n
+            if lang != NO_LANG:
+                by_lang = funnel.by_language.setdefault(lang, {})
+                by_lang[row.step] = by_lang.get(row.step, 0) + n
+    return funnel

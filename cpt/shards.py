@@ -82,8 +82,35 @@ def fit_metadata(meta: dict) -> dict:
     return meta
 
 
-def document_row(doc, source: str) -> dict:
-    """Map a datatrove Document onto a CLEAN_SCHEMA row."""
+# what names an input file's kind, stripped from its name to give its stem (`news.jsonl.gz` -> `news`)
+_INPUT_SUFFIXES = (
+    ".gz",
+    ".zst",
+    ".bz2",
+    ".xz",
+    ".jsonl",
+    ".json",
+    ".parquet",
+    ".warc",
+    ".wet",
+    ".arc",
+    ".txt",
+)
+
+
+def file_stem(path: str | None) -> str | None:
+    """The name of an input file without its kind's suffixes, or None for no path."""
+    if not path:
+        return None
+    name = Path(path).name
+    while name.lower().endswith(_INPUT_SUFFIXES) and "." in name[1:]:
+        name = name[: name.rindex(".")]
+    return name or None
+
+
+def document_row(doc, source: str | None) -> dict:
+    """Map a datatrove Document onto a CLEAN_SCHEMA row. Its `source`: the document's own (a `source`
+    field or column), else `source` (the run's --source), else the stem of its input file."""
     meta = doc.metadata
     return {
         "id": doc.id,
@@ -91,7 +118,7 @@ def document_row(doc, source: str) -> dict:
         "url": meta.get("url"),
         "lang": meta.get("lang") or UNKNOWN_LANG,
         "lang_score": meta.get("lang_score"),
-        "source": meta.get("source", source),
+        "source": meta.get("source") or source or file_stem(meta.get("file_path")) or "input",
         "metadata": {f.name: meta.get(f.name) for f in METADATA_FIELDS},
     }
 

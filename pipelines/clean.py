@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -238,7 +239,7 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
     steps.append(
         ShardWriter(
             str(output),
-            source=cfg.source or "clean",
+            source=cfg.source,  # None: each document's own, else its input file's stem
             max_file_size=cfg.write.max_file_size_mb * 2**20,
             rows_per_group=cfg.write.rows_per_group,
             compression=cfg.write.compression,
@@ -259,6 +260,7 @@ class CleanRun:
     labels: list[str]
     n_readers: int
     tasks: int
+    root: str = ""  # the input folder, absolute: the funnel names input files relative to it
 
     @property
     def report_dir(self) -> Path:
@@ -294,10 +296,6 @@ def prepare(
                 "--steps", [f"unknown step {s!r} (allowed: {', '.join(STEPS)})" for s in unknown]
             )
         cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
-    if cfg.source is None:
-        cfg = dataclasses.replace(
-            cfg, source=Path(input_path.split("*")[0].rstrip("/") or ".").resolve().name
-        )
     report = output / "report"
     folder, by_kind = list_inputs(input_path)
     readers = make_readers(folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars)
@@ -312,6 +310,7 @@ def prepare(
         labels=[f"read.{i}" for i in range(len(readers))] + labels,
         n_readers=len(readers),
         tasks=tasks,
+        root=os.path.abspath(folder),
     )
     _check_settings(run, limit, record, files, Path(folder))
     if record:  # the input lists the tasks shard, written only once the run is accepted
@@ -336,9 +335,11 @@ def _check_settings(run: CleanRun, limit: int, record: bool, files: list[Path], 
 
 
 def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
-    return make_executor(
-        kind, run.pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers, ray=run.cfg.ray
-    )
+    from cpt.funnel import with_tallies
+
+    # every step's documents counted by language and input file too: the funnel's breakdown
+    pipeline = with_tallies(run.pipeline, run.n_readers, run.root)
+    return make_executor(kind, pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers, ray=run.cfg.ray)
 
 
 def funnel_of(output: str | Path) -> Funnel:
@@ -404,6 +405,11 @@ def add_arguments(sub) -> None:
     )
     p.add_argument("--output", required=True, help="output folder: <lang>/*.parquet shards and report/")
     p.add_argument(
+        "--source",
+        help="the `source` column of every row (default: a record's own `source` field, else the stem of "
+        "its input file: news.jsonl -> news)",
+    )
+    p.add_argument(
         "--steps",
         help=f"comma-separated subset of steps to run, in pipeline order ({','.join(STEPS)}); "
         "the writer always runs. `--steps extract` writes the extracted text for inspection",
@@ -426,6 +432,8 @@ def add_arguments(sub) -> None:
 def command(args) -> int:
     """`run.py clean`: prepare the run, then run it (or submit it, or print it with --dry-run)."""
     cfg = load_config(args.config, args.overrides)
+    if args.source:
+        cfg = dataclasses.replace(cfg, source=args.source)
     check_tasks(args.tasks, args.workers)
     run = prepare(
         args.input,

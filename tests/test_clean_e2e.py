@@ -58,6 +58,18 @@ def test_funnel_is_conserved_at_every_step_and_printed(cleaned):
         assert s["docs_in"] == prev["kept"]
     assert "heuristics.gopher_repetition" in proc.stdout and "written by language" in proc.stdout
 
+    # broken down by input file (all steps) and by language (from language ID on), as printed
+    data, kept = funnel(out), {s["step"]: s["kept"] for s in steps}
+    assert data["by_input"] == {"sample.warc.gz": kept}
+    after_langid = [s["step"] for s in steps][3:]
+    for step in after_langid:
+        assert sum(counts[step] for counts in data["by_language"].values()) == kept[step], step
+    assert {lang: counts["write"] for lang, counts in data["by_language"].items()} == data["outputs"]
+    assert "by language" in proc.stdout and "by input file" not in proc.stdout  # one file: the table's own
+    # quiet by default: the funnel and what needs a look, not datatrove's log of every task
+    assert len((proc.stdout + proc.stderr).splitlines()) < 40, proc.stdout + proc.stderr
+    assert set(read_shards(out)["source"]) == {"sample"}  # the input file's stem
+
 
 def test_chinese_and_english_pages_are_routed_to_their_folders(cleaned, sample):
     out, _ = cleaned

@@ -41,7 +41,7 @@ class ShardWriter(ParquetWriter):
     def __init__(
         self,
         output_folder: str,
-        source: str,
+        source: str | None,
         max_file_size: int = 512 * 2**20,
         rows_per_group: int = 1000,
         compression: str = "zstd",
