@@ -51,6 +51,7 @@ class TokenizeRun:
     output: Path
     tasks: int
     folders: list[Path] = field(default_factory=list)  # the token-shard folders written
+    languages: list[str] | None = None  # the input's languages, when they were split without --split-by
 
 
 def _default_eos(folder: Path) -> str:
@@ -116,6 +117,12 @@ def prepare(
     token_size = 2 if vocab <= 2**16 else 4
     source = source or output.name
     tasks = tasks or len(files)
+    languages = None
+    if split_by is None:  # a stage weighs languages apart (its replay share): never one folder of several
+        languages = [v for v in metadata_values(files, "lang") if v != OTHER]
+        split_by = "lang" if len(languages) > 1 else None
+    elif split_by == "none":  # asked for: one folder whatever the input holds
+        split_by = None
     settings = {
         "input": str(input_dir.resolve()),
         "tokenizer_sha256": tokenizer_hash(tokenizer_json),
@@ -173,7 +180,13 @@ def prepare(
         )
     if record:
         write_json(report / "steps.json", {"pipeline": "tokenize", "tasks": tasks, "folders": len(groups)})
-    return TokenizeRun(executors, output, tasks, list(groups.values()))
+    return TokenizeRun(
+        executors,
+        output,
+        tasks,
+        list(groups.values()),
+        languages if split_by == "lang" and languages else None,
+    )
 
 
 _RESERVED = {"report"}  # the run's own folder beside the value folders
@@ -296,7 +309,8 @@ def add_arguments(sub) -> None:
         "--split-by",
         metavar="KEY",
         help="one token-shard folder per value of metadata KEY (e.g. topic, from `score`): OUTPUT/<value>/, "
-        "selectable in a stage with `where: topic in [...]`",
+        "selectable in a stage with `where: topic in [...]`. Without it, an input of several languages is "
+        "split by `lang` (OUTPUT/en/, OUTPUT/zh/: a stage weighs them apart); `none`: one folder for all",
     )
     add_run_options(
         p,
@@ -327,6 +341,12 @@ def command(args) -> int:
         split_by=args.split_by,
         cfg=cfg,
     )
+    if run.languages:
+        print(
+            f"tokenize: the input holds {len(run.languages)} languages ({', '.join(run.languages)}): one token "
+            f"folder each, {run.output}/<lang>/ (--split-by none: one folder for all)",
+            file=sys.stderr,
+        )
     if args.dry_run:
         print(f"tokenize: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
         for folder in run.folders:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -245,14 +246,25 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
         str(out),
         "--no-progress",
     )
-    assert "80 documents" in proc.stdout
-    shards = TokenShards(out, tmp_path / "merged")
-    manifest = json.loads((out / "tokens.json").read_text())
-    assert manifest["source"] == "web" and manifest["dtype"] == "uint16" and len(shards) == 80
+    # two languages in: one token folder each, said in one line (a stage weighs them apart)
+    assert "the input holds 2 languages (en, zh): one token folder each" in proc.stderr
+    assert not (out / "tokens.json").exists() and proc.stdout.count("40 documents") == 2
     tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    decoded = {tok.decode(shards.document(i)[:-1]) for i in range(len(shards))}
-    assert decoded == set(texts["en"]) | set(texts["zh"])
-    assert all(shards.document(i)[-1] == tok.convert_tokens_to_ids("</s>") for i in range(len(shards)))
+    for lang in ("en", "zh"):
+        shards = TokenShards(out / lang, tmp_path / "merged")
+        manifest = json.loads((out / lang / "tokens.json").read_text())
+        assert manifest["source"] == f"web/{lang}" and manifest["labels"] == {"lang": lang}
+        assert manifest["dtype"] == "uint16" and len(shards) == 40
+        decoded = {tok.decode(shards.document(i)[:-1]) for i in range(len(shards))}
+        assert decoded == set(texts[lang])
+        assert all(shards.document(i)[-1] == tok.convert_tokens_to_ids("</s>") for i in range(len(shards)))
+    # a stage source naming the run's folder takes both languages; `where` picks one
+    from cpt.mix.plan import resolve
+    from cpt.mix.stage import Source
+
+    for where, langs in ((None, {"en", "zh"}), ("lang == zh", {"zh"})):
+        files, _, _ = resolve(Source(name="web", path=str(out), weight=1.0, where=where), "sources[0]")
+        assert {Path(f["path"]).parent.name for f in files} == langs
 
     other = tmp_path / "other"
     merge(
@@ -264,7 +276,7 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
     import pytest
 
     with pytest.raises(TokenShardError, match="another tokenizer"):
-        TokenShards(out, other)
+        TokenShards(out / "zh", other)
     again = run_cli(
         "tokenize",
         "--input",

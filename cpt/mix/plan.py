@@ -87,6 +87,14 @@ def _unfinished(folder: Path) -> bool:
     return not (folder / MANIFEST).is_file() and any(folder.glob("*.ds"))
 
 
+def _split_folders(folder: Path) -> list[Path]:
+    """The token folders (finished or not) right under `folder` when it has no tokens.json itself: what
+    `tokenize` writes for an input of several languages, or with --split-by."""
+    if (folder / MANIFEST).is_file() or _unfinished(folder):
+        return []
+    return sorted(c for c in folder.iterdir() if c.is_dir() and ((c / MANIFEST).is_file() or _unfinished(c)))
+
+
 def _folders(source: Source, where: str) -> list[Path]:
     """The token-shard folders a source names: its path (or what its glob matches) and, with `where`,
     the labelled folders under them that match."""
@@ -125,6 +133,8 @@ def _folders(source: Source, where: str) -> list[Path]:
         if not folders:
             seen = f" (found {key}: {', '.join(sorted(found))})" if found - {"None"} else ""
             raise MixError(f"{where}: {source.path}: no token shards labelled {source.where}{seen}")
+    else:  # a folder of a split tokenize run (by language, or --split-by): all of its token folders
+        folders = [c for f in folders for c in _split_folders(f) or [f]]
     for f in folders:
         if _unfinished(f):  # never planned without: its data would be silently missing from the stage
             raise MixError(f"{where}: {f}: no {MANIFEST}: its tokenize run has not finished; {RESUME}")
