@@ -313,9 +313,8 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
             pass
 
     prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
-    logger.add(
-        sys.stderr, level="INFO" if local_rank == 0 else "ERROR", format=lambda r: prefix + terminal(r)
-    )
+    level = os.environ.get("LOGURU_LEVEL", "INFO") if local_rank == 0 else "ERROR"  # run.py sets it
+    logger.add(sys.stderr, level=level, format=lambda r: prefix + terminal(r))
     logger.add(to_file, level="DEBUG", format=prefix + _LOG_FORMAT, colorize=False)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile
@@ -524,6 +523,13 @@ def add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_he
     )
     add_wait(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="datatrove's INFO logs on the terminal too (pipeline, stats of every task); without it the "
+        "terminal shows progress, warnings, errors and the result. Every task's full log is in "
+        "OUTPUT/report/logs either way",
+    )
 
 
 def add_wait(p) -> None:

@@ -12,11 +12,17 @@ the errors a user can cause into one `error:` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--verbose" not in sys.argv[1:]:
+    # quiet by default: datatrove logs every step of every task at INFO (hundreds of lines a run); the
+    # terminal shows warnings and errors, the task logs under OUTPUT/report/logs keep everything. Set
+    # before loguru is imported, which reads it once, here and in the worker processes that inherit it
+    os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 
 from cpt.config import ConfigError  # noqa: E402
 from cpt.io import OutputError, exit_on_disk_fault, output_lock  # noqa: E402

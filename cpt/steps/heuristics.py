@@ -13,6 +13,7 @@ so a page that Gopher repetition and Gopher quality both split is segmented once
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 
 from datatrove.data import Document
@@ -41,6 +42,8 @@ _ZH_SENTENCE = re.compile(r"[^。！？!?…]*[。！？!?…]+[”’」』）)
 def chinese_words(text: str) -> list[str]:
     """Chinese words from jieba (accurate mode), whitespace dropped: the one Chinese word splitter."""
     import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # not four INFO lines on the terminal when it loads its dictionary
 
     return [w for w in (t.strip() for t in jieba.lcut(text)) if w]
 
