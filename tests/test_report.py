@@ -159,6 +159,17 @@ def test_findings_on_accuracy_read_a_fall_as_forgetting_and_a_rise_as_learning()
     runs[1]["acc_forgetting"] = 0.3  # replay forgetting more: the claim fails
     assert not _findings(runs, center, on="acc")[0]["reproduced"]
 
+    # with the standard errors the trainer logs, each change is shown with its own and read against it:
+    # 0.1 on two accuracies of standard error 0.05 is within two standard errors of the difference
+    for r in runs:
+        r["old_acc_stderr"] = r["new_acc_stderr"] = [0.05, 0.05]
+    evidence = _findings(runs, center, on="acc")[0]["evidence"]
+    assert evidence.startswith("forgetting +0.100 ± 0.071, within noise at replay 0"), evidence
+    from cpt.report.collect import change_text
+
+    assert change_text(0.35, 0.06, 0.283, 0.058) == "+0.067 ± 0.083, within noise"  # 60 questions, random
+    assert change_text(0.6, 0.02, 0.3, 0.02) == "+0.300 ± 0.028"
+
 
 def test_ablate_refuses_a_benchmark_the_config_does_not_run(setup, tmp_path):
     grid = tmp_path / "grid.yaml"

@@ -41,7 +41,7 @@ from cpt.config import ConfigError, build, read_yaml, show
 from cpt.io import OutputError, output_lock, write_json
 from cpt.mix.plan import MixError
 from cpt.mix.stage import PLAIN_NAME
-from cpt.report.collect import read_metrics
+from cpt.report.collect import change_text, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 AXES = ("replay", "lr_scale", "resume")
@@ -271,11 +271,21 @@ def _eval(metrics: dict[int, dict], name: str, at: int) -> float:
     return metrics[at][key]
 
 
-def _bench(metrics: dict[int, dict], name: str, at: int) -> float:
-    key = f"bench/{name}/acc"
+def _bench(metrics: dict[int, dict], name: str, at: int, figure: str = "acc") -> float | None:
+    key = f"bench/{name}/{figure}"
     if key not in metrics.get(at, {}):
+        if figure != "acc":  # a run logged before standard errors were
+            return None
         raise RuntimeError(f"no {key} at step {at}: is `{name}` a task or language of eval.benchmarks?")
     return metrics[at][key]
+
+
+def _acc_change(r: dict, key: str) -> str:
+    """A run's accuracy forgetting (`acc_forgetting`) or learning with its standard error and whether it
+    is within noise (`cpt.report.collect.change_text`)."""
+    which = "old_acc" if key == "acc_forgetting" else "new_acc"
+    (a0, a1), (s0, s1) = r[which], r.get(which + "_stderr") or (None, None)
+    return change_text(a0, s0, a1, s1) if key == "acc_forgetting" else change_text(a1, s1, a0, s0)
 
 
 # how a finding reads each measure: forgetting and learning are positive when the run forgot or learned;
@@ -316,6 +326,11 @@ def _findings(runs: list[dict], center: dict, on: str = "loss") -> list[dict]:
             key=lambda r: r["params"].get(axis),
         )
 
+    def show(r: dict, key: str, signed: bool = True) -> str:  # accuracy changes with their error
+        if on == "acc":
+            return _acc_change(r, key)
+        return f"{r[key]:+.3f}" if signed else f"{r[key]:.3f}"
+
     found = []
     replay = along("replay")
     if len({r["params"]["replay"] for r in replay}) > 1:
@@ -324,8 +339,8 @@ def _findings(runs: list[dict], center: dict, on: str = "loss") -> list[dict]:
             {
                 "claim": "replay lowers forgetting" + sfx,
                 "reproduced": high[fk] < low[fk],
-                "evidence": f"forgetting {low[fk]:+.3f} at replay {low['params']['replay']:g}, "
-                f"{high[fk]:+.3f} at {high['params']['replay']:g}",
+                "evidence": f"forgetting {show(low, fk)} at replay {low['params']['replay']:g}, "
+                f"{show(high, fk)} at {high['params']['replay']:g}",
             }
         )
     lr = along("lr_scale")
@@ -335,9 +350,9 @@ def _findings(runs: list[dict], center: dict, on: str = "loss") -> list[dict]:
             {
                 "claim": "a higher LR learns more and forgets more" + sfx,
                 "reproduced": high[lk] > low[lk] and high[fk] > low[fk],
-                "evidence": f"LR x{low['params']['lr_scale']:g}: learning {low[lk]:.3f}, forgetting "
-                f"{low[fk]:+.3f}; x{high['params']['lr_scale']:g}: learning {high[lk]:.3f}, "
-                f"forgetting {high[fk]:+.3f}",
+                "evidence": f"LR x{low['params']['lr_scale']:g}: learning {show(low, lk, False)}, forgetting "
+                f"{show(low, fk)}; x{high['params']['lr_scale']:g}: learning {show(high, lk, False)}, "
+                f"forgetting {show(high, fk)}",
             }
         )
     resume = {r["params"]["resume"]: r for r in along("resume")}
@@ -452,6 +467,11 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
                 _bench(metrics, grid.eval.new_bench, 0),
                 _bench(metrics, grid.eval.new_bench, end),
             ]
+            for which, bench in (("old_acc", grid.eval.old_bench), ("new_acc", grid.eval.new_bench)):
+                result[which + "_stderr"] = [
+                    _bench(metrics, bench, 0, "stderr"),
+                    _bench(metrics, bench, end, "stderr"),
+                ]
             result["acc_forgetting"] = result["old_acc"][0] - result["old_acc"][1]
             result["acc_learning"] = result["new_acc"][1] - result["new_acc"][0]
         write_json(run_dir / "result.json", result)
@@ -490,6 +510,9 @@ def table(summary: dict) -> str:
         )
         if acc:
             line += f" {r['old_acc'][0]:>6.3f} -> {r['old_acc'][1]:<5.3f} {r['new_acc'][0]:>6.3f} -> {r['new_acc'][1]:<5.3f}"
+            line += (
+                f"  forgetting {_acc_change(r, 'acc_forgetting')}, learning {_acc_change(r, 'acc_learning')}"
+            )
         lines.append(line)
     for f in summary["findings"]:
         lines.append(

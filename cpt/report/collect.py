@@ -13,6 +13,7 @@ Only these small files are read: no shard, checkpoint or TensorBoard event file 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -158,3 +159,16 @@ def chains(runs: list[Run]) -> list[list[Run]]:
             chain.insert(0, by_path[key])
         result.append(chain)
     return result
+
+
+def change_text(after: float, se_after: float | None, before: float, se_before: float | None) -> str:
+    """An accuracy's change with the standard error of the difference (`+0.067 ± 0.081`), and
+    `, within noise` when it is under two of them: on 60 questions a random model moves by ±0.06.
+
+    The two estimates are taken as independent, which overstates the error of two evaluations of related
+    models on the same questions: what is called significant is so."""
+    delta = after - before
+    if se_after is None or se_before is None:
+        return f"{delta:+.3f}"
+    se = math.hypot(se_after, se_before)
+    return f"{delta:+.3f} ± {se:.3f}" + (", within noise" if abs(delta) < 2 * se else "")

@@ -20,7 +20,7 @@ from pathlib import Path
 from cpt.io import holds_only, written_dir
 from cpt.mix.chart import composition_chart
 from cpt.report import figures
-from cpt.report.collect import Found, ReportError, Run, chains, collect, needle_steps
+from cpt.report.collect import Found, ReportError, Run, chains, change_text, collect, needle_steps
 
 # what `cpt report` writes: an --output that holds anything else is not replaced
 REPORT_FOLDER = holds_only("index.html", "img")
@@ -384,7 +384,8 @@ def _benchmarks(page: _Page, found: Found) -> None:
         "Benchmarks before and after",
         "<code>cpt eval</code> of each model: accuracy ± standard error (questions) on lm-eval's MMLU "
         "(the old domain, English), CMMLU and C-Eval (the new one, Chinese); the change is against the first "
-        "row (the base, where the folders are given base first). Four choices: chance is 0.25.",
+        "row (the base, where the folders are given base first), ± the standard error of that change; a change "
+        "under two of them is marked <em>within noise</em>. Four choices: chance is 0.25.",
     )
     # the old domain first: MMLU, then CMMLU and C-Eval; English, then Chinese
     order = ["mmlu", "cmmlu", "ceval", "en", "zh"]
@@ -400,7 +401,9 @@ def _benchmarks(page: _Page, found: Found) -> None:
             figures = e["tasks"].get(name) or e["languages"].get(name)
             before = first["tasks"].get(name) or first["languages"].get(name)
             change = (
-                f" ({figures['acc'] - before['acc']:+.3f})" if figures and before and e is not first else ""
+                f" ({change_text(figures['acc'], figures.get('stderr'), before['acc'], before.get('stderr'))})"
+                if figures and before and e is not first
+                else ""
             )
             row.append(_acc(figures) + change)
         rows.append(row)
