@@ -123,3 +123,32 @@ def test_document_masking_holds_at_the_new_length_under_the_new_rope(setup):
         assert torch.allclose(inside[start : start + n - 1], losses, atol=1e-5)
         start += n
     assert not torch.allclose(plain[70:179], inside[70:179], atol=1e-3)
+
+
+def test_tiny_model_takes_its_familys_rope_and_never_writes_into_a_folder(setup, tmp_path):
+    """`python -m cpt.demo.tiny_model`: a SentencePiece tokenizer gives LLaMA 2's RoPE base and context,
+    `--family llama3` Llama 3's; a folder that holds anything is refused in one line, untouched."""
+    from conftest import llama3_tokenizer
+    from cpt.demo.tiny_model import family_of
+
+    def tiny(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cpt.demo.tiny_model", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    tok = setup["root"] / "tok"
+    assert family_of(tok) == "llama2" and family_of(llama3_tokenizer()) == "llama3"
+    for family, theta, context in ((None, 10_000, 4096), ("llama3", 500_000, 8192)):
+        out = tmp_path / str(family)
+        proc = tiny("--tokenizer", str(tok), "--output", str(out), "--hidden", "16", "--layers", "1",
+                    *(["--family", family] if family else []))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        config = json.loads((out / "config.json").read_text())
+        rope = config.get("rope_parameters") or {}
+        assert rope.get("rope_theta", config.get("rope_theta")) == theta
+        assert config["max_position_embeddings"] == context
+    before = sorted(p.name for p in out.iterdir())
+    proc = tiny("--tokenizer", str(tok), "--output", str(out))
+    assert (
+        proc.returncode == 2 and proc.stderr.startswith("error:") and "exists and is not empty" in proc.stderr
+    )
+    assert sorted(p.name for p in out.iterdir()) == before

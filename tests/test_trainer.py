@@ -37,7 +37,13 @@ RESTART = ("--set", "schedule.restarts=[10]")
 def reference(setup):
     """An uninterrupted two-rank run of the whole stage, re-warmed at step 10 as planned."""
     out = setup["root"] / "runs" / "reference"
-    run_train(setup, out, *RESTART)
+    done = run_train(setup, out, *RESTART).stdout.splitlines()[-1]
+    ppl = read_metrics(out)[16]
+    # the last line gives the final held-out perplexities
+    assert (
+        f"held-out perplexity en_old {ppl['eval/en_old/ppl']:.2f}, zh_new {ppl['eval/zh_new/ppl']:.2f}"
+        in done
+    )
     return out
 
 

@@ -895,6 +895,7 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
         step, tokens_seen = resume(engine, loader, ema, run_dir, start.resume_tag, manifest, segments)
     first_step, saved_step = step, step
     skips_in_a_row = 0
+    last_eval: dict = {}  # the latest evaluation's figures: the last line gives its perplexities
 
     # -- loop ----------------------------------------------------------------------------------------
     logger = RunLogger(
@@ -1022,7 +1023,8 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
 
         paused = False
         if evaluating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
-            logger.log(step, run_evaluation(engine, ema, cfg, seq_len, device, tokenizer))
+            last_eval = run_evaluation(engine, ema, cfg, seq_len, device, tokenizer)
+            logger.log(step, last_eval)
             paused = True
         if step % cfg.checkpoint.every == 0 or step == total_steps:
             save_checkpoint(
@@ -1049,8 +1051,14 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
         return STOPPED
     if rank == 0:
         skips = f" ({engine.skipped_steps} skipped: non-finite)" if engine.skipped_steps else ""
+        ppl = [
+            f"{k.split('/')[1]} {v:.2f}"
+            for k, v in last_eval.items()
+            if k.startswith("eval/") and k.endswith("/ppl")
+        ]
+        held_out = f"; held-out perplexity {', '.join(ppl)}" if ppl else ""
         print(
-            f"done: {step} steps{skips}, {tokens_seen:,} tokens; "
+            f"done: {step} steps{skips}, {tokens_seen:,} tokens{held_out}; "
             f"checkpoints in {checkpoint.checkpoint_dir(run_dir)}"
         )
     return 0
