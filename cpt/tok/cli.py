@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer", action="append", required=True, help="a tokenizer (repeat; the first is the reference)"
     )
     r.add_argument(
-        "--input", required=True, help="Parquet shards with `lang` (clean/dedup output) or text files"
+        "--input",
+        action="append",
+        required=True,
+        metavar="[LANG=]PATH",
+        help="Parquet shards with `lang` (clean/dedup output) or text files, one document a line, whose "
+        "language is found by language ID; `zh=news.txt` names it (repeat for each input)",
     )
     r.add_argument("--max-docs", type=int, default=10_000, help="documents read (default 10,000)")
     r.add_argument("--json", help="also write the figures here")

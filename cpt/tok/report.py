@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -105,8 +106,39 @@ def load_tokenizer(path: str | Path) -> SentencePieceTokenizer | HFTokenizer:
     return SentencePieceTokenizer(name, path)
 
 
-def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, str]]:
-    """(lang, text): Parquet shards give their `lang` column; a text file is named by its stem."""
+_LANG = re.compile(r"[a-z]{2,3}(?:[_-][A-Za-z]{2,4})?")  # zh, en, yue, zh_Hant: a language code
+
+
+def input_spec(value: str) -> tuple[str | None, Path]:
+    """`--input [LANG=]PATH`: the language its text is counted under (None: found out) and the path."""
+    lang, sep, path = value.partition("=")
+    if sep and _LANG.fullmatch(lang):
+        return lang, Path(path)
+    return None, Path(value)
+
+
+def _detected(texts: list[str]) -> str:
+    """The language most of `texts` are in, by language ID (lid.176, offline), or `und`."""
+    from collections import Counter
+
+    from datatrove.data import Document
+
+    from cpt.steps.langid import LanguageID
+
+    lid = LanguageID(["en"], min_score=0.0)
+    votes = Counter()
+    for i, text in enumerate(texts):
+        doc = Document(text=text, id=str(i))
+        lid.filter(doc)
+        votes[doc.metadata.get("lang") or "und"] += 1
+    return votes.most_common(1)[0][0] if votes else "und"
+
+
+def texts_by_language(
+    source: str | Path, max_docs: int, lang: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """(lang, text): Parquet shards give their `lang` column; text files (one document a line) the
+    language their first 200 documents are in, by language ID. `lang` names it instead, for all."""
     from cpt.tok.train import iter_texts
 
     source = Path(source)
@@ -121,7 +153,7 @@ def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, 
                     if n >= max_docs:
                         return
                     n += 1
-                    yield row["lang"] or "und", row["text"]
+                    yield lang or row["lang"] or "und", row["text"]
             except ShardReadError as e:
                 raise TokenizerError(str(e)) from None
         return
@@ -131,10 +163,13 @@ def texts_by_language(source: str | Path, max_docs: int) -> Iterator[tuple[str, 
         else sorted(p for p in source.rglob("*") if p.suffix in (".txt", ".utf8"))
     )
     for path in files:
-        for i, text in enumerate(iter_texts(path)):
-            if i >= max_docs:
+        texts = []
+        for text in iter_texts(path):
+            if len(texts) >= max_docs:
                 break
-            yield path.stem, text
+            texts.append(text)
+        label = lang or _detected(texts[:200])
+        yield from ((label, text) for text in texts)
 
 
 BATCH = 256  # documents encoded at a time; the counts are those of encoding each alone
@@ -151,11 +186,19 @@ def _batches(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple
         yield batch
 
 
-def compare(tokenizers: list[str | Path], source: str | Path, max_docs: int = 10_000) -> list[Row]:
+def compare(
+    tokenizers: list[str | Path], source: str | Path | list[str], max_docs: int = 10_000
+) -> list[Row]:
+    """Each tokenizer's counts on the text of `source`: a path, or `--input` values (`[LANG=]PATH`)."""
     # the same tokenizer named twice would count its text twice in one row
     models = [load_tokenizer(t) for t in dict.fromkeys(str(t) for t in tokenizers)]
+    specs = [input_spec(str(v)) for v in source] if isinstance(source, list) else [(None, Path(source))]
+    for _, path in specs:
+        if not path.exists():
+            raise TokenizerError(f"{path}: no such file or folder")
+    pairs = (pair for lang, path in specs for pair in texts_by_language(path, max_docs, lang))
     totals: dict[tuple[str, str], Row] = {}
-    for batch in _batches(texts_by_language(source, max_docs), BATCH):
+    for batch in _batches(pairs, BATCH):
         texts = [text for _, text in batch]
         counts = [[len(ids) for ids in m.encode_batch(texts)] for m in models]
         for i, (lang, text) in enumerate(batch):
@@ -166,7 +209,7 @@ def compare(tokenizers: list[str | Path], source: str | Path, max_docs: int = 10
                 row.bytes += size
                 row.tokens += n[i]
     if not totals:
-        raise TokenizerError(f"{source}: no text found")
+        raise TokenizerError(f"{', '.join(str(p) for _, p in specs)}: no text found")
     return list(totals.values())
 
 
@@ -184,7 +227,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-# Extension is likely to pay when it saves at least this share of the corpus's tokens:
+# Extension is likely to pay for a language when it saves at least this share of that language's tokens:
 # - Cui et al. 2023 (Chinese-LLaMA, arXiv 2304.08177): extending LLaMA's 32k vocabulary to 49,953 roughly
 #   halved the tokens of Chinese text, and paid;
 # - Chinese-LLaMA-Alpaca-3 (ymcui/Chinese-LLaMA-Alpaca-3, README and issue 3): Llama 3's 128k tokenizer
@@ -193,6 +236,7 @@ def table(rows: list[Row]) -> str:
 # - Zhao et al. 2024, "LLaMA Beyond English: An Empirical Study on Language Capability Transfer" (arXiv
 #   2401.01055): at small CPT budgets extension did worse than the original vocabulary (0.5B tokens on
 #   the original beat 30B on the extended one), so a saving must be large to outweigh relearning.
+# Judged per language: a share of the whole corpus would change with how much English it holds.
 PAYS_FROM = 0.30
 
 
@@ -206,21 +250,24 @@ class LanguageChange:
     tokens_after: int
     tokens_per_char_before: float
     tokens_per_char_after: float
+    saved: float = 0.0  # 1 - after / before, of this language's tokens
 
 
 @dataclass
 class Verdict:
-    """Whether extending the base tokenizer is likely to pay on this corpus; `str()` is the one line,
-    also kept in `line` so that `dataclasses.asdict()` holds it."""
+    """Whether extending the base tokenizer is likely to pay, judged on the language it saves most on (the
+    one it was made for): `pays` when that saving reaches `pays_from`. `str()` is the verdict line and the
+    next command, also kept in `line` so that `dataclasses.asdict()` holds it."""
 
     base: str
     extended: str
     tokens_before: int
     tokens_after: int
-    saved: float  # (tokens_before - tokens_after) / tokens_before: 1 - after / before, over all languages
+    saved: float  # over all the languages read: depends on the mix, shown for reference only
     pays_from: float
     pays: bool
     languages: list[LanguageChange]
+    target: str = ""  # the language the extension saves most on
     line: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -230,27 +277,28 @@ class Verdict:
         return self.line
 
     def _render(self) -> str:
-        shifts = ", ".join(
-            f"{c.lang} {c.tokens_per_char_before:.3f} -> {c.tokens_per_char_after:.3f}"
-            + (" tokens/char" if i == 0 else "")
-            for i, c in enumerate(self.languages)
-        )
-        if self.saved >= 0:
-            head = f"extension saves {self.saved:.1%} of this corpus's tokens"
-        else:
-            head = f"extension adds {-self.saved:.1%} to this corpus's tokens"
+        def change(c: LanguageChange) -> str:
+            what = f"saves {c.saved:.1%}" if c.saved >= 0 else f"adds {-c.saved:.1%}"
+            return f"{c.lang} {c.tokens_per_char_before:.3f} -> {c.tokens_per_char_after:.3f} tokens/char ({what})"
+
+        target = next(c for c in self.languages if c.lang == self.target)
+        others = [change(c) for c in self.languages if c is not target]
+        rest = f"; {', '.join(others)}" if others else ""
         threshold = f"{self.pays_from:.0%}"
         if self.pays:
-            tail = (
-                f"at least the {threshold} from which it is likely to pay, given a CPT budget of billions "
-                "of tokens (Zhao et al. 2024 found extension hurt at small budgets)"
+            return (
+                f"verdict for {target.lang}: extend. {change(target)}, at least the {threshold} of its tokens from "
+                "which extension is likely to pay, given a CPT budget of billions of tokens (Zhao et al. 2024 "
+                f"found extension hurt at small budgets){rest}\n"
+                f"next: cpt-tok init-embeddings --model BASE_MODEL --base-tokenizer {self.base} --tokenizer "
+                f"{self.extended} --output MODEL_DIR, then tokenize with {self.extended}"
             )
-        else:
-            tail = (
-                f"below the {threshold} from which it is likely to pay: keep the base tokenizer "
-                "(Chinese-LLaMA-Alpaca-3 did not extend Llama 3)"
-            )
-        return f"verdict: {head} ({shifts}); {tail}"
+        return (
+            f"verdict for {target.lang}: keep the base tokenizer. {change(target)}, below the {threshold} of its "
+            f"tokens from which extension is likely to pay (Chinese-LLaMA-Alpaca-3 did not extend Llama 3){rest}\n"
+            f"next: python pipelines/run.py tokenize --input DATA --tokenizer {self.base} --output TOKENS, and "
+            "train the base model as it is"
+        )
 
 
 def verdict(rows: list[Row]) -> Verdict | None:
@@ -263,6 +311,12 @@ def verdict(rows: list[Row]) -> Verdict | None:
     before = {r.lang: r for r in rows if r.tokenizer == base}
     after = {r.lang: r for r in rows if r.tokenizer == extended}
     langs = sorted(before.keys() & after.keys(), key=lambda lang: (-before[lang].tokens, lang))
+    if not langs:
+        return None
+
+    def saving(b: int, a: int) -> Fraction:  # exact: a saving of exactly PAYS_FROM pays whatever the rounding
+        return Fraction(b - a, b) if b else Fraction(0)
+
     changes = [
         LanguageChange(
             lang,
@@ -271,20 +325,23 @@ def verdict(rows: list[Row]) -> Verdict | None:
             after[lang].tokens,
             before[lang].tokens_per_char,
             after[lang].tokens_per_char,
+            float(saving(before[lang].tokens, after[lang].tokens)),
         )
         for lang in langs
     ]
+    target = max(
+        langs, key=lambda lang: (saving(before[lang].tokens, after[lang].tokens), -langs.index(lang))
+    )
     tokens_before = sum(c.tokens_before for c in changes)
     tokens_after = sum(c.tokens_after for c in changes)
-    # exact, so that a saving of exactly PAYS_FROM pays whatever the float rounding
-    saved_exact = Fraction(tokens_before - tokens_after, tokens_before) if tokens_before else Fraction(0)
     return Verdict(
         base=base,
         extended=extended,
         tokens_before=tokens_before,
         tokens_after=tokens_after,
-        saved=float(saved_exact),
+        saved=float(saving(tokens_before, tokens_after)),
         pays_from=PAYS_FROM,
-        pays=saved_exact >= Fraction(str(PAYS_FROM)),
+        pays=saving(before[target].tokens, after[target].tokens) >= Fraction(str(PAYS_FROM)),
         languages=changes,
+        target=target,
     )
