@@ -279,7 +279,8 @@ def row_from_stats(step: str, stats: dict, reasonless: str = _REASONLESS_DROP) -
     counters = {
         k: n
         for k, n in counts.items()
-        if k.startswith(("redacted_", "retried_", "rerouted_", "repaired_")) or k == "lines_removed"
+        if k.startswith(("redacted_", "retried_", "rerouted_", "repaired_"))
+        or k in ("lines_removed", "extract_fallback")
     }
     return FunnelRow(step, docs_in, kept, removed, counters)
 

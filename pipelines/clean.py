@@ -59,6 +59,9 @@ class ExtractConfig:
     retries: int = 1  # a page that times out, stalls or crashes the extractor gets one more try
     favour_precision: bool = True
     include_tables: bool = False
+    # a page the extraction above empties is extracted again without trafilatura's `deduplicate` and with
+    # tables, and kept when that gives text (counted as extract_fallback)
+    fallback: bool = True
 
 
 @dataclass
@@ -210,6 +213,7 @@ def build_steps(cfg: CleanConfig, output: Path) -> tuple[list, list[str]]:
                     e.cpu_timeout,
                     e.stall_timeout,
                     e.retries,
+                    e.fallback,
                 )
             )
         elif name == "langid":

@@ -223,6 +223,35 @@ def test_extractors_keep_the_article_and_drop_navigation_and_footer():
         assert extractor.stats["forwarded"].total == 2
 
 
+def test_a_page_the_configured_extraction_empties_is_kept_through_the_fallback_and_counted():
+    """A page laid out in a table (include_tables=False empties it) and one whose paragraph repeats
+    (trafilatura's deduplicate empties it) come out with their text, counted as extract_fallback; with
+    the fallback off they are empty_extraction, as before; a page with text does not use it."""
+    from cpt.steps.extract import TrafilaturaExtractor
+
+    cells = "".join(
+        f"<tr><td>第{i}条：本办法自发布之日起施行，由市人民政府负责解释并组织实施。</td></tr>"
+        for i in range(20)
+    )
+    table = f"<html><body><table>{cells}</table></body></html>"
+    para = (
+        "<p>This paragraph repeats in the page layout because the site prints its teaser twice and again "
+        "at the bottom of the article body for reasons.</p>"
+    )
+    repeated = f"<html><body><article>{para * 4}</article></body></html>"
+    article = PAGE.format("".join(f"<p>{line}</p>" for line in EN_ARTICLE.split("\n")))
+    for fallback, kept in ((True, 3), (False, 1)):
+        extractor = TrafilaturaExtractor(fallback=fallback)
+        out = list(extractor.run([doc(h, format="html") for h in (table, repeated, article)]))
+        assert len(out) == kept, fallback
+        stats = {k: v.total for k, v in extractor.stats.stats.items()}
+        assert stats.get("extract_fallback", 0) == (2 if fallback else 0)
+        assert stats.get("dropped_empty_extraction", 0) == (0 if fallback else 2)
+        if fallback:
+            assert "第19条" in out[0].text and "prints its teaser twice" in out[1].text
+            assert "cycle path" in out[2].text
+
+
 def test_url_filter_uses_bundled_lists_offline_and_the_users_block_list(tmp_path):
     from cpt.steps.url_filter import OfflineURLFilter
 

@@ -220,6 +220,7 @@ class ExtractionSandbox:
 
 
 _FAILURES = {PageTimeout: "timeout", ExtractorStalled: "stalled", ExtractorCrashed: "extractor_crashed"}
+FALLBACK = "extract_fallback"  # the counter of pages kept through the fallback extraction
 
 
 class _SandboxedExtraction:
@@ -271,6 +272,9 @@ class _SandboxedExtraction:
                     continue
                 with self.track_time():
                     text, reason = self.extract_with_retries(sandbox, doc)
+                    if isinstance(text, tuple):  # the configured extraction was empty; its fallback was not
+                        text = text[1]
+                        self.stat_update(FALLBACK)
                     if reason is None and not text.strip():
                         reason = "empty_extraction"
                 if reason:
@@ -297,7 +301,9 @@ class TrafilaturaExtractor(_SandboxedExtraction, Trafilatura):
         cpu_timeout: float = CPU_TIMEOUT,
         stall_timeout: float = STALL_TIMEOUT,
         retries: int = RETRIES,
+        fallback: bool = True,
     ):
+        self.fallback = fallback
         super().__init__(
             favour_precision=favour_precision,
             timeout=cpu_timeout,
@@ -315,6 +321,25 @@ class TrafilaturaExtractor(_SandboxedExtraction, Trafilatura):
         from trafilatura.deduplication import LRU_TEST
 
         LRU_TEST.clear()
+
+    def _extract_page(self, html: str):
+        """The page's text; when the configured extraction is empty, the text trafilatura gives without
+        `deduplicate` and with tables, as (FALLBACK, text). `deduplicate` empties a page whose segments
+        repeat within it (a teaser printed twice), and `include_tables=False` one laid out in tables:
+        each such page was a lost document."""
+        text = super()._extract_page(html)
+        if (text and text.strip()) or not self.fallback:
+            return text
+        from trafilatura import extract
+
+        self.reset_state()
+        again = extract(
+            html,
+            favor_precision=self.favour_precision,
+            include_comments=False,
+            **{**self.kwargs, "deduplicate": False, "include_tables": True},
+        )
+        return (FALLBACK, again) if again and again.strip() else text
 
 
 class ResiliparseExtractor(_SandboxedExtraction, BaseExtractor):
@@ -357,8 +382,11 @@ def make_extractor(
     cpu_timeout: float = CPU_TIMEOUT,
     stall_timeout: float = STALL_TIMEOUT,
     retries: int = RETRIES,
+    fallback: bool = True,
 ) -> BaseExtractor:
     limits = dict(max_chars=max_chars, cpu_timeout=cpu_timeout, stall_timeout=stall_timeout, retries=retries)
     if backend == "resiliparse":
         return ResiliparseExtractor(**limits)
-    return TrafilaturaExtractor(favour_precision=favour_precision, include_tables=include_tables, **limits)
+    return TrafilaturaExtractor(
+        favour_precision=favour_precision, include_tables=include_tables, fallback=fallback, **limits
+    )
