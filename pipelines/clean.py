@@ -65,6 +65,13 @@ class ExtractConfig:
 
 
 @dataclass
+class ReadConfig:
+    # plain text files (.txt, .txt.gz, .utf8): `lines`, one document a line (Wudao, THUCNews and most
+    # Chinese corpora), or `blocks`, a document a run of lines ended by a blank line
+    txt: Literal["lines", "blocks"] = "lines"
+
+
+@dataclass
 class LangIdConfig:
     min_score: float = 0.65
 
@@ -89,6 +96,7 @@ class CleanConfig:
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     steps: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))
     url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     heuristics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -302,7 +310,9 @@ def prepare(
         cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
     report = output / "report"
     folder, by_kind = list_inputs(input_path)
-    readers = make_readers(folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars)
+    readers = make_readers(
+        folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars, cfg.read.txt
+    )
     files = [Path(folder) / f for kind_files in by_kind.values() for f in kind_files]
     tasks = tasks or len(files)
     processing, labels = build_steps(cfg, output)
@@ -405,7 +415,8 @@ def add_arguments(sub) -> None:
         "--input",
         required=True,
         help="folder (searched recursively) or glob of input files; "
-        "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet",
+        "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet, .txt (one document a line; "
+        "--set read.txt=blocks: blank-line-separated blocks)",
     )
     p.add_argument("--output", required=True, help="output folder: <lang>/*.parquet shards and report/")
     p.add_argument(

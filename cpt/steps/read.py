@@ -33,6 +33,7 @@ INPUT_KINDS = {
     "wet": (".wet", ".wet.gz", ".warc.wet", ".warc.wet.gz"),
     "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".jsonl.zstd"),
     "parquet": (".parquet",),
+    "txt": (".txt", ".txt.gz", ".txt.zst", ".utf8"),
 }
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -46,7 +47,7 @@ def input_kind(name: str) -> str | None:
     """Which reader handles a file, judged by its name; None for files cpt does not read."""
     lower = name.lower()
     # WET before WARC: "x.warc.wet.gz" ends with a WET suffix
-    for kind in ("wet", "warc", "jsonl", "parquet"):
+    for kind in ("wet", "warc", "jsonl", "parquet", "txt"):
         if lower.endswith(INPUT_KINDS[kind]):
             return kind
     return None
@@ -466,6 +467,69 @@ class CountingJsonlReader(_CountingReader, JsonlReader):
                 li += 1
 
 
+class CountingTextReader(_CountingReader, JsonlReader):
+    """Plain text files: one document a line (`lines`, as Wudao, THUCNews and most Chinese corpora come),
+    or a document a block of lines separated by a blank line (`blocks`). Undecodable bytes become U+FFFD
+    and each such document is counted (`repaired_utf8`); blank documents are `empty`. A document's id is
+    FILE/N, N its place in the file. (JsonlReader for its file handling: sharding, compression, limits.)"""
+
+    name = "📄 Text (cpt)"
+
+    def __init__(self, *args, mode: str = "lines", **kwargs):
+        super().__init__(*args, **kwargs)
+        if mode not in ("lines", "blocks"):
+            raise ValueError(f"read.txt: {mode!r} is not lines or blocks")
+        self.mode = mode
+
+    def _documents(self, f):
+        """The file's documents as bytes, a line or a block at a time. A document longer than the cap
+        allows (4 bytes a character) is `too_large`, never held whole: its bytes past the cap are skipped."""
+        limit = None if self.max_chars is None else 4 * self.max_chars + (1 << 20)
+        block: list[bytes] = []
+        size = 0  # of the block so far; past the limit, its lines are no longer kept
+        while True:
+            line = f.readline() if limit is None else f.readline(limit + 1)
+            long = limit is not None and len(line) > limit
+            while long and line and not line.endswith(b"\n"):  # the rest of an over-long line
+                line = f.readline(1 << 20)
+            if self.mode == "lines":
+                if not line:
+                    return
+                if long:
+                    self.drop("too_large")
+                elif line.strip():  # a blank line is no document
+                    yield line
+                continue
+            if line.strip():
+                size += limit + 1 if long else len(line)
+                if limit is None or size <= limit:
+                    block.append(line)
+                continue
+            if size:  # a blank line or the end: the block is done
+                if limit is not None and size > limit:
+                    self.drop("too_large")
+                else:
+                    yield b"".join(block)
+                block, size = [], 0
+            if not line:
+                return
+
+    def read_file(self, filepath: str):
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            try:
+                for i, raw in enumerate(self._documents(f)):
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = raw.decode("utf-8", errors="replace")
+                        self.stat_update("repaired_utf8")
+                    data = {"text": text.rstrip("\r\n"), FORMAT_KEY: TEXT}
+                    if (document := self.to_document(data, filepath, i)) is not None:
+                        yield document
+            except (EOFError, zlib.error, OSError):
+                self.drop("truncated_file")
+
+
 class CountingParquetReader(_CountingReader, ParquetReader):
     """ParquetReader whose documents are marked as plain text and every row is counted in the funnel.
 
@@ -528,7 +592,8 @@ def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:
             by_kind.setdefault(kind, []).append(f)
     if not by_kind:
         raise FileNotFoundError(
-            f"{input_path}: no input files found (looked for .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet)"
+            f"{input_path}: no input files found (looked for .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet, "
+            ".txt)"
         )
     return folder, dict(sorted(by_kind.items()))
 
@@ -540,6 +605,7 @@ def make_readers(
     limit: int = -1,
     progress: bool = True,
     max_chars: int | None = None,
+    txt: str = "lines",
 ) -> list:
     """One reader per kind of input `list_inputs` found, each sharding the list of its files that
     `write_input_lists` keeps in `lists_dir/<kind>.txt` (written once the run is accepted: a run that is
@@ -547,7 +613,9 @@ def make_readers(
     common = dict(limit=limit, file_progress=progress, doc_progress=progress)
     classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
     readers = [
-        classes.get(kind, CountingParquetReader)(
+        CountingTextReader(folder, paths_file=str(Path(lists_dir) / f"{kind}.txt"), mode=txt, **common)
+        if kind == "txt"
+        else classes.get(kind, CountingParquetReader)(
             folder, paths_file=str(Path(lists_dir) / f"{kind}.txt"), **common
         )
         for kind in sorted(by_kind)

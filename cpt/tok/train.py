@@ -38,6 +38,18 @@ def iter_texts(source: str | Path, counts: dict | None = None) -> Iterator[str]:
     """Documents from Parquet shards (their `text` column) or text files (one document a line). Text of
     invalid UTF-8 is decoded with U+FFFD for the bad bytes and, when `counts` is given, counted in its
     `repaired_utf8` (a Parquet value or a line of a text file each)."""
+    if any(c in str(source) for c in "*?["):  # a glob: the files it matches, and the files under its folders
+        import glob
+
+        matched = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+        files = [p for m in matched for p in ([m] if m.is_file() else sorted(m.rglob("*")))]
+        files = [p for p in files if p.is_file() and p.suffix in (".parquet", ".txt", ".utf8")]
+        files = [p for p in files if not BOOKKEEPING & set(p.parts)]
+        if not files:
+            raise TokenizerError(f"{source}: no .parquet, .txt or .utf8 files match it")
+        for path in files:
+            yield from iter_texts(path, counts)
+        return
     source = Path(source)
     if source.is_file():
         files = [source]

@@ -340,3 +340,38 @@ def test_the_size_cap_holds_for_every_input_kind_as_it_is_read(tmp_path):
     _, funnel = _run_clean(tmp_path, files, ["--set", "extract.max_chars=1000"])
     read = funnel["steps"][0]
     assert (read["docs_in"], read["kept"], read["removed"]) == (8, 5, {"too_large": 3}), read
+
+
+def test_plain_text_is_read_a_document_a_line_or_a_block_and_its_source_is_the_file_stem(tmp_path):
+    """`.txt` input: one document a line by default (blank lines are no documents), or blank-line blocks
+    with `--set read.txt=blocks`; a line of invalid UTF-8 is kept with U+FFFD and counted; the source
+    column is the file's stem, the funnel counts each file apart."""
+    text = (
+        b"first document\n\nsecond document, line one\nsecond document, line two\n\nbad \xed\xa0\x80 bytes\n"
+    )
+    files = {"news.txt": text, "wiki/other.txt": b"another file\n"}
+    for mode, expected in (("lines", 5), ("blocks", 4)):
+        out, funnel = _run_clean(tmp_path / mode, files, ["--set", f"read.txt={mode}"])
+        read = funnel["steps"][0]
+        assert (read["docs_in"], read["kept"]) == (expected, expected), read
+        assert read["counters"] == {"repaired_utf8": 1}, read
+        rows = pq.read_table(sorted(out.rglob("*.parquet"))).to_pylist()
+        texts = {r["text"]: r["source"] for r in rows}
+        assert texts["another file"] == "other" and texts["first document"] == "news"
+        if mode == "blocks":
+            assert "second document, line one\nsecond document, line two" in texts
+        assert (
+            funnel["by_input"]["news.txt"]["read"] == expected - 1
+            and funnel["by_input"]["wiki/other.txt"]["read"] == 1
+        )
+
+
+def test_cpt_tok_train_reads_a_glob(tmp_path):
+    from cpt.tok.train import TokenizerError, iter_texts
+
+    for lang, text in (("a/zh", "中文"), ("b/zh", "更多"), ("b/en", "english")):
+        (tmp_path / lang).mkdir(parents=True)
+        (tmp_path / lang / "x.txt").write_text(text + "\n", encoding="utf-8")
+    assert sorted(iter_texts(f"{tmp_path}/*/zh/*.txt")) == ["中文", "更多"]
+    with pytest.raises(TokenizerError, match="no .parquet, .txt or .utf8 files match it"):
+        list(iter_texts(f"{tmp_path}/*/fr/*.txt"))
