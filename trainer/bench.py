@@ -151,6 +151,8 @@ def lm_eval_task(subject: Subject, shots: int):
     import datasets
     import lm_eval
     from lm_eval.api.task import ConfigurableTask
+
+    _quiet_lm_eval()
     from lm_eval.tasks._yaml_loader import load_yaml
 
     layout = LAYOUTS[subject.task]
@@ -236,6 +238,17 @@ class _ExpectedWarnings:
         return not any(e in message for e in self.EXPECTED)
 
 
+def _quiet_lm_eval() -> None:
+    """lm-eval's INFO lines (one per subject task) and the warnings `_ExpectedWarnings` names, off: before
+    the first task is built (cpt eval builds them all to check the files before loading the model)."""
+    import logging
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.evaluator"):
+        if not any(isinstance(f, _ExpectedWarnings) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_ExpectedWarnings())
+
+
 @functools.cache
 def _task_manager():
     """A task manager without lm-eval's own task index: the tasks are given as objects, and without one
@@ -265,15 +278,11 @@ def evaluate(
     the work this way); the summary then counts those alone, every subject still listed."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import logging
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one line per subject task otherwise
-    for name in ("lm_eval.api.task", "lm_eval.models.huggingface", "lm_eval.evaluator"):
-        if not any(isinstance(f, _ExpectedWarnings) for f in logging.getLogger(name).filters):
-            logging.getLogger(name).addFilter(_ExpectedWarnings())
+    _quiet_lm_eval()
 
     unknown = [t for t in tasks if t not in LAYOUTS]
     if unknown:
@@ -293,6 +302,13 @@ def evaluate(
     # returns results where LOCAL_RANK is 0 (its tensor-parallel convention): the call is made as that one
     local_rank = os.environ.get("LOCAL_RANK")
     os.environ["LOCAL_RANK"] = "0"
+    import lm_eval.evaluator as evaluator
+
+    # simple_evaluate ends by recording the git hash of the working folder (git prints `fatal: not a git
+    # repository` outside one) and torch's environment report (a dozen subprocesses, seconds at every
+    # evaluation in training) into results that cpt does not keep: both are left out, for this call only
+    recorders = evaluator.get_git_commit_hash, evaluator.add_env_info
+    evaluator.get_git_commit_hash, evaluator.add_env_info = (lambda: None), (lambda storage: None)
     try:
         out = {"samples": {}}
         if task_objects:  # (a shard of tiny subjects may hold no question at all)
@@ -308,6 +324,7 @@ def evaluate(
                 fewshot_random_seed=seed,
             )
     finally:
+        evaluator.get_git_commit_hash, evaluator.add_env_info = recorders
         if local_rank is None:
             os.environ.pop("LOCAL_RANK", None)
         else:
@@ -502,7 +519,7 @@ def write(
 def load_model(spec: str):
     """(model, tokenizer, what) for `--model`: a Hugging Face folder, or a run folder with `:STEP` (the
     latest checkpoint that loads without it), LoRA merged."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from cpt.io import refuse_custom_code
 
@@ -512,7 +529,7 @@ def load_model(spec: str):
         from trainer.export import trained_model
 
         model, base, tag = trained_model(folder, tag or None)  # refuses a base naming custom code
-        return model, AutoTokenizer.from_pretrained(base, trust_remote_code=False), f"{folder}:{tag}"
+        return model, _tokenizer(base), f"{folder}:{tag}"
     if not (folder / "config.json").is_file():
         raise BenchError(
             f"{spec}: neither a Hugging Face model folder (config.json) nor a run (checkpoints/)"
@@ -520,9 +537,24 @@ def load_model(spec: str):
     refuse_custom_code(folder)  # before transformers reads it (it would ask whether to run the code)
     return (
         AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False),
-        AutoTokenizer.from_pretrained(folder, trust_remote_code=False),
+        _tokenizer(folder),
         str(folder),
     )
+
+
+def _tokenizer(folder):
+    """The folder's tokenizer. Llama 3's tokenizer_config asks for clean_up_tokenization_spaces, a clean-up
+    for WordPiece that transformers ignores for BPE, warning at the first decode: it is switched off."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if (
+        getattr(tok, "clean_up_tokenization_spaces", False)
+        and type(getattr(backend, "model", None)).__name__ == "BPE"
+    ):
+        tok.clean_up_tokenization_spaces = False
+    return tok
 
 
 def add_arguments(p) -> None:
