@@ -266,7 +266,7 @@ class CleanRun:
     """Everything a launch needs: resolved settings, the datatrove pipeline and where its state lives."""
 
     cfg: CleanConfig
-    input: str
+    input: str | list[str]
     output: Path
     pipeline: list
     labels: list[str]
@@ -284,7 +284,7 @@ class CleanRun:
 
 
 def prepare(
-    input_path: str,
+    input_path: str | list[str],
     output: str | Path,
     cfg: CleanConfig,
     steps: list[str] | None = None,
@@ -300,7 +300,9 @@ def prepare(
     from cpt.steps.read import list_inputs, make_readers, write_input_lists
 
     output = Path(output)
-    check_paths([input_path], output)
+    inputs = [input_path] if isinstance(input_path, str) else list(input_path)
+    input_path = inputs[0] if len(inputs) == 1 else inputs
+    check_paths(inputs, output)
     if steps:
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
@@ -309,7 +311,7 @@ def prepare(
             )
         cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
     report = output / "report"
-    folder, by_kind = list_inputs(input_path)
+    folder, by_kind = list_inputs(inputs[0]) if len(inputs) == 1 else _list_several(inputs)
     readers = make_readers(
         folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars, cfg.read.txt
     )
@@ -332,9 +334,34 @@ def prepare(
     return run
 
 
+def _list_several(inputs: list[str]) -> tuple[str, dict[str, list[str]]]:
+    """`list_inputs` of several folders or globs as one: their common folder, and every file relative to
+    it (a file two of them name is read once)."""
+    from cpt.steps.read import list_inputs
+
+    listed = [list_inputs(i) for i in inputs]
+    try:
+        root = os.path.commonpath([os.path.abspath(folder) for folder, _ in listed])
+    except ValueError:  # different drives, or local and remote paths
+        raise ConfigError("--input", ["several inputs must be local folders or globs"]) from None
+    by_kind: dict[str, set[str]] = {}
+    for folder, kinds in listed:
+        for kind, files in kinds.items():
+            by_kind.setdefault(kind, set()).update(
+                os.path.relpath(os.path.join(os.path.abspath(folder), f), root) for f in files
+            )
+    return root, {kind: sorted(files) for kind, files in sorted(by_kind.items())}
+
+
+def _recorded_input(given: str) -> str:
+    return str(Path(given).resolve()) if "*" not in given else given
+
+
 def _check_settings(run: CleanRun, limit: int, record: bool, files: list[Path], root: Path) -> None:
     settings = {
-        "input": str(Path(run.input).resolve()) if "*" not in run.input else run.input,
+        "input": _recorded_input(run.input)
+        if isinstance(run.input, str)
+        else [_recorded_input(i) for i in run.input],
         "config": recorded_config(run.cfg),
         "tasks": run.tasks,
         "limit": limit,
@@ -414,7 +441,9 @@ def add_arguments(sub) -> None:
     p.add_argument(
         "--input",
         required=True,
-        help="folder (searched recursively) or glob of input files; "
+        nargs="+",
+        action="extend",
+        help="folders (searched recursively) or globs of input files, one or several; "
         "kinds by name: .warc(.gz), .wet(.gz), .jsonl(.gz|.zst), .parquet, .txt (one document a line; "
         "--set read.txt=blocks: blank-line-separated blocks)",
     )
@@ -462,7 +491,7 @@ def command(args) -> int:
     )
     launcher = executor(run, args.executor, args.workers)
     if args.dry_run:
-        print(f"clean: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
+        print(f"clean: {' '.join(args.input)} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
         for label, step in zip(run.labels, run.pipeline, strict=True):
             print(f"  {label:<32} {step}")
         if args.executor == "slurm":

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command][1](args)
         if args.command in ("clean", "dedup", "score", "tokenize"):
             # before the lock file is made in --output: an --output inside the input is refused untouched
-            check_paths([args.input], output)
+            check_paths(args.input if isinstance(args.input, list) else [args.input], output)
         with output_lock(output, f"pipelines/run.py {args.command}"):  # one writer per output folder
             check_slurm_jobs_ended(output)  # and none left by a submission that did not --wait
             return COMMANDS[args.command][1](args)
