@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from cpt.config import ConfigError, apply_overrides, build, read_yaml
 from cpt.funnel import Funnel, FunnelRow, merge_rows, row_from_stats, step_totals
-from cpt.io import write_json
+from cpt.io import write_json, write_text
 from pipelines.common import (
     RayConfig,
     SlurmConfig,
@@ -126,7 +127,7 @@ class LanguageChain:
 @dataclass
 class DedupRun:
     cfg: DedupConfig
-    input: Path
+    input: Path  # the input, or the common folder of several
     output: Path
     tasks: dict[str, int]
     chains: list[LanguageChain]
@@ -158,7 +159,7 @@ def _rows(files: list[Path]) -> int:
 
 
 def prepare(
-    input_dir: str | Path,
+    input_dir: str | Path | list,
     output: str | Path,
     cfg: DedupConfig,
     levels: list[str] | None = None,
@@ -168,7 +169,8 @@ def prepare(
     progress: bool = True,
     record: bool = True,
 ) -> DedupRun:
-    input_dir, output = Path(input_dir), Path(output)
+    inputs = [Path(i) for i in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
+    output = Path(output)
     if levels:
         unknown = [lv for lv in levels if lv not in LEVELS]
         if unknown:
@@ -176,20 +178,40 @@ def prepare(
                 "--levels", [f"unknown level {lv!r} (allowed: {', '.join(LEVELS)})" for lv in unknown]
             )
         cfg = dataclasses.replace(cfg, levels=[lv for lv in LEVELS if lv in levels])
-    check_paths([input_dir], output)
-    langs = languages_of(input_dir)
+    check_paths(inputs, output)
+    # several clean outputs are deduplicated against each other: each language's shards of all of them,
+    # read from their common folder (one alone: its language folder, as before)
+    langs: dict[str, list[Path]] = {}
+    for input_dir in inputs:
+        found = languages_of(input_dir)
+        check_shard_input(input_dir, [f for lang_files in found.values() for f in lang_files], "dedup")
+        for lang, lang_files in found.items():
+            langs.setdefault(lang, []).extend(lang_files)
+    langs = dict(sorted(langs.items()))
     files = [f for lang_files in langs.values() for f in lang_files]
-    check_shard_input(input_dir, files, "dedup")
+    root = inputs[0] if len(inputs) == 1 else Path(os.path.commonpath([i.resolve() for i in inputs]))
     task_counts = {lang: tasks or len(files) for lang, files in langs.items()}
-    settings = {"input": str(input_dir.resolve()), "config": recorded_config(cfg), "tasks": task_counts}
-    check_settings(output / "report", output, settings, record, inputs=files, root=input_dir)
+    given = str(inputs[0].resolve()) if len(inputs) == 1 else [str(i.resolve()) for i in inputs]
+    settings = {"input": given, "config": recorded_config(cfg), "tasks": task_counts}
+    check_settings(output / "report", output, settings, record, inputs=files, root=root)
     chains = [
         _language_chain(
-            lang, input_dir / lang, files, output, cfg, task_counts[lang], executor, workers, progress
+            lang,
+            inputs[0] / lang if len(inputs) == 1 else root,
+            files,
+            output,
+            cfg,
+            task_counts[lang],
+            executor,
+            workers,
+            progress,
+            None if len(inputs) == 1 else sorted(str(f.resolve().relative_to(root.resolve())) for f in files),
+            record,
         )
         for lang, files in langs.items()
     ]
-    run = DedupRun(cfg=cfg, input=input_dir, output=output, tasks=task_counts, chains=chains)
+    run = DedupRun(cfg=cfg, input=inputs[0] if len(inputs) == 1 else root, output=output, tasks=task_counts,
+                   chains=chains)  # fmt: skip
     if record:
         write_json(
             run.report_dir / "steps.json",
@@ -208,6 +230,8 @@ def _language_chain(
     kind: str,
     workers: int | None,
     progress: bool,
+    source_files: list[str] | None = None,
+    record: bool = True,
 ) -> LanguageChain:
     from datatrove.pipeline.dedup import (
         ExactDedupFilter,
@@ -242,7 +266,15 @@ def _language_chain(
     executors: list = []
     funnel: list[tuple[str, str, int, int]] = []
 
+    listed = work / "inputs.txt"  # several inputs: the language's shards, relative to their common folder
+    if source_files is not None and record:
+        write_text(listed, "".join(f + "\n" for f in source_files))
+
     def reader(folder: Path):
+        if source_files is not None and folder == source:
+            return CountingParquetReader(
+                str(folder), paths_file=str(listed), adapter=row_to_document, doc_progress=progress
+            )
         return CountingParquetReader(
             str(folder), glob_pattern="*.parquet", adapter=row_to_document, doc_progress=progress
         )
@@ -383,7 +415,12 @@ def add_arguments(sub) -> None:
         ),
     )
     p.add_argument(
-        "--input", required=True, help="the --output folder of `clean` (its <lang>/*.parquet shards)"
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="the --output folder of `clean` (its <lang>/*.parquet shards); several are deduplicated "
+        "against each other, language by language",
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--levels", help=f"comma-separated subset of {','.join(LEVELS)}, run in that order")

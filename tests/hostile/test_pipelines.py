@@ -319,3 +319,16 @@ def test_two_clean_runs_into_one_output_one_is_refused_and_the_other_writes_what
         for run, folder in (("alone", finished["clean"]), ("first", out))
     }  # fmt: skip
     assert rows["first"] == rows["alone"] and len(rows["alone"]) == 12
+
+
+def test_two_clean_outputs_are_deduplicated_against_each_other(finished, tmp_path):
+    """`dedup --input A B`: each language's shards of both, as one set: of the same 12 documents cleaned
+    into two outputs, the second copies are removed."""
+    again = shutil.copytree(finished["clean"], tmp_path / "again")
+    out = tmp_path / "dedup"
+    run_cli("dedup", "--input", str(finished["clean"]), str(again), "--output", str(out), "--no-progress")
+    steps = json.loads((out / "report" / "funnel.json").read_text())["steps"]
+    # the second copy of each document is an exact duplicate across the inputs (minhash then also finds
+    # these template sentences near-duplicates of each other)
+    assert (steps[0]["docs_in"], steps[1]["step"], steps[1]["kept"]) == (24, "url", 12), steps
+    assert steps[1]["removed"] == {"url_duplicate": 12}
