@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             kept, removed = measure(filters, lang, [sep.join(g) for g in groups])
             why = ", ".join(f"{k} {v}" for k, v in removed.most_common()) or "-"
             share = 100 * kept / max(len(groups), 1)
-            print(f"{lang:<5} {path.name[:28]:<28} {shape:<11} {len(groups):>5} {kept:>5} {share:>6.1f}%  {why}")
+            print(
+                f"{lang:<5} {path.name[:28]:<28} {shape:<11} {len(groups):>5} {kept:>5} {share:>6.1f}%  {why}"
+            )
     return 0
 
 
