@@ -21,7 +21,8 @@ copied into this repository):
 
 Extractors, all on the same decoded pages (cpt's `decode_payload`, as the WARC reader decodes):
 - `trafilatura (cpt)`: cpt's TrafilaturaExtractor with pipelines/configs/clean.yaml's settings
-  (favour_precision, no tables, deduplicate with the cache emptied before every page);
+  (favour_precision, no tables, deduplicate with the cache emptied before every page, and the fallback
+  for a page they leave empty: without deduplicate, with tables); `(cpt, no fallback)` without it;
 - `trafilatura (defaults)`: `trafilatura.extract(html)` with the library's defaults;
 - the same two with trafilatura 1.11 (what datatrove's `processing` extra allows), run by a small
   worker in TRAFILATURA_1_PYTHON (the python of a venv with `pip install trafilatura==1.11.0
@@ -223,14 +224,29 @@ def cpt_extractors() -> dict:
 
     e = load_config().extract
     make = {
-        b: make_extractor(b, e.favour_precision, e.include_tables, e.max_chars, e.cpu_timeout)
+        b: make_extractor(
+            b, e.favour_precision, e.include_tables, e.max_chars, e.cpu_timeout, fallback=e.fallback
+        )
         for b in ("trafilatura", "resiliparse")
     }
+    plain = make_extractor("trafilatura", e.favour_precision, e.include_tables, e.max_chars, e.cpu_timeout,
+                           fallback=False)  # fmt: skip
     return {
         "default_backend": e.backend,
         "trafilatura": make["trafilatura"],
+        "trafilatura_no_fallback": plain,
         "resiliparse": make["resiliparse"],
     }
+
+
+def page_text(extract_page):
+    """The text of cpt's `_extract_page` (which marks a page kept through the fallback as a pair)."""
+
+    def text(html: str) -> str:
+        out = extract_page(html)
+        return out[1] if isinstance(out, tuple) else out
+
+    return text
 
 
 def trafilatura_modes(traf_extractor) -> dict:
@@ -280,7 +296,8 @@ def extract_all(pages: list[str], ext: dict, modes: dict, args, work: Path) -> l
 
     rows = []
     for name, fn in (
-        ("trafilatura (cpt)", ext["trafilatura"]._extract_page),
+        ("trafilatura (cpt)", page_text(ext["trafilatura"]._extract_page)),
+        ("trafilatura (cpt, no fallback)", page_text(ext["trafilatura_no_fallback"]._extract_page)),
         ("trafilatura (defaults)", trafilatura.extract),
     ):
         r = run_in_process(fn, pages, args.repeats)
@@ -297,7 +314,7 @@ def check_worker_matches_cpt(pages: list[str], ext: dict, modes: dict, work: Pat
     """The worker's `trafilatura (cpt)` mode, run here, must give cpt's extractor's text exactly."""
     sample = pages[:20]
     mine = run_worker(sys.executable, sample, {"trafilatura (cpt)": modes["trafilatura (cpt)"]}, 1, work)
-    theirs = [ext["trafilatura"]._extract_page(p) or "" for p in sample]
+    theirs = [page_text(ext["trafilatura_no_fallback"]._extract_page)(p) or "" for p in sample]
     if mine["results"]["trafilatura (cpt)"]["texts"] != theirs:
         raise SystemExit("the 1.11 worker's arguments differ from cpt's extractor: fix trafilatura_modes")
 
@@ -406,11 +423,11 @@ def main() -> None:
                 })  # fmt: skip
     results["ratios"] = ratios
 
-    print("| backend | version | dataset | pages | precision | recall | F1 | pages/s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| backend | version | dataset | pages | empty | precision | recall | F1 | pages/s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['backend']} | {r['version']} | {r['dataset']} | {r['pages']} | {r['precision']:.3f} "
+            f"| {r['backend']} | {r['version']} | {r['dataset']} | {r['pages']} | {r['empty']} | {r['precision']:.3f} "
             f"| {r['recall']:.3f} | {r['f1']:.3f} | {r['pages_per_s']:.1f} |"
         )
     if args.json:
