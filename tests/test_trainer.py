@@ -37,7 +37,7 @@ RESTART = ("--set", "schedule.restarts=[10]")
 def reference(setup):
     """An uninterrupted two-rank run of the whole stage, re-warmed at step 10 as planned."""
     out = setup["root"] / "runs" / "reference"
-    done = run_train(setup, out, *RESTART).stdout.splitlines()[-1]
+    done = next(line for line in run_train(setup, out, *RESTART).stdout.splitlines() if "done: " in line)
     ppl = read_metrics(out)[16]
     # the last line gives the final held-out perplexities
     assert (
