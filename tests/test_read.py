@@ -86,4 +86,9 @@ def test_input_kind_by_name():
     assert input_kind("a/CC-MAIN-1.warc.gz") == "warc"
     assert input_kind("CC-MAIN-1.warc.wet.gz") == "wet"
     assert input_kind("x.jsonl.zst") == "jsonl" and input_kind("x.parquet") == "parquet"
-    assert input_kind("notes.txt") is None
+    assert (
+        input_kind("notes.txt") == "txt"
+        and input_kind("news.txt.gz") == "txt"
+        and input_kind("pku.utf8") == "txt"
+    )
+    assert input_kind("notes.md") is None and input_kind("page.html") is None

@@ -117,11 +117,14 @@ def test_dedup_stages_as_dependent_slurm_jobs_match_local_and_tokenize_waits_for
         proc = run_cli("tokenize", "--input", str(local), "--tokenizer", str(tmp_path / "merged"), "--output",
                        str(out), "--executor", kind, "--wait", "--no-progress")  # fmt: skip
         assert "documents" in proc.stdout
-        files = sorted(out.glob("*.ds"))
+        files = sorted(out.rglob("*.ds"))  # a folder per language of the dedup output
         assert files
         tokens[kind] = (
-            [(f.name, f.read_bytes()) for f in files],
-            json.loads((out / "tokens.json").read_text())["tokens"],
+            [(str(f.relative_to(out)), f.read_bytes()) for f in files],
+            {
+                str(m.relative_to(out)): json.loads(m.read_text())["tokens"]
+                for m in sorted(out.rglob("tokens.json"))
+            },
         )
     assert tokens["slurm"] == tokens["local"] and queue_is_empty()
 
