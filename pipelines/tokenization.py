@@ -117,9 +117,10 @@ def prepare(
     token_size = 2 if vocab <= 2**16 else 4
     source = source or output.name
     tasks = tasks or len(files)
-    languages = None
+    languages, values = None, None
     if split_by is None:  # a stage weighs languages apart (its replay share): never one folder of several
-        languages = [v for v in metadata_values(files, "lang") if v != OTHER]
+        values = metadata_values(files, "lang")  # read once: the split's folders are these values
+        languages = [v for v in values if v != OTHER]
         split_by = "lang" if len(languages) > 1 else None
     elif split_by == "none":  # asked for: one folder whatever the input holds
         split_by = None
@@ -143,7 +144,7 @@ def prepare(
     groups = (
         {None: output}
         if split_by is None
-        else {v: output / folder_name(v) for v in metadata_values(files, split_by)}
+        else {v: output / folder_name(v) for v in values or metadata_values(files, split_by)}
     )
     # without --split-by no metadata is needed: only the text and id columns are read
     reader = CountingParquetReader(

@@ -39,6 +39,9 @@ from cpt.io import replace_dir, wrapped_disk_full, write_text
 
 LATEST = "latest"
 STEP_TAG = re.compile(r"step_(\d+)")
+# the temporary name of a checkpoint being saved: step_N.<pid>.tmp (step_N.tmp before pids were in it),
+# the only names the clean-up of a killed save removes
+PENDING = re.compile(r"step_\d+(?:\.\d+)?\.tmp")
 # The only classes DeepSpeed's own checkpoint files pickle beyond tensors and builtins (found by
 # saving ZeRO 0-3, bf16 and fp32, CPU offload, LoRA and embeddings-only checkpoints and listing what
 # weights_only=True rejects). Each is rebuilt from plain values: no code of the file's choosing runs.
@@ -259,9 +262,10 @@ def save(
     tag = f"step_{step:08d}"
     tmp = root / f"{tag}.{_saver()}.tmp"
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if rank == 0:  # what a killed run left: the run folder's lock says no other run is writing
-        for stale in root.glob("step_*.tmp") if root.is_dir() else ():
-            shutil.rmtree(stale, ignore_errors=True)
+    if rank == 0:  # what a killed save left: the run folder's lock says no other run is writing
+        for stale in root.iterdir() if root.is_dir() else ():
+            if PENDING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
     _barrier()
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, client_state=client_state, save_latest=False)
