@@ -6,12 +6,13 @@ import gzip
 import io
 import json
 
+import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from conftest import data_path
 from cpt.funnel import row_from_stats
-from cpt.steps.read import CountingJsonlReader, RobustWarcReader, decode_payload, input_kind
+from cpt.steps.read import CountingJsonlReader, RobustWarcReader, decode_payload, input_kind, list_inputs
 
 PAGE = "<html><body><article><h1>T</h1><p>{}</p></article></body></html>"
 
@@ -80,6 +81,15 @@ def test_decode_payload_charsets():
     # UTF-8 wins over a wrong declaration (a GBK decode of UTF-8 bytes would "succeed" as mojibake)
     assert decode_payload("中文".encode(), "text/html; charset=gbk") == "中文"
     assert decode_payload(bytes(range(256)) * 10) is None
+
+
+def test_one_input_file_is_read_from_its_folder_by_name(tmp_path):
+    (tmp_path / "news.txt").write_text("新闻\n", encoding="utf-8")
+    (tmp_path / "other.txt").write_text("其他\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("# notes\n", encoding="utf-8")
+    assert list_inputs(str(tmp_path / "news.txt")) == (str(tmp_path), {"txt": ["news.txt"]})
+    with pytest.raises(FileNotFoundError, match=r"notes\.md: not an input file cpt reads"):
+        list_inputs(str(tmp_path / "notes.md"))
 
 
 def test_input_kind_by_name():

@@ -9,6 +9,7 @@ resynchronise at the next record after a broken one.
 from __future__ import annotations
 
 import io
+import os
 import re
 import zlib
 from pathlib import Path
@@ -165,6 +166,7 @@ class RobustWarcReader(_CountingReader, WarcReader):
             f.seek(offset)
             records = ArchiveIterator(f, check_digests=False)
             records.reader = _StrictReader(records.fh, block_size=records.reader.block_size)
+            records.INC_RECORD = _Notice(filepath)
             record_start = offset
             try:
                 for record in records:
@@ -213,6 +215,23 @@ class RobustWarcReader(_CountingReader, WarcReader):
                     offset = _next_record_start(f, record_start + 1, magic)
                 except (EOFError, zlib.error, OSError):  # the inflated stream ends in damage: counted above
                     return
+
+
+class _Notice(str):
+    """warcio's notice of a record not followed by its blank line (its Content-Length is wrong), which
+    warcio writes to stderr itself, four lines a record, through `INC_RECORD.format`: here it is one
+    line of the task's log. What the bad length did to the records is counted in the funnel."""
+
+    def __new__(cls, filepath: str):
+        notice = super().__new__(cls, "")
+        notice.filepath = filepath
+        return notice
+
+    def format(self, offset, remainder) -> str:  # noqa: A003 - the method warcio calls
+        logger.info(
+            f"{self.filepath}: the WARC record before offset {offset} is not followed by a blank line"
+        )
+        return ""
 
 
 class _StrictReader(DecompressingBufferedReader):
@@ -583,8 +602,15 @@ def list_inputs(input_path: str) -> tuple[str, dict[str, list[str]]]:
     df = get_datafolder(folder)
     if not df.exists(""):
         raise FileNotFoundError(f"{input_path}: no such file or folder")
-    if df.isfile(""):
-        raise FileNotFoundError(f"{input_path}: expected a folder or a glob, not a single file")
+    if df.isfile(""):  # one file: read from its folder, by name
+        kind = input_kind(folder)
+        if kind is None:
+            raise FileNotFoundError(
+                f"{input_path}: not an input file cpt reads (.warc(.gz), .wet(.gz), .jsonl(.gz|.zst), "
+                ".parquet, .txt)"
+            )
+        parent, name = os.path.split(folder.rstrip("/"))
+        return parent or ".", {kind: [name]}
     files = sorted(df.list_files(recursive=True, glob_pattern=pattern))
     by_kind: dict[str, list[str]] = {}
     for f in files:
@@ -610,7 +636,8 @@ def make_readers(
     """One reader per kind of input `list_inputs` found, each sharding the list of its files that
     `write_input_lists` keeps in `lists_dir/<kind>.txt` (written once the run is accepted: a run that is
     refused writes nothing)."""
-    common = dict(limit=limit, file_progress=progress, doc_progress=progress)
+    # one bar (documents): datatrove's second, of files, redraws over it on a terminal
+    common = dict(limit=limit, file_progress=False, doc_progress=progress)
     classes = {"warc": RobustWarcReader, "wet": RobustWarcReader, "jsonl": CountingJsonlReader}
     readers = [
         CountingTextReader(folder, paths_file=str(Path(lists_dir) / f"{kind}.txt"), mode=txt, **common)
