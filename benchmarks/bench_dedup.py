@@ -124,7 +124,7 @@ def run_dedup(clean: Path, out: Path, levels: list[str], config: str | None, ove
     from pipelines.dedup import load_config, prepare
 
     cfg = load_config(config, overrides)
-    run = prepare(clean, out, cfg, levels=levels, tasks=1, workers=1, progress=False)
+    run = prepare(clean, out, cfg, levels=levels, tasks=1, workers=1)
     start = time.perf_counter()
     for chain in run.chains:
         chain.executors[-1].run()  # runs the stages it depends on first
@@ -276,8 +276,7 @@ def hwm():  # VmHWM: this process's own peak (ru_maxrss would include the parent
     lines = open("/proc/self/status").read().splitlines()
     return int(next(x.split()[1] for x in lines if x.startswith("VmHWM:")))
 
-run = prepare({clean!r}, {out!r}, load_config({config!r}, {overrides!r}), levels=[{level!r}], tasks=1, workers=1,
-              progress=False)
+run = prepare({clean!r}, {out!r}, load_config({config!r}, {overrides!r}), levels=[{level!r}], tasks=1, workers=1)
 start, stages = time.perf_counter(), {{}}
 for chain in run.chains:
     for executor in chain.executors:  # in order; each skips the stages before it, already done

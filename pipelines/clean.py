@@ -273,6 +273,7 @@ class CleanRun:
     n_readers: int
     tasks: int
     root: str = ""  # the input folder, absolute: the funnel names input files relative to it
+    progress: bool = True  # a bar of tasks done (one task: its reader's bar of documents)
 
     @property
     def report_dir(self) -> Path:
@@ -312,11 +313,17 @@ def prepare(
         cfg = dataclasses.replace(cfg, steps=[s for s in STEPS if s in steps])
     report = output / "report"
     folder, by_kind = list_inputs(inputs[0]) if len(inputs) == 1 else _list_several(inputs)
-    readers = make_readers(
-        folder, by_kind, report / "inputs", limit, progress, cfg.extract.max_chars, cfg.read.txt
-    )
     files = [Path(folder) / f for kind_files in by_kind.values() for f in kind_files]
     tasks = tasks or len(files)
+    readers = make_readers(
+        folder,
+        by_kind,
+        report / "inputs",
+        limit,
+        progress and tasks == 1,
+        cfg.extract.max_chars,
+        cfg.read.txt,
+    )
     processing, labels = build_steps(cfg, output)
     run = CleanRun(
         cfg=cfg,
@@ -327,6 +334,7 @@ def prepare(
         n_readers=len(readers),
         tasks=tasks,
         root=os.path.abspath(folder),
+        progress=progress,
     )
     _check_settings(run, limit, record, files, Path(folder))
     if record:  # the input lists the tasks shard, written only once the run is accepted
@@ -380,7 +388,10 @@ def executor(run: CleanRun, kind: str = "local", workers: int | None = None):
 
     # every step's documents counted by language and input file too: the funnel's breakdown
     pipeline = with_tallies(run.pipeline, run.n_readers, run.root)
-    return make_executor(kind, pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers, ray=run.cfg.ray)
+    return make_executor(
+        kind, pipeline, run.tasks, run.logging_dir, run.cfg.slurm, workers, ray=run.cfg.ray,
+        progress=run.progress, desc="clean",
+    )  # fmt: skip
 
 
 def funnel_of(output: str | Path) -> Funnel:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,43 @@ def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
             )
 
 
+def shard_inputs(given: str | Path | list, command: str) -> tuple[Path, list[Path], str | list[str]]:
+    """The Parquet shards `--input` names for dedup-like readers (score, tokenize): one or several
+    finished clean/dedup/score outputs, language folders of them, shard files, or globs of these. Returns
+    their common folder (the reader's root), the shards (each read once, checked by
+    `check_shard_input`) and the input as the settings record it."""
+    import glob
+
+    from cpt.shards import shard_files
+
+    given = [given] if isinstance(given, str | Path) else list(given)
+    if len(given) == 1 and not glob.has_magic(str(given[0])) and not Path(given[0]).is_file():
+        folder = Path(given[0])  # one folder: as it always was, its shards relative to it
+        files = shard_files(folder)
+        check_shard_input(folder, files, command)
+        return folder, files, str(folder.resolve())
+    found: set[Path] = set()
+    for g in given:
+        matches = sorted(glob.glob(str(g), recursive=True)) if glob.has_magic(str(g)) else [str(g)]
+        if not matches:
+            raise FileNotFoundError(f"{g}: matches no file or folder")
+        for match in map(Path, matches):
+            if match.is_file():
+                if match.suffix != ".parquet":
+                    raise ConfigError(
+                        str(match), [f"not a Parquet shard: `{command}` reads clean or dedup shards"]
+                    )
+                check_shard_input(match.parent, [match], command)
+                found.add(match.resolve())
+            else:
+                files = shard_files(match)
+                check_shard_input(match, files, command)
+                found.update(f.resolve() for f in files)
+    files = sorted(found)
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    return root, files, [str(g) if glob.has_magic(str(g)) else str(Path(g).resolve()) for g in given]
+
+
 def make_executor(
     kind: Literal["local", "slurm", "ray"],
     pipeline: list,
@@ -232,9 +270,12 @@ def make_executor(
     depends=None,
     job_name: str | None = None,
     ray: RayConfig | None = None,
+    progress: bool = False,
+    desc: str | None = None,
 ):
     """A datatrove executor; `depends` chains stages (Slurm: `--dependency=afterok`; local and Ray: the
-    stage it depends on runs first)."""
+    stage it depends on runs first). `progress`: a local run of several tasks shows one bar of tasks
+    done, named `desc`."""
     if kind == "ray":
         ray = ray or RayConfig()
         return RayStage(
@@ -277,11 +318,19 @@ def make_executor(
         logging_dir=str(logging_dir),
         skip_completed=True,
         depends=depends,
+        progress=progress,
+        desc=desc or job_name or "tasks",
     )
 
 
 # datatrove's task log line, on the terminal and in the task's log file
 _LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | <level>{level: <8}</level> | {name}:{function}:{line} - <level>{message}</level>"
+
+
+# datatrove warnings that tell a cpt user nothing, kept in the task's log file only: a task with no file
+# of one kind to read (the list of each kind of input is shared among all the tasks), and a MinHash task
+# that found no duplicate to remove
+_KNOWN_NOISE = ("No files found on ", "No .remove file for ")
 
 
 def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
@@ -314,17 +363,69 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
 
     prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
     level = os.environ.get("LOGURU_LEVEL", "INFO") if local_rank == 0 else "ERROR"  # run.py sets it
-    logger.add(sys.stderr, level=level, format=lambda r: prefix + terminal(r))
+    quiet = level not in ("TRACE", "DEBUG", "INFO")  # --verbose shows them all
+    logger.add(
+        sys.stderr,
+        level=level,
+        format=lambda r: prefix + terminal(r),
+        filter=lambda r: not (quiet and r["message"].startswith(_KNOWN_NOISE)),
+    )
     logger.add(to_file, level="DEBUG", format=prefix + _LOG_FORMAT, colorize=False)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile
 
 
 class LocalExecutor(LocalPipelineExecutor):
-    """datatrove's LocalPipelineExecutor with cpt's task logger (`_task_logger`). datatrove's
-    `_run_for_rank` sets a task's logging up through the module-level `add_task_logger` and offers no
-    parameter for it, so that name is swapped for the duration of each task (in the worker process that
-    runs it: this class is what the worker unpickles, so the swap happens there too)."""
+    """datatrove's LocalPipelineExecutor with cpt's task logger (`_task_logger`) and one progress bar of
+    the tasks done. datatrove's `_run_for_rank` sets a task's logging up through the module-level
+    `add_task_logger` and offers no parameter for it, so that name is swapped for the duration of each
+    task (in the worker process that runs it: this class is what the worker unpickles, so the swap
+    happens there too).
+
+    The bar replaces datatrove's own, one document bar and one file bar per task, which overwrite each
+    other when tasks run side by side (and print a pair even for a task that has no file to read)."""
+
+    def __init__(self, *args, progress: bool = False, desc: str = "tasks", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress, self.desc = progress, desc
+
+    def run(self):
+        if not self.progress or self.world_size == 1:  # one task: its reader shows its documents
+            return super().run()
+        if self.depends and not self.depends._launched:  # its bar first, then this one
+            self.depends.run()
+        from tqdm import tqdm
+
+        # display only: the count is read from datatrove's completion markers, nothing depends on it
+        marks = Path(self.logging_dir.resolve_paths("completions"))
+
+        def done() -> int:
+            try:
+                return len(os.listdir(marks))
+            except OSError:
+                return 0
+
+        stop = threading.Event()
+        bar = tqdm(total=self.world_size, initial=done(), desc=self.desc, unit="task", disable=False)
+
+        ticking = sys.stderr.isatty()  # a terminal's bar shows the time pass; a log gets each change
+
+        def follow() -> None:
+            while not stop.wait(1.0):
+                n = done()
+                if ticking or n != bar.n:
+                    bar.n = n
+                    bar.refresh()
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        try:
+            return super().run()
+        finally:
+            stop.set()
+            thread.join()
+            bar.n = done()
+            bar.close()
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         import datatrove.executor.base as base

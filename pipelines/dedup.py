@@ -166,7 +166,6 @@ def prepare(
     tasks: int | None = None,
     executor: str = "local",
     workers: int | None = None,
-    progress: bool = True,
     record: bool = True,
 ) -> DedupRun:
     inputs = [Path(i) for i in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
@@ -204,7 +203,6 @@ def prepare(
             task_counts[lang],
             executor,
             workers,
-            progress,
             None if len(inputs) == 1 else sorted(str(f.resolve().relative_to(root.resolve())) for f in files),
             record,
         )
@@ -229,7 +227,6 @@ def _language_chain(
     tasks: int,
     kind: str,
     workers: int | None,
-    progress: bool,
     source_files: list[str] | None = None,
     record: bool = True,
 ) -> LanguageChain:
@@ -273,10 +270,16 @@ def _language_chain(
     def reader(folder: Path):
         if source_files is not None and folder == source:
             return CountingParquetReader(
-                str(folder), paths_file=str(listed), adapter=row_to_document, doc_progress=progress
+                str(folder),
+                paths_file=str(listed),
+                adapter=row_to_document,
+                doc_progress=False,  # the run's bar of stages instead
             )
         return CountingParquetReader(
-            str(folder), glob_pattern="*.parquet", adapter=row_to_document, doc_progress=progress
+            str(folder),
+            glob_pattern="*.parquet",
+            adapter=row_to_document,
+            doc_progress=False,  # the run's bar of stages instead
         )
 
     def writer(level: str, last: bool):
@@ -294,7 +297,17 @@ def _language_chain(
         depends = executors[-1] if executors else None
         job = f"{cfg.slurm.job_name}-{lang}-{name}"
         executors.append(
-            make_executor(kind, pipeline, n_tasks, logs / name, cfg.slurm, workers, depends, job, cfg.ray)
+            make_executor(
+                kind,
+                pipeline,
+                n_tasks,
+                logs / name,
+                cfg.slurm,
+                workers,
+                depends,
+                job,
+                cfg.ray,
+            )
         )
         return name
 
@@ -378,6 +391,18 @@ def _language_chain(
     return LanguageChain(lang=lang, executors=executors, funnel=funnel)
 
 
+def _run_with_bar(chain: LanguageChain) -> None:
+    """A language's stages one after the other, under one bar of stages done: a dedup run is a dozen
+    short stages, and a bar each (or datatrove's bar per task) would fill the terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(chain.executors), desc=f"dedup {chain.lang}", unit="stage", disable=False) as bar:
+        for stage in chain.executors:
+            bar.set_postfix_str(Path(str(stage.logging_dir.path)).name)
+            stage.run()  # a failed task raises here, as it would from the last stage's run
+            bar.update()
+
+
 def funnel_of(output: str | Path) -> Funnel:
     """The funnel of a dedup run, summed over languages, from the stats its tasks saved."""
     report = Path(output) / "report"
@@ -445,7 +470,6 @@ def command(args) -> int:
         args.tasks,
         args.executor,
         args.workers,
-        progress=not args.no_progress,
         record=not args.dry_run,
     )
     if args.dry_run:
@@ -460,7 +484,10 @@ def command(args) -> int:
             print("\n# first sbatch script:\n" + sbatch_script(run.chains[0].executors[0]))
         return 0
     for chain in run.chains:
-        chain.executors[-1].run()  # runs (or submits) its dependencies first
+        if args.executor == "local" and not args.no_progress:
+            _run_with_bar(chain)
+        else:
+            chain.executors[-1].run()  # runs (or submits) its dependencies first
     if args.executor == "slurm" and not submitted(
         args,
         [e for chain in run.chains for e in chain.executors],

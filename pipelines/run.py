@@ -23,6 +23,10 @@ if "--verbose" not in sys.argv[1:]:
     # terminal shows warnings and errors, the task logs under OUTPUT/report/logs keep everything. Set
     # before loguru is imported, which reads it once, here and in the worker processes that inherit it
     os.environ.setdefault("LOGURU_LEVEL", "WARNING")
+    # and datatrove's inner bars (dedup's "Reading dup files", the token merger's) off: tqdm reads
+    # TQDM_* defaults once, on import. A bar that passes `disable` itself (cpt's bar of tasks, a
+    # reader's document bar) is not affected
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 from cpt.config import ConfigError  # noqa: E402
 from cpt.io import OutputError, exit_on_disk_fault, output_lock  # noqa: E402

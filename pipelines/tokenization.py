@@ -22,10 +22,10 @@ from pipelines.common import (
     add_run_options,
     check_paths,
     check_settings,
-    check_shard_input,
     check_tasks,
     make_executor,
     sbatch_script,
+    shard_inputs,
     submitted,
     unfinished_tasks,
 )
@@ -68,7 +68,7 @@ def _default_eos(folder: Path) -> str:
 
 
 def prepare(
-    input_dir: str | Path,
+    input_dir: str | Path | list,
     tokenizer: str | Path,
     output: str | Path,
     source: str | None = None,
@@ -81,7 +81,7 @@ def prepare(
     split_by: str | None = None,
     cfg: TokenizeConfig | None = None,
 ) -> TokenizeRun:
-    from cpt.shards import row_to_document, shard_files
+    from cpt.shards import row_to_document
     from cpt.steps.read import CountingParquetReader
     from cpt.tokens import (
         SplitDocumentTokenizer,
@@ -92,13 +92,13 @@ def prepare(
     )
 
     cfg = cfg or TokenizeConfig()
-    input_dir, output, tokenizer = Path(input_dir), Path(output), Path(tokenizer)
-    check_paths([input_dir], output)
-    files = shard_files(input_dir)
-    check_shard_input(input_dir, files, "tokenize")
+    output, tokenizer = Path(output), Path(tokenizer)
+    check_paths(input_dir if isinstance(input_dir, list) else [input_dir], output)
+    named = input_dir if isinstance(input_dir, str | Path) else " ".join(map(str, input_dir))
+    input_dir, files, given = shard_inputs(input_dir, "tokenize")
     if not any(_may_hold_documents(f) for f in files):  # else: a 0-document tokens.json, and exit 0
         raise ConfigError(
-            str(input_dir),
+            str(named),
             [f"no documents to tokenize: its {len(files)} Parquet shard(s) hold no row with text"],
         )
     tokenizer_json = tokenizer / "tokenizer.json" if tokenizer.is_dir() else tokenizer
@@ -125,7 +125,7 @@ def prepare(
     elif split_by == "none":  # asked for: one folder whatever the input holds
         split_by = None
     settings = {
-        "input": str(input_dir.resolve()),
+        "input": given,
         "tokenizer_sha256": tokenizer_hash(tokenizer_json),
         "source": source,
         "tasks": tasks,
@@ -151,7 +151,7 @@ def prepare(
         str(input_dir),
         paths_file=str(paths_file),
         adapter=row_to_document,
-        doc_progress=progress,
+        doc_progress=progress and tasks == 1,
         read_metadata=split_by is not None,
     )
     if split_by is None:
@@ -162,8 +162,11 @@ def prepare(
     slurm = dataclasses.replace(cfg.slurm, job_name=f"{cfg.slurm.job_name}-{source}")
     logs = report / "logs"
     executors = [
-        make_executor(executor, [reader, tokenize], tasks, logs / "tokenize", slurm, workers, ray=cfg.ray)
-    ]
+        make_executor(
+            executor, [reader, tokenize], tasks, logs / "tokenize", slurm, workers, ray=cfg.ray,
+            progress=progress, desc="tokenize",
+        )
+    ]  # fmt: skip
     for value, folder in groups.items():  # then each folder's tokens.json, one after the other
         labels = {split_by: value} if split_by else None
         manifest = TokensManifestStep(
@@ -295,7 +298,13 @@ def add_arguments(sub) -> None:
             "with another tokenizer. Run the same command again to resume."
         ),
     )
-    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="a clean or dedup output folder (its Parquet shards); several, language folders and globs too",
+    )
     p.add_argument(
         "--tokenizer", required=True, help="tokenizer folder with tokenizer.json (cpt-tok merge output)"
     )
@@ -349,7 +358,9 @@ def command(args) -> int:
             file=sys.stderr,
         )
     if args.dry_run:
-        print(f"tokenize: {args.input} -> {run.output}  ({run.tasks} tasks, executor {args.executor})")
+        print(
+            f"tokenize: {' '.join(args.input)} -> {run.output}  ({run.tasks} tasks, executor {args.executor})"
+        )
         for folder in run.folders:
             print(f"  {folder}")
         if args.executor == "slurm":
@@ -376,7 +387,11 @@ def command(args) -> int:
     for folder in run.folders:
         m = TokenShards(folder, args.tokenizer).manifest
         print(
-            f"{folder}: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['dtype']}) in {len(m['files'])} "
-            f"files; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
+            f"{folder}: {_count(m['documents'], 'document')}, {_count(m['tokens'], 'token')} ({m['dtype']}) "
+            f"in {_count(len(m['files']), 'file')}; tokenizer sha256 {m['tokenizer_sha256'][:12]}…"
         )
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

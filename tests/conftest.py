@@ -121,14 +121,13 @@ def cpt_tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python pipelines/run.py ARGS` as a user would, from the repository root."""
+    """Run `python pipelines/run.py ARGS` as a user would, from the repository root. The output is
+    decoded as a terminal gets it: a progress bar's carriage returns stay (text mode would turn each
+    into a line of its own)."""
     proc = subprocess.run(
-        [sys.executable, "pipelines/run.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, "pipelines/run.py", *args], cwd=REPO, capture_output=True, timeout=timeout
     )
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
     if check and proc.returncode != 0:
         raise AssertionError(
             f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"

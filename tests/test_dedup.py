@@ -103,8 +103,12 @@ def test_dedup_end_to_end_on_clean_output(tmp_path):
     write_clean_shard(tmp_path / "clean" / "zh" / "000_00000.parquet", zh)
 
     out = tmp_path / "dedup"
-    proc = run_cli("dedup", "--input", str(tmp_path / "clean"), "--output", str(out), "--no-progress")
+    proc = run_cli("dedup", "--input", str(tmp_path / "clean"), "--output", str(out))
     assert "near_duplicate" in proc.stdout
+    # one bar a language, of its stages; not datatrove's bars of every task and step, nor its warnings
+    bars = [line for line in proc.stderr.split("\n") if "stage/s" in line]  # \r redraws a bar's line
+    assert [line.strip("\r").split(":")[0] for line in bars] == ["dedup en", "dedup zh"], proc.stderr
+    assert "Document progress" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
     funnel = json.loads((out / "report" / "funnel.json").read_text())
     steps = {s["step"]: s for s in funnel["steps"]}
     assert [s["step"] for s in funnel["steps"]] == ["read", "url", "minhash", "lines", "write"]
