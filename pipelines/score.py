@@ -23,13 +23,13 @@ from pipelines.common import (
     add_run_options,
     check_paths,
     check_settings,
-    check_shard_input,
     check_tasks,
     comma_list,
     make_executor,
     print_funnel,
     read_steps,
     recorded_config,
+    shard_inputs,
     submitted,
 )
 
@@ -75,7 +75,7 @@ class ScoreRun:
 
 
 def prepare(
-    input_dir: str | Path,
+    input_dir: str | Path | list,
     output: str | Path,
     cfg: ScoreConfig,
     names: list[str],
@@ -85,15 +85,14 @@ def prepare(
     progress: bool = True,
     record: bool = True,
 ) -> ScoreRun:
-    from cpt.shards import row_to_document, shard_files
+    from cpt.shards import row_to_document
     from cpt.steps.classify import build_kl_reference
     from cpt.steps.read import CountingParquetReader
     from cpt.steps.write import ShardWriter
 
-    input_dir, output = Path(input_dir), Path(output)
-    check_paths([input_dir], output)
-    files = shard_files(input_dir)
-    check_shard_input(input_dir, files, "score")
+    output = Path(output)
+    check_paths(input_dir if isinstance(input_dir, list) else [input_dir], output)
+    input_dir, files, given = shard_inputs(input_dir, "score")
     if not names and not cfg.kl.enabled:
         raise ConfigError("--classifiers", ["name at least one classifier, or enable kl"])
     tasks = tasks or len(files)
@@ -109,7 +108,7 @@ def prepare(
                 f"{cfg.model_path(name)}: no {name} classifier (train it with `run.py train-classifier --name {name}`)"
             )
     settings = {
-        "input": str(input_dir.resolve()),
+        "input": given,
         "classifiers": names,
         "config": recorded_config(cfg),
         "tasks": tasks,
@@ -126,7 +125,10 @@ def prepare(
             report / "steps.json", {"pipeline": "score", "labels": labels, "n_readers": 1, "tasks": tasks}
         )
     reader = CountingParquetReader(
-        str(input_dir), paths_file=str(paths_file), adapter=row_to_document, doc_progress=progress
+        str(input_dir),
+        paths_file=str(paths_file),
+        adapter=row_to_document,
+        doc_progress=progress and tasks == 1,
     )
     writer = ShardWriter(
         str(output),
@@ -136,8 +138,9 @@ def prepare(
         compression=cfg.write.compression,
     )
     run_executor = make_executor(
-        executor, [reader, *steps, writer], tasks, report / "logs", cfg.slurm, workers, ray=cfg.ray
-    )
+        executor, [reader, *steps, writer], tasks, report / "logs", cfg.slurm, workers, ray=cfg.ray,
+        progress=progress, desc="score",
+    )  # fmt: skip
     return ScoreRun(run_executor, output, labels, tasks, reference)
 
 
@@ -163,7 +166,13 @@ def add_arguments(sub) -> None:
             "The funnel counts every drop and route."
         ),
     )
-    p.add_argument("--input", required=True, help="a clean or dedup output folder (its Parquet shards)")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="a clean or dedup output folder (its Parquet shards); several, language folders and globs too",
+    )
     p.add_argument("--output", required=True, help="output folder: <lang>/, <route>/<lang>/ and report/")
     p.add_argument(
         "--classifiers", default="", help="comma-separated: quality,code,math,topic (models/NAME.bin)"
@@ -188,7 +197,9 @@ def command(args) -> int:
         record=not args.dry_run,
     )
     if args.dry_run:
-        print(f"score {args.input} -> {run.output}: {run.tasks} tasks, steps {', '.join(run.labels)}")
+        print(
+            f"score {' '.join(args.input)} -> {run.output}: {run.tasks} tasks, steps {', '.join(run.labels)}"
+        )
         return 0
     run.executor.run()
     if args.executor == "slurm" and not submitted(

@@ -135,14 +135,16 @@ def test_score_pipeline_writes_scores_drops_routes_and_counts(models, corpus, tm
     assert removed >= 3 + 18
     assert funnel["outputs"].get("math", 0) == routed.height
 
-    # without the KL filter, the quality classifier drops the low-quality documents itself
+    # without the KL filter, the quality classifier drops the low-quality documents itself; the input
+    # named as two, one a glob, is read whole and once
     again = tmp_path / "scored_no_kl"
     run_cli(
-        "score", "--input", str(tmp_path / "input"), "--output", str(again), "--classifiers", "quality,math",
-        "--set", f"models={out}", "--set", "kl.enabled=false", "--no-progress",
+        "score", "--input", str(tmp_path / "input" / "en"), str(tmp_path / "in*" / "z?"), "--output", str(again),
+        "--classifiers", "quality,math", "--set", f"models={out}", "--set", "kl.enabled=false", "--no-progress",
     )  # fmt: skip
     steps = {r["step"]: r for r in json.loads((again / "report" / "funnel.json").read_text())["steps"]}
     assert "kl" not in steps and steps["classify.quality"]["removed"]["quality_below_threshold"] >= 18
+    assert steps["read"]["docs_in"] == rows["read"]["docs_in"] == len(good + math + bad + outliers)
 
 
 def test_kl_filter_removes_planted_outliers_and_keeps_real_prose(tmp_path):

@@ -289,6 +289,15 @@ def test_tokenize_writes_memory_mapped_shards_tied_to_their_tokenizer(tmp_path):
     )
     assert again.stdout == proc.stdout  # finished tasks are skipped; same shards
 
+    # the same shards named as two inputs, one a glob: the same documents, the same token files
+    both = tmp_path / "tokens" / "both"
+    run_cli("tokenize", "--input", str(tmp_path / "dedup" / "en"), str(tmp_path / "d*" / "z?"),
+            "--tokenizer", str(tmp_path / "merged"), "--output", str(both), "--no-progress")  # fmt: skip
+    for lang in ("en", "zh"):
+        ds = sorted(p.relative_to(out / lang) for p in (out / lang).glob("*.ds*"))
+        assert ds and ds == sorted(p.relative_to(both / lang) for p in (both / lang).glob("*.ds*"))
+        assert all((out / lang / f).read_bytes() == (both / lang / f).read_bytes() for f in ds)
+
 
 # text that tests a tokenizer's front end: runs of spaces, spaces at either end, SentencePiece's own "▁"
 # in the text, other whitespace, characters only byte fallback encodes, added tokens' text inside words,
