@@ -131,9 +131,9 @@ def _shards_by_id(out: Path) -> list[dict]:
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     inputs = tmp_path / "in"
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         write_sample_warc(inputs / f"part{seed}.warc.gz", seed=seed, n_articles=6, large_page_mb=0.1)
-    args = ["clean", "--input", str(inputs), "--tasks", "3", "--workers", "1", "--no-progress"]
+    args = ["clean", "--input", str(inputs), "--tasks", "2", "--workers", "1", "--no-progress"]
     whole = tmp_path / "whole"
     run_cli(*args, "--output", str(whole))
 
@@ -141,7 +141,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     completions = killed / "report" / "logs" / "completions"
     run_cli_until(completions, *args, "--output", str(killed))
     done = len(list(completions.iterdir()))
-    assert 1 <= done < 3, f"kill landed after {done} of 3 tasks"
+    assert done == 1, f"kill landed after {done} of 2 tasks"
     assert not (killed / "report" / "funnel.json").exists()
 
     rerun = run_cli(*args, "--output", str(killed))
