@@ -86,9 +86,79 @@ def load_model(cfg: TrainConfig, path: str | None = None):
     return prepare_model(model, cfg), attention
 
 
+# values of one chunk's logits: 2^26 (256 MiB in fp32) whatever the vocabulary, so 492 tokens a chunk at
+# Llama 3.2 + 8k Chinese tokens (136,320 ids), 2,048 at 32k
+LOSS_CHUNK_VALUES = 2**26
+
+
+def chunked_token_losses(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of `hidden` (B, T, H) through the output layer `head` against `targets`
+    (B, T; -100 counts nothing), a chunk of tokens at a time: each chunk's logits (and their fp32 copy)
+    are freed once its losses are taken, and made again in the backward pass (activation
+    checkpointing), so no more than one chunk's logits are ever held, in either pass. The plain
+    computation holds the whole batch's logits, their fp32 copy and their gradient: 2 x 2,048 x 136,320
+    values are 2.2 GB in fp32."""
+    from torch.utils.checkpoint import checkpoint
+
+    flat, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else head.out_features
+    chunk = max(1, LOSS_CHUNK_VALUES // vocab)
+    pieces = [
+        checkpoint(_chunk_losses, head, flat[i : i + chunk], flat_targets[i : i + chunk], use_reentrant=False)
+        if torch.is_grad_enabled()
+        else _chunk_losses(head, flat[i : i + chunk], flat_targets[i : i + chunk])
+        for i in range(0, flat.shape[0], chunk)
+    ]
+    return torch.cat(pieces).view_as(targets)
+
+
+def _chunk_losses(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none", ignore_index=-100)
+
+
+def causal_lm(model):
+    """The transformers model inside `model` (a DeepSpeed engine, a peft wrapper or itself) that holds the
+    output layer."""
+    from transformers import PreTrainedModel
+
+    inner = getattr(model, "module", model)
+    return next(
+        m for m in inner.modules() if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is not None
+    )
+
+
+def _forward_with_losses(self, *args, targets: torch.Tensor | None = None, **kwargs):
+    """The causal LM's own forward, or, given `targets` (B, T-1: the next tokens), the per-token losses
+    (B, T-1) through `chunked_token_losses`, without the logits. It runs inside the model's forward (a
+    DeepSpeed engine's forward), so ZeRO-3 gathers the output layer as for any forward."""
+    if targets is None:
+        return type(self).forward(self, *args, **kwargs)
+    hidden = self.get_decoder()(
+        input_ids=kwargs.get("input_ids", args[0] if args else None),
+        position_ids=kwargs.get("position_ids"),
+        attention_mask=kwargs.get("attention_mask"),
+        use_cache=False,
+    ).last_hidden_state
+    return chunked_token_losses(self.get_output_embeddings(), hidden[:, :-1], targets)
+
+
+def with_chunked_loss(model):
+    """`model`'s causal LM takes `targets=` and returns per-token losses (see `_forward_with_losses`). The
+    instance's forward is replaced, not its class: the class name is what an export records as the
+    architecture. Bound as a method, so a deep copy computes with the copy's own weights."""
+    import types
+
+    lm = causal_lm(model)
+    lm.forward = types.MethodType(_forward_with_losses, lm)
+    lm._cpt_chunked_loss = True
+    return model
+
+
 def prepare_model(model, cfg: TrainConfig):
     """A loaded fp32 model set up for training in `cfg.mode`: no cache, gradient checkpointing as asked,
-    only the embeddings trainable (embeddings), or wrapped with LoRA adapters (lora)."""
+    only the embeddings trainable (embeddings), or wrapped with LoRA adapters (lora); its loss taken
+    chunk by chunk (`with_chunked_loss`)."""
     model.config.use_cache = False  # with a cache, packed documents would attend to each other
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -98,7 +168,7 @@ def prepare_model(model, cfg: TrainConfig):
             p.requires_grad = any(e in name for e in EMBEDDINGS)
     elif cfg.mode == "lora":
         model = with_lora(model, cfg.lora)
-    return model
+    return with_chunked_loss(model)
 
 
 def with_lora(model, lora: LoraConfig):

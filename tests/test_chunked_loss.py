@@ -1,0 +1,109 @@
+"""The trainer's loss taken a chunk of tokens at a time (`trainer.model.chunked_token_losses`) equals the
+plain computation from the whole batch's logits: every token's loss and every trainable parameter's
+gradient, in each training mode, on a padded, packed batch of two sequences drawn from two sources."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.config import TrainConfig
+from trainer.evaluate import token_losses
+from trainer.model import causal_lm, prepare_model
+
+VOCAB, LENGTH = 320, 24
+
+
+def tiny_llama(tied: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+def packed_batch() -> dict:
+    """Two sequences: the first packs documents of 10, 9 and 5 tokens (positions restart at each, a
+    document's first token is no target), the second a document of 15 tokens and 9 of padding."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (2, LENGTH), generator=g)
+    positions = torch.stack(
+        [
+            torch.cat([torch.arange(10), torch.arange(9), torch.arange(5)]),
+            torch.cat([torch.arange(15), torch.arange(9)]),
+        ]
+    )
+    labels = ids.clone()
+    labels[positions == 0] = -100
+    labels[1, 15:] = -100  # padding
+    ids[1, 15:] = 0
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
+def losses_and_grads(model, batch, chunked: bool):
+    """Per-token losses and the gradients of a weighted sum of them (source weights as a stage's step
+    normalisation gives: the second sequence's tokens count 3x), the plain way or the chunked way."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(2)  # LoRA's dropout draws the same masks in both computations
+    if chunked:
+        losses, mask = token_losses(model, batch, "cpu")
+    else:
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        targets = batch["labels"][:, 1:]
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        losses = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="none").view_as(
+            targets
+        )
+        mask = targets != -100
+    weights = torch.tensor([[1.0], [3.0]])
+    (losses * mask * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return (losses * mask).detach(), grads
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("mode", ["full", "embeddings", "lora"])
+def test_the_chunked_loss_and_its_gradients_equal_the_plain_computation(monkeypatch, mode, tied):
+    import trainer.model
+
+    monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", 7 * VOCAB)  # 7 tokens a chunk: 46 make 7 chunks
+    cfg = TrainConfig(mix="x", mode=mode)
+    model = prepare_model(tiny_llama(tied), cfg).train()
+    assert getattr(causal_lm(model), "_cpt_chunked_loss", False)
+    batch = packed_batch()
+    plain, plain_grads = losses_and_grads(model, batch, chunked=False)
+    chunked, chunked_grads = losses_and_grads(model, batch, chunked=True)
+
+    assert torch.allclose(chunked, plain, atol=1e-5, rtol=0)
+    assert plain_grads.keys() == chunked_grads.keys() and plain_grads
+    head = [n for n in plain_grads if "lm_head" in n or "embed_tokens" in n]
+    assert head  # the output layer's gradient, the one the chunks recompute, is among those compared
+    for name, grad in plain_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, atol=1e-5, rtol=0), name
+    # the evaluation path (no gradients) gives the same losses
+    with torch.no_grad():
+        evaluated, _ = token_losses(model, batch, "cpu")
+    assert torch.allclose(evaluated * (batch["labels"][:, 1:] != -100), plain, atol=1e-5, rtol=0)
+
+
+def test_no_chunk_holds_more_than_its_share_of_logits(monkeypatch):
+    """The output layer sees at most a chunk of tokens at a time, in the forward and the backward pass."""
+    import trainer.model
+
+    monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", 5 * VOCAB)
+    model = prepare_model(tiny_llama(False), TrainConfig(mix="x")).train()
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
+    losses, mask = token_losses(model, packed_batch(), "cpu")
+    losses.sum().backward()
+    assert max(seen) == 5 and sum(seen) == 2 * 2 * (
+        LENGTH - 1
+    )  # each chunk once forward, once again backward
