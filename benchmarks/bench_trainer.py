@@ -3,6 +3,7 @@
     python benchmarks/bench_trainer.py --size tiny                 # CPU: a 0.6M-parameter Llama, seq 256
     python benchmarks/bench_trainer.py --size 100m --steps 40      # CPU: a 125M-parameter Llama, seq 512
     python benchmarks/bench_trainer.py --size 1b --steps 30        # one GPU: Llama-3.2-1B's shape, seq 4096
+    python benchmarks/bench_trainer.py --size 136k --steps 4 --warmup 1  # CPU: a 136,320-id vocabulary, seq 2048
 
 Both sides train a randomly initialised Llama of the given shape on the same packed, document-masked
 sequences (synthetic token shards planned into one stage and read through cpt's loader; position_ids
@@ -49,6 +50,10 @@ SHAPES = {
     # GPT-2-small's width and depth in Llama's form (GQA, SwiGLU, untied), 124.7M parameters, for CPU
     "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, seq_len=512, micro=2),
+    # Llama 3.2's tokenizer + 8,000 Chinese tokens (136,320 ids) on a small Llama (71M parameters, almost
+    # all of them the two vocabulary matrices): where the output layer's logits decide the memory
+    "136k": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=136320, tie_word_embeddings=False, seq_len=2048, micro=2),
     "tiny": dict(hidden_size=64, intermediate_size=168, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=3776, tie_word_embeddings=False, seq_len=256, micro=2),
 }  # fmt: skip
@@ -90,6 +95,7 @@ def make_stage(root: Path, tokenizer: Path, shape: dict, sequences: int) -> Path
 
     tokens = sequences * shape["seq_len"]
     rng = np.random.default_rng(0)
+    wide = shape["vocab_size"] > 2**16  # ids past uint16: 4-byte tokens, as `tokenize` writes them
     for name, share in (("new", 0.75), ("old", 0.25)):
         folder = root / name
         folder.mkdir()
@@ -97,9 +103,10 @@ def make_stage(root: Path, tokenizer: Path, shape: dict, sequences: int) -> Path
         lengths = np.clip(rng.lognormal(np.log(700) - 0.5, 1.0, size // 300), 16, 20_000).astype(np.int64)
         ends = np.cumsum(lengths)
         ends = np.append(ends[ends < size], size).astype(np.uint64)
-        rng.integers(3, shape["vocab_size"], size, dtype=np.uint16).tofile(folder / "00000_unshuffled.ds")
+        dtype = np.uint32 if wide else np.uint16
+        rng.integers(3, shape["vocab_size"], size, dtype=dtype).tofile(folder / "00000_unshuffled.ds")
         ends.tofile(folder / "00000_unshuffled.ds.index")
-        write_manifest(folder, name, tokenizer, 2)
+        write_manifest(folder, name, tokenizer, 4 if wide else 2)
     stage = Stage(
         name="bench",
         seq_len=shape["seq_len"],
