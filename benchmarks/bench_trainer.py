@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    # Llama-3.2-1B (1.24B parameters, tied embeddings), with LLaMA-2's 32k vocabulary
+    # Llama-3.2-1B's shape (tied embeddings) with LLaMA-2's 32k vocabulary: 1.04B parameters (1.24B with its own 128k)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=True, seq_len=4096, micro=4),
     # GPT-2-small's width and depth in Llama's form (GQA, SwiGLU, untied), 124.7M parameters, for CPU

@@ -279,6 +279,7 @@ def evaluate(
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -297,6 +298,9 @@ def evaluate(
     scores = {f"{s.task}/{s.name}": Score(0, 0) for s in subjects}
     subjects = [s for s in subjects if s.questions]  # (a shard may hold none of a small subject)
     task_objects = {f"{s.task}/{s.name}": lm_eval_task(s, shots) for s in subjects}
+    # HFLM leaves a model object where it is, whatever `device` says (a training rank's is there already)
+    if not isinstance(model, str | Path) and next(model.parameters()).device != torch.device(device):
+        model = model.to(device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     # a model object makes HFLM one process (each training rank runs its own share), but lm-eval only
     # returns results where LOCAL_RANK is 0 (its tensor-parallel convention): the call is made as that one

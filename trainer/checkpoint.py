@@ -329,7 +329,8 @@ def _as_python_state(state) -> tuple:
 
 
 def load_extra(run_dir: str | Path, name: str, tag: str | None = None):
-    """A tensors file `save` wrote beside a checkpoint (None when there is none)."""
+    """A tensors file `save` wrote beside a checkpoint (None when there is none), on the CPU: saved from a
+    GPU, its tensors would otherwise come back on the device that saved them, GPU 0, on every rank."""
     tag = tag or latest_tag(run_dir)
     path = checkpoint_dir(run_dir) / str(tag) / f"{name}.pt"
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

@@ -657,7 +657,15 @@ def resume(
         shadow = checkpoint.load_extra(run_dir, "ema", tag)
         if shadow is None:
             raise RunError(f"ema is set but {run_dir}'s checkpoint {tag} has no EMA weights")
-        ema.shadow = shadow
+        if shadow.keys() != ema.shadow.keys() or any(
+            not torch.isfinite(t).all() or t.shape != ema.shadow[n].shape for n, t in shadow.items()
+        ):
+            raise RunError(
+                f"{run_dir}: checkpoint {tag}'s EMA weights do not match the model's trainable weights "
+                "(other names or shapes, or not finite)"
+            )
+        # each beside its weight (on this rank's device), not where the checkpoint was written from
+        ema.shadow = {n: t.to(ema.shadow[n].device) for n, t in shadow.items()}
     step, tokens_seen = state["step"], state["tokens_seen"]
     log.info("resumed %s at step %d (%s tokens seen)", run_dir, step, f"{tokens_seen:,}")
     return step, tokens_seen

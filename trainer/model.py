@@ -20,8 +20,21 @@ from trainer.config import LoraConfig, RopeConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-# bf16 dense peak TFLOP/s per device, for MFU (vendor datasheets; SXM parts)
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+# bf16 dense peak TFLOP/s per device, for MFU (NVIDIA datasheets, half the "with sparsity" figure), the
+# first entry whose keys are all in the device's name: the PCIe and NVL parts before the SXM part that
+# shares their model number ("NVIDIA H100 PCIe" is not an "NVIDIA H100 80GB HBM3")
+PEAK_TFLOPS = (
+    (("H100", "PCIe"), 756.0),
+    (("H100", "NVL"), 835.5),
+    (("H200", "NVL"), 835.5),
+    (("H800", "PCIe"), 756.0),
+    (("H100",), 989.4),
+    (("H200",), 989.4),
+    (("H800",), 989.4),
+    (("A100",), 312.0),
+    (("A800",), 312.0),
+    (("L40S",), 362.0),
+)
 
 EMBEDDINGS = ("embed_tokens", "lm_head")
 
@@ -241,11 +254,14 @@ def peak_flops(configured_tflops: float | None) -> float | None:
     if configured_tflops:
         return configured_tflops * 1e12
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for key, tflops in PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
+        tflops = datasheet_tflops(torch.cuda.get_device_name())
+        return tflops * 1e12 if tflops else None
     return None
+
+
+def datasheet_tflops(device_name: str) -> float | None:
+    """The bf16 dense peak of a device by its name (`PEAK_TFLOPS`); None for one not listed."""
+    return next((tflops for keys, tflops in PEAK_TFLOPS if all(k in device_name for k in keys)), None)
 
 
 def trainable_summary(model) -> str:

@@ -1,6 +1,7 @@
-"""The trainer's loss taken a chunk of tokens at a time (`trainer.model.chunked_token_losses`) equals the
-plain computation from the whole batch's logits: every token's loss and every trainable parameter's
-gradient, in each training mode, on a padded, packed batch of two sequences drawn from two sources."""
+"""trainer/model.py without DeepSpeed: the loss taken a chunk of tokens at a time
+(`chunked_token_losses`) equals the plain computation from the whole batch's logits (every token's loss
+and every trainable parameter's gradient, in each training mode, on a padded, packed batch of two
+sequences drawn from two sources), and the datasheet peak that MFU divides by."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.evaluate import token_losses
-from trainer.model import causal_lm, prepare_model
+from trainer.model import causal_lm, datasheet_tflops, prepare_model
 
 VOCAB, LENGTH = 320, 24
 
@@ -107,3 +108,12 @@ def test_no_chunk_holds_more_than_its_share_of_logits(monkeypatch):
     assert max(seen) == 5 and sum(seen) == 2 * 2 * (
         LENGTH - 1
     )  # each chunk once forward, once again backward
+
+
+def test_each_part_gets_its_own_datasheet_peak():
+    assert datasheet_tflops("NVIDIA H100 80GB HBM3") == 989.4  # SXM
+    assert datasheet_tflops("NVIDIA H100 PCIe") == 756.0
+    assert datasheet_tflops("NVIDIA H100 NVL") == 835.5
+    assert datasheet_tflops("NVIDIA H200") == 989.4 and datasheet_tflops("NVIDIA H200 NVL") == 835.5
+    assert datasheet_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert datasheet_tflops("NVIDIA GeForce RTX 4090") is None  # not listed: MFU needs log.peak_tflops
