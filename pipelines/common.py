@@ -597,6 +597,18 @@ def read_steps(output: str | Path, pipeline: str) -> dict:
 # -- the command line every pipeline shares ------------------------------------------------------
 
 
+def add_shard_input(p) -> None:
+    """`--input` of the pipelines that read Parquet shards after clean (score, tokenize): see
+    `shard_inputs`."""
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="a clean or dedup output folder (its Parquet shards); several, language folders and globs too",
+    )
+
+
 def add_run_options(p, pipeline: str, example: str, executor_help: str, tasks_help: str) -> None:
     """The options every pipeline sub-command shares."""
     p.add_argument("--config", help=f"YAML settings (default: pipelines/configs/{pipeline}.yaml)")

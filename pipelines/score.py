@@ -21,6 +21,7 @@ from pipelines.common import (
     SlurmConfig,
     WriteConfig,
     add_run_options,
+    add_shard_input,
     check_paths,
     check_settings,
     check_tasks,
@@ -166,13 +167,7 @@ def add_arguments(sub) -> None:
             "The funnel counts every drop and route."
         ),
     )
-    p.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        action="extend",
-        help="a clean or dedup output folder (its Parquet shards); several, language folders and globs too",
-    )
+    add_shard_input(p)
     p.add_argument("--output", required=True, help="output folder: <lang>/, <route>/<lang>/ and report/")
     p.add_argument(
         "--classifiers", default="", help="comma-separated: quality,code,math,topic (models/NAME.bin)"

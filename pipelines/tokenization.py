@@ -20,6 +20,7 @@ from pipelines.common import (
     RayConfig,
     SlurmConfig,
     add_run_options,
+    add_shard_input,
     check_paths,
     check_settings,
     check_tasks,
@@ -298,13 +299,7 @@ def add_arguments(sub) -> None:
             "with another tokenizer. Run the same command again to resume."
         ),
     )
-    p.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        action="extend",
-        help="a clean or dedup output folder (its Parquet shards); several, language folders and globs too",
-    )
+    add_shard_input(p)
     p.add_argument(
         "--tokenizer", required=True, help="tokenizer folder with tokenizer.json (cpt-tok merge output)"
     )
