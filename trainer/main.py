@@ -513,7 +513,9 @@ def release_shared_memory(rank: int) -> None:
     left its segments in /dev/shm, which is memory, until the machine ran out (a test suite's runs filled
     24 GB). Once every rank has opened the others' (a barrier after DeepSpeed's initialisation), the names
     are no longer needed; the mappings stay valid, and the memory goes back when the processes exit."""
-    if torch.cuda.is_available() or not torch.distributed.is_initialized():
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu" or not torch.distributed.is_initialized():
         return
     torch.distributed.barrier()
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
@@ -521,15 +523,21 @@ def release_shared_memory(rank: int) -> None:
 
 
 def init_distributed(rank: int) -> torch.device:
-    """Join the process group (NCCL on GPUs, gloo on CPU); this rank's device."""
+    """Join the process group and return this rank's device, both as DeepSpeed's accelerator has them
+    (`DS_ACCELERATOR`, else the one it detects: NCCL and a GPU, or gloo and the CPU), so that the engine
+    and the trainer never disagree (`DS_ACCELERATOR=cpu` on a machine with a GPU trains on the CPU)."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    accelerator = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
     release_shared_memory(int(os.environ.get("RANK", 0)))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device)
+    device = torch.device("cpu")
+    if accelerator.device_name() != "cpu":
+        # a Slurm step that binds one GPU a task shows each rank one device, whatever its LOCAL_RANK
+        index = int(os.environ.get("LOCAL_RANK", 0)) % max(accelerator.device_count(), 1)
+        accelerator.set_device(index)
+        device = torch.device(accelerator.device_name(index))
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
     return device
