@@ -163,7 +163,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         zero["offload_optimizer"] = {"device": "cpu"}
         if cfg.deepspeed.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu"}
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": cfg.data.micro_batch_size,
         "gradient_accumulation_steps": cfg.data.gradient_accumulation,
         "gradient_clipping": cfg.optim.clip,
@@ -172,6 +172,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if cfg.deepspeed.bf16 and cfg.deepspeed.zero_stage >= 1:
+        # the micro-steps' gradients summed in fp32, not bf16 (8 bits of mantissa: a sum of 8 loses the
+        # small ones). DeepSpeed offers it with ZeRO 1-3; without ZeRO its bf16 path sums in bf16
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 # what a run folder holds: the trainer's own files, and those `cpt ablate` writes beside them
