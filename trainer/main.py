@@ -1052,8 +1052,9 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
                 engine, ema, loader.state_dict(), manifest, run_dir, step, tokens_seen, cfg, segments
             )
             saved_step, paused = step, True
-        if paused:  # evaluation and checkpoints do not count against tokens/s
-            tick, tick_step = time.perf_counter(), step
+        if paused:  # evaluation and checkpoints do not count against tokens/s (nor the documents' FLOPs
+            # of the steps before them, which the window no longer counts)
+            tick, tick_step, piece_squares = time.perf_counter(), step, 0.0
 
     stopped = step < total_steps
     if stopped and saved_step != step:  # asked to stop: the steps since the last checkpoint are kept
