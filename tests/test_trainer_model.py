@@ -110,6 +110,85 @@ def test_no_chunk_holds_more_than_its_share_of_logits(monkeypatch):
     )  # each chunk once forward, once again backward
 
 
+def documents_of(batch: dict) -> list[tuple[int, int, int]]:
+    """(row, start, length) of every document of a packed batch, padding included."""
+    docs = []
+    for row, positions in enumerate(batch["position_ids"].tolist()):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        docs += [(row, a, b - a) for a, b in zip(starts, starts[1:], strict=False)]
+    return docs
+
+
+def exact_varlen_attention(calls: list):
+    """A stand-in for transformers' flash-attention function: records the arguments it is handed and
+    computes causal attention within each sequence `cu_seq_lens_q` bounds (over the batch's tokens
+    flattened), exactly what flash-attention's varlen kernel computes."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        calls.append(kwargs)
+        batch, heads, length, dim = query.shape
+        flat = [x.transpose(0, 1).reshape(x.shape[1], batch * length, dim) for x in (query, key, value)]
+        q, k, v = flat[0], *(x.repeat_interleave(heads // x.shape[0], dim=0) for x in flat[1:])
+        bounds = kwargs["cu_seq_lens_q"].tolist()
+        out = torch.cat(
+            [
+                torch.nn.functional.scaled_dot_product_attention(
+                    q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scaling
+                )
+                for a, b in zip(bounds, bounds[1:], strict=False)
+            ],
+            dim=1,
+        )
+        return out.reshape(heads, batch, length, dim).permute(1, 2, 0, 3), None
+
+    return attention
+
+
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "sdpa", "eager"])
+def test_a_packed_document_has_its_losses_alone_in_a_micro_batch_of_two(monkeypatch, kernel):
+    """Every document of a two-row packed micro-batch has the token losses it has alone, under each
+    attention kernel; flash-attention (not installed on CPU: a stand-in computes exactly what its varlen
+    kernel computes) is handed each document's bounds, where transformers would find none for a batch of
+    two rows and let the documents attend to each other."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = prepare_model(tiny_llama(False), TrainConfig(mix="x")).eval()
+    batch = packed_batch()
+    calls: list = []
+    if kernel == "flash_attention_2":
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, kernel, exact_varlen_attention(calls))
+    model.config._attn_implementation = kernel
+    with torch.no_grad():
+        packed, _ = token_losses(model, batch, "cpu")
+    model.config._attn_implementation = "sdpa"
+    for row, start, n in documents_of(batch):
+        if batch["labels"][row, start + 1 : start + n].eq(-100).all():
+            continue  # padding
+        ids, alone_labels = (
+            batch["input_ids"][row, start : start + n],
+            batch["labels"][row, start : start + n],
+        )
+        alone = {"input_ids": ids[None], "position_ids": torch.arange(n)[None], "labels": alone_labels[None]}
+        with torch.no_grad():
+            expected, _ = token_losses(model, alone, "cpu")
+        assert torch.allclose(packed[row, start : start + n - 1], expected[0], atol=1e-5), (
+            kernel,
+            row,
+            start,
+        )
+    if kernel == "flash_attention_2":
+        bounds = [0] + [row * LENGTH + start + n for row, start, n in documents_of(batch)]
+        assert calls and all(c["cu_seq_lens_q"].tolist() == bounds for c in calls)  # every layer
+        assert all(c["max_length_q"] == 15 and isinstance(c["max_length_q"], int) for c in calls)
+
+
+def test_a_row_that_starts_inside_a_document_is_a_sequence_of_its_own():
+    from trainer.model import varlen_kwargs
+
+    got = varlen_kwargs(torch.tensor([[0, 1, 2, 0, 1], [3, 4, 0, 1, 2]]))
+    assert got["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 10] and got["max_length_q"] == 3
+
+
 def test_each_part_gets_its_own_datasheet_peak():
     assert datasheet_tflops("NVIDIA H100 80GB HBM3") == 989.4  # SXM
     assert datasheet_tflops("NVIDIA H100 PCIe") == 756.0

@@ -147,13 +147,38 @@ def _forward_with_losses(self, *args, targets: torch.Tensor | None = None, **kwa
     DeepSpeed engine's forward), so ZeRO-3 gathers the output layer as for any forward."""
     if targets is None:
         return type(self).forward(self, *args, **kwargs)
+    position_ids = kwargs.get("position_ids")
+    varlen = {}
+    if str(self.config._attn_implementation).startswith("flash_attention") and position_ids is not None:
+        varlen = varlen_kwargs(position_ids)
     hidden = self.get_decoder()(
         input_ids=kwargs.get("input_ids", args[0] if args else None),
-        position_ids=kwargs.get("position_ids"),
+        position_ids=position_ids,
         attention_mask=kwargs.get("attention_mask"),
         use_cache=False,
+        **varlen,
     ).last_hidden_state
     return chunked_token_losses(self.get_output_embeddings(), hidden[:, :-1], targets)
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """flash-attention's variable-length arguments for packed rows (B, L): every document (its
+    positions restart at 0) and every row is a sequence of its own, over the B x L tokens flattened.
+    transformers infers them from `position_ids` only for a batch of one row (`_is_packed_sequence`): with
+    a micro-batch of several, every document attended to the ones before it in its row. The longest is
+    a plain integer, read once a forward pass, where transformers' own inference reads it in every layer."""
+    rows, length = position_ids.shape
+    starts = position_ids.reshape(-1) == 0
+    starts[::length] = True  # a row begins a sequence, whatever position its first token has
+    ends = torch.tensor([rows * length], device=position_ids.device)
+    bounds = torch.cat([starts.nonzero().flatten(), ends]).to(torch.int32)
+    longest = int((bounds[1:] - bounds[:-1]).max())
+    return {
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def with_chunked_loss(model):
