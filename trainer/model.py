@@ -1,8 +1,9 @@
 """The model: a local Hugging Face causal LM, its attention kept within documents, and what trains.
 
 Documents packed into one sequence are kept apart by `position_ids` that restart at each document:
-transformers builds the block-diagonal mask from them (sdpa, eager, flex) or passes cumulative lengths
-to flash-attention varlen, but only with no `attention_mask` and no cache. `use_cache` defaults to
+transformers builds the block-diagonal mask from them (sdpa, eager, flex), but only with no
+`attention_mask` and no cache; flash-attention is handed each document's bounds by the trainer
+(`varlen_kwargs`), because transformers infers them only for a batch of one row. `use_cache` defaults to
 true even in training, and then documents silently attend to each other, so it is switched off here.
 """
 
