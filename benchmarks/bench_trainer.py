@@ -206,7 +206,7 @@ model: {{path: {model}, attention: {args.attention}}}
 data: {{micro_batch_size: {shape["micro"]}, gradient_accumulation: {args.accumulation}, workers: 1}}
 optim: {{lr: 1.0e-4}}
 schedule: {{kind: constant, warmup_ratio: 0.0}}
-deepspeed: {{zero_stage: 2, bf16: {str(args.precision == "bf16").lower()}}}
+deepspeed: {{zero_stage: {args.zero}, bf16: {str(args.precision == "bf16").lower()}}}
 checkpoint: {{every: 1000000, keep: 1}}
 log: {{every: 1, tensorboard: false}}
 max_steps: {args.steps}
@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--attention", default="auto", help="auto, sdpa, flash_attention_2, ...")
+    parser.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=2, help="cpt's ZeRO stage")
     parser.add_argument("--json", help="also write the results here")
     # one HF Trainer run, started by this script in a process of its own so its memory is its own
     parser.add_argument("--hf-worker", metavar="RUN", help=argparse.SUPPRESS)

@@ -84,3 +84,16 @@ def test_local_runs_use_at_most_the_cpus_the_process_may_use_unless_asked(tmp_pa
     assert asked.workers == cpus + 3  # more than the CPUs, because the user asked
     few = make_executor("local", [], 1, tmp_path / "c", SlurmConfig(), workers=4)
     assert few.workers == 1  # never more workers than tasks
+
+
+def test_the_zero_stage_is_chosen_by_the_ranks_unless_named():
+    from trainer.config import load_config as load_trainer_config
+
+    def stages(*overrides: str) -> tuple[int, int]:
+        cfg = load_trainer_config(None, ["mix=x", "model.path=m", *overrides]).deepspeed
+        return cfg.stage_for(1), cfg.stage_for(8)
+
+    assert stages("deepspeed.bf16=false") == (0, 2)  # one rank: nothing to partition
+    assert stages("deepspeed.bf16=true") == (2, 2)  # fp32 masters and fp32 gradient sums
+    assert stages("deepspeed.bf16=false", "deepspeed.offload=cpu") == (2, 2)  # offload needs ZeRO
+    assert stages("deepspeed.zero_stage=3") == (3, 3)

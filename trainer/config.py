@@ -105,9 +105,18 @@ class ScheduleConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    # auto: one rank in fp32, 0 (nothing to partition: ZeRO's flat copies and buckets only cost memory
+    # and time); otherwise 2 (bf16 needs DeepSpeed's fp32 masters and fp32 gradient sums, offload needs
+    # ZeRO, several ranks share the optimizer state). A number is used as given
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     offload: Literal["none", "cpu"] = "none"  # optimizer (and, at stage 3, parameter) offload
     bf16: bool = True
+
+    def stage_for(self, world: int) -> int:
+        """The ZeRO stage a run of `world` ranks uses (`zero_stage`, resolved when auto)."""
+        if self.zero_stage != "auto":
+            return int(self.zero_stage)
+        return 0 if world == 1 and not self.bf16 and self.offload == "none" else 2
 
 
 @dataclass

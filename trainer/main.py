@@ -172,9 +172,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.deepspeed.bf16 and cfg.deepspeed.zero_stage >= 1:
+    if cfg.deepspeed.bf16 and cfg.deepspeed.zero_stage >= 2:
         # the micro-steps' gradients summed in fp32, not bf16 (8 bits of mantissa: a sum of 8 loses the
-        # small ones). DeepSpeed offers it with ZeRO 1-3; without ZeRO its bf16 path sums in bf16
+        # small ones). At ZeRO 2-3 DeepSpeed keeps its checkpoint layout; at ZeRO 1 it would switch to its
+        # BF16 optimizer, whose checkpoints its own zero_to_fp32 (what export reads) cannot read, and
+        # without ZeRO it offers no fp32 sums: both sum in bf16
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     return config
 
@@ -840,6 +842,8 @@ def train(args: argparse.Namespace, first: bool, held: contextlib.ExitStack) -> 
 
     # -- data ------------------------------------------------------------------------------------
     rank, world = process_ranks()
+    # `auto` made a number now, before anything reads it: config.json records the stage the run used
+    cfg.deepspeed.zero_stage = cfg.deepspeed.stage_for(world)
     seq_len = manifest["seq_len"]
     micro = cfg.data.micro_batch_size
     segments = step_plan(cfg.data, manifest["tokens"], seq_len, world)
