@@ -70,13 +70,19 @@ def losses_and_grads(model, batch, chunked: bool):
     return (losses * mask).detach(), grads
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("mode", ["full", "embeddings", "lora"])
-def test_the_chunked_loss_and_its_gradients_equal_the_plain_computation(monkeypatch, mode, tied):
+@pytest.mark.parametrize(
+    ("mode", "tied", "checkpointing"),
+    [(m, t, False) for m in ("full", "embeddings", "lora") for t in (False, True)] + [("full", False, True)],
+    ids=lambda v: str(v),
+)
+def test_the_chunked_loss_and_its_gradients_equal_the_plain_computation(
+    monkeypatch, mode, tied, checkpointing
+):
     import trainer.model
 
     monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", 7 * VOCAB)  # 7 tokens a chunk: 46 make 7 chunks
     cfg = TrainConfig(mix="x", mode=mode)
+    cfg.model.gradient_checkpointing = checkpointing  # the shipped recipe's setting: layers recomputed too
     model = prepare_model(tiny_llama(tied), cfg).train()
     assert getattr(causal_lm(model), "_cpt_chunked_loss", False)
     batch = packed_batch()
