@@ -73,7 +73,8 @@ def losses_and_grads(model, batch, chunked: bool):
 @pytest.mark.parametrize(
     ("mode", "tied", "checkpointing"),
     [(m, t, False) for m in ("full", "embeddings", "lora") for t in (False, True)] + [("full", False, True)],
-    ids=lambda v: str(v),
+    ids=[f"{m}-{'tied' if t else 'untied'}" for m in ("full", "embeddings", "lora") for t in (False, True)]
+    + ["full-untied-checkpointed"],
 )
 def test_the_chunked_loss_and_its_gradients_equal_the_plain_computation(
     monkeypatch, mode, tied, checkpointing
