@@ -223,16 +223,19 @@ def check_shard_input(input_dir: Path, files: list[Path], command: str) -> None:
             )
 
 
-def shard_inputs(given: str | Path | list, command: str) -> tuple[Path, list[Path], str | list[str]]:
+def shard_inputs(
+    given: str | Path | list, output: Path, command: str
+) -> tuple[Path, list[Path], str | list[str]]:
     """The Parquet shards `--input` names for dedup-like readers (score, tokenize): one or several
-    finished clean/dedup/score outputs, language folders of them, shard files, or globs of these. Returns
-    their common folder (the reader's root), the shards (each read once, checked by
-    `check_shard_input`) and the input as the settings record it."""
+    finished clean/dedup/score outputs, language folders of them, shard files, or globs of these, none
+    holding `output` (`check_paths`). Returns their common folder (the reader's root), the shards (each
+    read once, checked by `check_shard_input`) and the input as the settings record it."""
     import glob
 
     from cpt.shards import shard_files
 
     given = [given] if isinstance(given, str | Path) else list(given)
+    check_paths(given, output)
     if len(given) == 1 and not glob.has_magic(str(given[0])) and not Path(given[0]).is_file():
         folder = Path(given[0])  # one folder: as it always was, its shards relative to it
         files = shard_files(folder)

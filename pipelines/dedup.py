@@ -297,17 +297,7 @@ def _language_chain(
         depends = executors[-1] if executors else None
         job = f"{cfg.slurm.job_name}-{lang}-{name}"
         executors.append(
-            make_executor(
-                kind,
-                pipeline,
-                n_tasks,
-                logs / name,
-                cfg.slurm,
-                workers,
-                depends,
-                job,
-                cfg.ray,
-            )
+            make_executor(kind, pipeline, n_tasks, logs / name, cfg.slurm, workers, depends, job, cfg.ray)
         )
         return name
 

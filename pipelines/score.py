@@ -22,7 +22,6 @@ from pipelines.common import (
     WriteConfig,
     add_run_options,
     add_shard_input,
-    check_paths,
     check_settings,
     check_tasks,
     comma_list,
@@ -92,8 +91,7 @@ def prepare(
     from cpt.steps.write import ShardWriter
 
     output = Path(output)
-    check_paths(input_dir if isinstance(input_dir, list) else [input_dir], output)
-    input_dir, files, given = shard_inputs(input_dir, "score")
+    input_dir, files, given = shard_inputs(input_dir, output, "score")
     if not names and not cfg.kl.enabled:
         raise ConfigError("--classifiers", ["name at least one classifier, or enable kl"])
     tasks = tasks or len(files)

@@ -21,7 +21,6 @@ from pipelines.common import (
     SlurmConfig,
     add_run_options,
     add_shard_input,
-    check_paths,
     check_settings,
     check_tasks,
     make_executor,
@@ -94,9 +93,8 @@ def prepare(
 
     cfg = cfg or TokenizeConfig()
     output, tokenizer = Path(output), Path(tokenizer)
-    check_paths(input_dir if isinstance(input_dir, list) else [input_dir], output)
     named = input_dir if isinstance(input_dir, str | Path) else " ".join(map(str, input_dir))
-    input_dir, files, given = shard_inputs(input_dir, "tokenize")
+    input_dir, files, given = shard_inputs(input_dir, output, "tokenize")
     if not any(_may_hold_documents(f) for f in files):  # else: a 0-document tokens.json, and exit 0
         raise ConfigError(
             str(named),

@@ -8,7 +8,6 @@ import torch
 
 from cpt.data.loader import heldout_batches
 from trainer.config import EvalSet
-from trainer.model import causal_lm
 
 
 def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,7 +16,7 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
     without the whole batch's logits."""
     input_ids = batch["input_ids"].to(device)
     targets = batch["labels"].to(device)[:, 1:]
-    if getattr(causal_lm(model), "_cpt_chunked_loss", False):
+    if getattr(getattr(model, "module", model), "_cpt_chunked_loss", False):
         losses = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device), targets=targets)
         return losses, targets != -100
     logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device)).logits

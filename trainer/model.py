@@ -190,7 +190,9 @@ def with_chunked_loss(model):
 
     lm = causal_lm(model)
     lm.forward = types.MethodType(_forward_with_losses, lm)
-    lm._cpt_chunked_loss = True
+    # the mark `token_losses` reads on the model it is handed (or a DeepSpeed engine's module), at
+    # every micro-step: on the outer model too, so that it need not search a peft wrapper for it
+    lm._cpt_chunked_loss = model._cpt_chunked_loss = True
     return model
 
 
