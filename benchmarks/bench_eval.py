@@ -8,7 +8,7 @@ llama-32k.model`, 32,000 pieces), made a Hugging Face tokenizer folder by `cpt-t
 itself (nothing added). "tiny": hidden 64, 2 layers, 4/2 heads (4.2M parameters, nearly all of them
 embeddings); "100m": the shape of `bench_trainer.py --size 100m` (GPT-2-small's width and depth in
 Llama's form, 124.7M parameters). Questions are the local MMLU and CMMLU files of `shared/data/
-benchmarks` (8 subjects a task), scored by `trainer.bench.evaluate` (lm-evaluation-harness, the call
+benchmarks` (8 subjects a task), scored by `trainer.evaluation.benchmarks.evaluate` (lm-evaluation-harness, the call
 `cpt eval` makes), fp32, one call per task.
 
 A call costs a fixed part (whatever the number of questions) and a part per question, so each task is
@@ -131,7 +131,7 @@ def seed_everything(seed: int) -> None:
 
 
 def timed_eval(model, tok, meter: ForwardMeter, data: Path, task: str, args, limit: int) -> dict:
-    from trainer.bench import evaluate
+    from trainer.evaluation.benchmarks import evaluate
 
     seed_everything(args.seed)
     meter.reset()

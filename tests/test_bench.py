@@ -124,7 +124,7 @@ def direct_choices(model_dir: Path, contexts: list[str]) -> list[list[float]]:
 
 @pytest.mark.parametrize("shots", [0, 5])
 def test_prompts_are_lm_evals_format_for_each_layout(data, shots):
-    from trainer.bench import lm_eval_task, load_subjects
+    from trainer.evaluation.benchmarks import lm_eval_task, load_subjects
 
     for task, subject in (("mmlu", "global_facts"), ("cmmlu", "anatomy"), ("ceval", "computer_network")):
         [loaded] = [s for s in load_subjects(data, task, shots, None) if s.name == subject]
@@ -185,7 +185,7 @@ def greedy(model_dir: Path, prompt: str, new_tokens: int) -> str:
 
 
 def test_greedy_continuations_of_the_fixed_prompts_and_of_a_prompts_file(model, data, tmp_path):
-    from trainer.bench import PROMPTS
+    from trainer.evaluation.benchmarks import PROMPTS
 
     proc = cpt("eval", "--model", str(model), "--tasks", "cmmlu", "--data", str(data), "--shots", "0",
                "--limit", "2", "--max-new-tokens", "6", "--output", str(tmp_path / "out"))  # fmt: skip
@@ -236,7 +236,7 @@ def test_an_output_holding_other_files_is_refused_not_replaced(model, data, tmp_
 
 
 def test_the_limit_subset_is_seeded_and_the_same_every_time(data):
-    from trainer.bench import load_subjects
+    from trainer.evaluation.benchmarks import load_subjects
 
     first = [s.indices for s in load_subjects(data, "cmmlu", 5, 10, seed=3)]
     assert first == [s.indices for s in load_subjects(data, "cmmlu", 5, 10, seed=3)]
@@ -333,7 +333,7 @@ def test_kept_rng_restores_what_lm_eval_seeds():
     import numpy as np
     import torch
 
-    from trainer.bench import kept_rng
+    from trainer.evaluation.benchmarks import kept_rng
 
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     with kept_rng():

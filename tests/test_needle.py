@@ -11,8 +11,8 @@ import pytest
 
 from conftest import data_path, llama3_tokenizer
 from cpt.tokens import write_manifest
-from trainer import needle
 from trainer.config import NeedleConfig
+from trainer.evaluation import needle
 
 SEQ_LEN = 256
 LENGTHS = [64, 128, 256]

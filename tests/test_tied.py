@@ -43,8 +43,8 @@ def _training_logits(run_dir, tag: str, ids: torch.Tensor) -> torch.Tensor:
     """Logits of the model as the trainer built it (`prepare_model`, LoRA unmerged) with the checkpoint's weights."""
     from transformers import AutoModelForCausalLM
 
-    from trainer.export import full_state_dict, run_config
     from trainer.model import prepare_model
+    from trainer.run_folder import full_state_dict, run_config
 
     cfg = run_config(run_dir)
     model = prepare_model(AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32), cfg)
@@ -58,7 +58,8 @@ def _training_logits(run_dir, tag: str, ids: torch.Tensor) -> torch.Tensor:
 def test_a_tied_base_exports_what_trained_in_every_mode(setup, tmp_path, mode):
     from transformers import AutoModelForCausalLM
 
-    from trainer.export import export, full_state_dict, trained_model
+    from trainer.export import export
+    from trainer.run_folder import full_state_dict, trained_model
 
     out = tmp_path / mode
     run_train(setup, out, f"mode={mode}", "max_steps=4", "eval.sets=[]", "lora.r=4", "lora.alpha=8", ranks=1)

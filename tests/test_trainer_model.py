@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.evaluate import token_losses
-from trainer.model import causal_lm, datasheet_tflops, prepare_model
+from trainer.model import causal_lm, datasheet_tflops, prepare_model, token_losses
 
 VOCAB, LENGTH = 320, 24
 

@@ -116,7 +116,7 @@ def packed_and_alone_losses(model, lengths: list[int], seed: int = 0):
     at each), each document's losses alone, and the pack's losses without the restarts (no masking)."""
     import torch
 
-    from trainer.evaluate import token_losses
+    from trainer.model import token_losses
 
     rng = np.random.default_rng(seed)
     docs = [rng.integers(3, 500, n) for n in lengths]

@@ -390,7 +390,7 @@ def run_grid(grid_file: str | Path, output: str | Path | None = None) -> tuple[d
             sets = ", ".join(sorted(names)) or "none"
             raise ConfigError(str(grid_file), [f"eval: `{key}` is not an eval set of {grid.config} ({sets})"])
     if grid.eval.old_bench:
-        from trainer.bench import LAYOUTS
+        from trainer.evaluation.benchmarks import LAYOUTS
 
         tasks = cfg.eval.benchmarks.tasks
         known = {*tasks, *(LAYOUTS[t].lang for t in tasks if t in LAYOUTS)}

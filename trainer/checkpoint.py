@@ -1,6 +1,9 @@
 """Checkpoints: DeepSpeed's engine state plus what makes a resume exact, written so a crash never
 leaves a checkpoint that looks complete, and read so a damaged or crafted one is never loaded.
 
+`Checkpointer` is what the training loop holds: it says when a checkpoint is due, saves the run's state
+(step, tokens seen, loader position, manifest hash, step plan, EMA) beside DeepSpeed's, and restores it.
+
 Layout of a run folder:
     config.json                    the resolved TrainConfig (what export and init-from rebuild)
     checkpoints/step_00000040/     DeepSpeed's files (the LR schedule's state among them), client state
@@ -36,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from cpt.io import replace_dir, wrapped_disk_full, write_text
+from trainer.schedule import Segment, describe_segments
 
 LATEST = "latest"
 STEP_TAG = re.compile(r"step_(\d+)")
@@ -334,3 +338,84 @@ def load_extra(run_dir: str | Path, name: str, tag: str | None = None):
     tag = tag or latest_tag(run_dir)
     path = checkpoint_dir(run_dir) / str(tag) / f"{name}.pt"
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def taken(segments: list[dict], step: int) -> list[dict]:
+    """The part of a step plan the first `step` steps followed."""
+    return [
+        {**seg, "steps": min(seg["steps"], step - seg["first_step"])}
+        for seg in segments
+        if seg["first_step"] < step
+    ]
+
+
+class Checkpointer:
+    """The run's checkpoints: due every `checkpoint.every` steps and at the run's last step; each holds
+    DeepSpeed's state (weights, optimizer, LR schedule), the run's own (step, tokens seen, the loader
+    position, the manifest hash, the step plan) and the EMA weights."""
+
+    def __init__(self, engine, ema, run_dir: Path, manifest: dict, cfg, segments: list[Segment], last: int):
+        self.engine, self.ema, self.run_dir, self.manifest = engine, ema, run_dir, manifest
+        self.every, self.keep, self.segments, self.last = (
+            cfg.checkpoint.every,
+            cfg.checkpoint.keep,
+            segments,
+            last,
+        )
+        self.saved_step = 0  # the step of the newest checkpoint of this run (0: none yet)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last
+
+    def save(self, step: int, tokens_seen: int, loader_state: dict) -> None:
+        client = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "loader": loader_state,
+            "manifest_hash": self.manifest["manifest_hash"],
+            "plan": describe_segments(self.segments),
+        }
+        extra = {"ema": self.ema.shadow} if self.ema is not None else None
+        save(self.engine, self.run_dir, step, client, self.keep, extra)
+        self.saved_step = step
+
+    def restore(self, loader, tag: str) -> tuple[int, int]:
+        """Restore a checkpoint of this run (engine, schedule, loader position, RNG, EMA); the step and the
+        tokens seen it was saved at. The ramps must give the steps already taken the lengths and batches
+        they had (the loader position counts sequences of those lengths)."""
+        run_dir, manifest, ema = self.run_dir, self.manifest, self.ema
+        try:
+            state = load(self.engine, run_dir, tag)
+        except CheckpointError:
+            raise
+        except ValueError as e:  # the schedule refuses a config whose restarts rewrite steps already taken
+            raise CheckpointError(f"{checkpoint_dir(run_dir) / tag}: {e}") from None
+        if state["manifest_hash"] != manifest["manifest_hash"]:
+            raise CheckpointError(
+                f"{run_dir} was trained on manifest {state['manifest_hash'][:16]}, not "
+                f"{manifest['manifest_hash'][:16]}: resuming would read other data (use --init-from to "
+                "start a new stage from its weights)"
+            )
+        plan = describe_segments(self.segments)
+        if "plan" in state and taken(state["plan"], state["step"]) != taken(plan, state["step"]):
+            raise CheckpointError(
+                f"{run_dir}: data.seq_len_ramp / data.batch_ramp give the {state['step']} steps already taken "
+                f"other lengths or batches than the checkpoint's ({taken(state['plan'], state['step'])}); set "
+                "them as the run had them"
+            )
+        loader.load_state_dict(state["loader"])
+        if ema is not None:
+            shadow = load_extra(run_dir, "ema", tag)
+            if shadow is None:
+                raise CheckpointError(f"ema is set but {run_dir}'s checkpoint {tag} has no EMA weights")
+            if shadow.keys() != ema.shadow.keys() or any(
+                not torch.isfinite(t).all() or t.shape != ema.shadow[n].shape for n, t in shadow.items()
+            ):
+                raise CheckpointError(
+                    f"{run_dir}: checkpoint {tag}'s EMA weights do not match the model's trainable weights "
+                    "(other names or shapes, or not finite)"
+                )
+            # each beside its weight (on this rank's device), not where the checkpoint was written from
+            ema.shadow = {n: t.to(ema.shadow[n].device) for n, t in shadow.items()}
+        self.saved_step = state["step"]
+        return state["step"], state["tokens_seen"]

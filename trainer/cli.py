@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ablate.add_arguments(a)
-    from trainer import bench
+    from trainer.evaluation import benchmarks as bench
 
     e = sub.add_parser(
         "eval",

@@ -1,19 +1,21 @@
 """Logging of a run: a JSONL file and TensorBoard (wandb when installed and asked for), rank 0 only.
 
 Every record has the step, loss, loss per source, learning rate, gradient norm, tokens seen, tokens/s,
-achieved TFLOP/s per device and MFU (when the device's peak is known), and evaluations add
-`eval/<set>/loss` and `eval/<set>/ppl`. A resumed run first drops the lines of the steps after its
-checkpoint, which it redoes, so every step appears once in `metrics.jsonl` (TensorBoard purges the
-overlap itself; `cpt.report.collect.read_metrics` still lets a later line of a step win, for files of
-older runs).
+achieved TFLOP/s per device and MFU (when the device's peak is known); evaluations add `eval/<set>/loss` and `eval/<set>/ppl`. A resumed run
+first drops the lines of the steps after its checkpoint, which it redoes, so every step appears once in
+`metrics.jsonl` (TensorBoard purges the overlap itself; `cpt.report.collect.read_metrics` still lets a
+later line of a step win, for files of older runs).
 
-`SourceLosses` sums the training loss between two log lines, overall and per source, on every rank.
+`SourceLosses` sums the training loss between two log lines, overall and per source, on every rank;
+`Throughput` measures tokens/s, TFLOP/s and MFU over the same steps, with evaluations and checkpoints
+left out of the clock.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 from cpt.io import write_text
+from trainer.model import flops_per_token
+from trainer.schedule import Segment, segment_of
 
 
 @dataclass
@@ -137,9 +141,49 @@ class RunLogger:
             self._wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
 
     def close(self) -> None:
+        """Flush and close every sink; a second call does nothing."""
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+        self._jsonl = self._tb = self._wandb = None
+
+
+class Throughput:
+    """Tokens/s, achieved TFLOP/s per device and MFU (with a known peak) over the steps since the clock last
+    started: at the last log line, evaluation or checkpoint, which do not count against it. Attention is
+    counted as papers count it (the whole sequence) and as document masking computes it (`_docs`: the sum
+    of the squared document pieces' lengths)."""
+
+    def __init__(self, model_config, segments: list[Segment], world: int, peak: float | None, step: int):
+        self.model_config, self.segments, self.world, self.peak = model_config, segments, world, peak
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.tick, self.tick_step, self.piece_squares = time.perf_counter(), step, 0.0
+
+    def add(self, piece_squares: float) -> None:
+        """A step's sum of squared piece lengths, over every rank."""
+        self.piece_squares += piece_squares
+
+    def figures(self, step: int, seq_len: int) -> dict:
+        """The figures of the steps since the clock started, up to `step` (whose sequences are `seq_len`)."""
+        elapsed = max(time.perf_counter() - self.tick, 1e-9)
+        window_tokens = sum(
+            segment_of(self.segments, k).batch * segment_of(self.segments, k).seq_len
+            for k in range(self.tick_step, step)
+        )
+        tokens_per_s = window_tokens / elapsed
+        flops = flops_per_token(self.model_config, seq_len)
+        flops_docs = flops_per_token(self.model_config, self.piece_squares / max(window_tokens, 1))
+        figures = {
+            "tokens_per_s": tokens_per_s,
+            "tflops_per_device": tokens_per_s * flops / self.world / 1e12,
+            "tflops_per_device_docs": tokens_per_s * flops_docs / self.world / 1e12,
+        }
+        if self.peak:
+            figures["mfu"] = tokens_per_s * flops / self.world / self.peak
+            figures["mfu_docs"] = tokens_per_s * flops_docs / self.world / self.peak
+        return figures

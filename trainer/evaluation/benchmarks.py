@@ -530,7 +530,7 @@ def load_model(spec: str):
     path, _, tag = spec.partition(":")
     folder = Path(path)
     if (folder / "checkpoints").is_dir():
-        from trainer.export import trained_model
+        from trainer.run_folder import trained_model
 
         model, base, tag = trained_model(folder, tag or None)  # refuses a base naming custom code
         return model, _tokenizer(base), f"{folder}:{tag}"

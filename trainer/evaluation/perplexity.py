@@ -8,21 +8,7 @@ import torch
 
 from cpt.data.loader import heldout_batches
 from trainer.config import EvalSet
-
-
-def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy (B, L-1) of next-token prediction and the mask of tokens that count; a
-    model the trainer prepared (`trainer.model.with_chunked_loss`) takes it a chunk of tokens at a time,
-    without the whole batch's logits."""
-    input_ids = batch["input_ids"].to(device)
-    targets = batch["labels"].to(device)[:, 1:]
-    if getattr(getattr(model, "module", model), "_cpt_chunked_loss", False):
-        losses = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device), targets=targets)
-        return losses, targets != -100
-    logits = model(input_ids=input_ids, position_ids=batch["position_ids"].to(device)).logits
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (tokens, vocab): the fast layout
-    losses = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="none", ignore_index=-100)
-    return losses.view_as(targets), targets != -100
+from trainer.model import token_losses
 
 
 @torch.no_grad()
