@@ -106,3 +106,18 @@ def test_bf16_with_accumulation_on_two_ranks_learns_and_resumes_exactly(setup, t
     # the module weights a checkpoint holds are bf16 compute copies (DeepSpeed keeps the fp32 masters apart)
     states = load_plain(split / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt")
     assert {t.dtype for t in states["module"].values() if t.is_floating_point()} == {torch.bfloat16}
+    # requeued on one rank: ZeRO-2's optimizer state is split by rank, so the resume is refused before any
+    # work, in one line naming both counts and the way on (the other direction, 1 -> 2, is a hostile probe)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in split.rglob("*"))
+    cmd = [sys.executable, "trainer/main.py", "--mix", str(setup["padded"]), "--config", str(setup["config"]),
+           "--output", str(split), "--resume", "--set", "max_steps=9"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {split / 'checkpoints' / 'step_00000008'}: saved by 2 ranks under ZeRO stage 2, whose optimizer "
+        f"state is split by rank; this run has 1: resume it on 2 ranks, or start a new run from its weights with "
+        f"--init-from {split}:step_00000008"
+    )
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in split.rglob("*")) == before  # nothing written
