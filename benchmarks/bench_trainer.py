@@ -47,6 +47,10 @@ SHAPES = {
     # Llama-3.2-1B's shape (tied embeddings) with LLaMA-2's 32k vocabulary: 1.04B parameters (1.24B with its own 128k)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=True, seq_len=4096, micro=4),
+    # Llama-3.2-1B itself: its shape and its 128,256-id vocabulary (1.24B parameters, tied), the GPU check's
+    # model; micro-batch 2, so that Hugging Face's plain loss (the whole batch's fp32 logits) fits 80 GB
+    "1b-llama3": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, seq_len=4096, micro=2),
     # GPT-2-small's width and depth in Llama's form (GQA, SwiGLU, untied), 124.7M parameters, for CPU
     "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, seq_len=512, micro=2),
@@ -198,8 +202,8 @@ def run_measured(cmd: list[str], what: str, stop_at: Path | None = None) -> dict
     return peaks
 
 
-def run_cpt(run: Path, manifest: Path, model: Path, args, shape: dict) -> tuple[list[float], dict]:
-    config = run.with_suffix(".yaml")
+def write_config(config: Path, model: Path, args, shape: dict) -> Path:
+    """cpt's trainer config for this benchmark's settings."""
     config.write_text(
         f"""
 model: {{path: {model}, attention: {args.attention}}}
@@ -212,6 +216,11 @@ log: {{every: 1, tensorboard: false}}
 max_steps: {args.steps}
 """
     )
+    return config
+
+
+def run_cpt(run: Path, manifest: Path, model: Path, args, shape: dict) -> tuple[list[float], dict]:
+    config = write_config(run.with_suffix(".yaml"), model, args, shape)
     # a port of its own: DeepSpeed's default (29500) may be held by another run on the machine
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", _free_port(),
            "trainer/main.py", "--mix", str(manifest), "--config", str(config), "--output", str(run)]  # fmt: skip
@@ -226,21 +235,26 @@ max_steps: {args.steps}
         for s in sorted(metrics)
         if s > args.warmup and "tokens_per_s" in metrics[s]
     ]
-    return rates, memory
+    peaks = [m["peak_memory_gib"] for m in metrics.values() if "peak_memory_gib" in m]  # GPU runs only
+    return rates, {**memory, "gpu_peak_gib": max(peaks) if peaks else None}
 
 
 def run_hf(run: Path, manifest: Path, model: Path, args, shape: dict) -> tuple[list[float], dict]:
     cmd = [sys.executable, __file__, "--hf-worker", str(run), "--mix", str(manifest), "--model", str(model),
            "--size", args.size, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--accumulation", str(args.accumulation), "--precision", args.precision,
-           "--attention", args.attention]  # fmt: skip
+           "--attention", args.attention, "--zero", args.zero]  # fmt: skip
+    cmd += ["--hf-deepspeed"] if args.hf_deepspeed else []
     memory = run_measured(cmd, "HF Trainer")
-    return json.loads((run / "rates.json").read_text()), memory
+    done = json.loads((run / "rates.json").read_text())
+    return done["rates"], {**memory, "gpu_peak_gib": done["gpu_peak_gib"]}
 
 
-def train_hf(run: Path, manifest: Path, model_dir: Path, args, shape: dict) -> list[float]:
+def train_hf(
+    run: Path, manifest: Path, model_dir: Path, args, shape: dict
+) -> tuple[list[float], float | None]:
     """Hugging Face's Trainer on the stage's packed sequences, in this process: tokens/s of each step
-    after the warmup."""
+    after the warmup, and the GPU's peak memory (GiB; None on CPU)."""
     import torch
     from torch.utils.data import IterableDataset
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -263,6 +277,19 @@ def train_hf(run: Path, manifest: Path, model_dir: Path, args, shape: dict) -> l
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
 
+    deepspeed = None
+    if args.hf_deepspeed:  # the config cpt's trainer gives DeepSpeed for the same settings, one rank
+        from trainer.config import load_config
+        from trainer.engine import deepspeed_config
+
+        cfg = load_config(
+            str(write_config(run.with_suffix(".yaml"), model_dir, args, shape)), [f"mix={manifest}"]
+        )
+        cfg.deepspeed.zero_stage = cfg.deepspeed.stage_for(1)
+        deepspeed = deepspeed_config(cfg)
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port()
+        )
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, attn_implementation=args.attention, dtype=torch.float32
     )
@@ -286,13 +313,15 @@ def train_hf(run: Path, manifest: Path, model_dir: Path, args, shape: dict) -> l
         report_to=[],
         dataloader_num_workers=1,
         use_cpu=not torch.cuda.is_available(),
+        deepspeed=deepspeed,
     )
     Trainer(model=model, args=training, train_dataset=Packed(), callbacks=[timer]).train()
     tokens = shape["micro"] * args.accumulation * shape["seq_len"]
-    return [
+    rates = [
         tokens / (b - a)
         for a, b in zip(timer.times[args.warmup :], timer.times[args.warmup + 1 :], strict=False)
     ]
+    return rates, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def main() -> None:
@@ -304,7 +333,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--attention", default="auto", help="auto, sdpa, flash_attention_2, ...")
-    parser.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=2, help="cpt's ZeRO stage")
+    parser.add_argument(
+        "--zero",
+        choices=["auto", "0", "1", "2", "3"],
+        default="2",
+        help="cpt's ZeRO stage (auto: the trainer's choice for one rank)",
+    )
+    parser.add_argument(
+        "--hf-deepspeed",
+        action="store_true",
+        help="give HF's Trainer the DeepSpeed config cpt's trainer builds (default: none)",
+    )
     parser.add_argument("--json", help="also write the results here")
     # one HF Trainer run, started by this script in a process of its own so its memory is its own
     parser.add_argument("--hf-worker", metavar="RUN", help=argparse.SUPPRESS)
@@ -320,8 +359,8 @@ def main() -> None:
 
     shape = SHAPES[args.size]
     if args.hf_worker:
-        rates = train_hf(Path(args.hf_worker), Path(args.mix), Path(args.model), args, shape)
-        (Path(args.hf_worker) / "rates.json").write_text(json.dumps(rates))
+        rates, peak = train_hf(Path(args.hf_worker), Path(args.mix), Path(args.model), args, shape)
+        (Path(args.hf_worker) / "rates.json").write_text(json.dumps({"rates": rates, "gpu_peak_gib": peak}))
         return
     args.precision = args.precision or ("bf16" if torch.cuda.is_available() else "fp32")
     args.attention = pick_attention(args.attention)  # one choice, passed to both sides

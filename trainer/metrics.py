@@ -1,7 +1,8 @@
 """Logging of a run: a JSONL file and TensorBoard (wandb when installed and asked for), rank 0 only.
 
 Every record has the step, loss, loss per source, learning rate, gradient norm, tokens seen, tokens/s,
-achieved TFLOP/s per device and MFU (when the device's peak is known); evaluations add `eval/<set>/loss` and `eval/<set>/ppl`. A resumed run
+achieved TFLOP/s per device, MFU (when the device's peak is known) and, on a GPU, `peak_memory_gib` (the
+most the rank's device has held); evaluations add `eval/<set>/loss` and `eval/<set>/ppl`. A resumed run
 first drops the lines of the steps after its checkpoint, which it redoes, so every step appears once in
 `metrics.jsonl` (TensorBoard purges the overlap itself; `cpt.report.collect.read_metrics` still lets a
 later line of a step win, for files of older runs).
@@ -158,7 +159,10 @@ class Throughput:
     of the squared document pieces' lengths)."""
 
     def __init__(self, model_config, segments: list[Segment], world: int, peak: float | None, step: int):
+        from deepspeed.accelerator import get_accelerator
+
         self.model_config, self.segments, self.world, self.peak = model_config, segments, world, peak
+        self.accelerator = get_accelerator()
         self.restart(step)
 
     def restart(self, step: int) -> None:
@@ -186,4 +190,6 @@ class Throughput:
         if self.peak:
             figures["mfu"] = tokens_per_s * flops / self.world / self.peak
             figures["mfu_docs"] = tokens_per_s * flops_docs / self.world / self.peak
+        if self.accelerator.device_name() != "cpu":  # the most this rank's GPU has held since the run began
+            figures["peak_memory_gib"] = self.accelerator.max_memory_allocated() / 2**30
         return figures
