@@ -70,17 +70,19 @@ def losses_and_grads(model, batch, chunked: bool):
 
 
 @pytest.mark.parametrize(
-    ("mode", "tied", "checkpointing"),
-    [(m, t, False) for m in ("full", "embeddings", "lora") for t in (False, True)] + [("full", False, True)],
+    ("mode", "tied", "checkpointing", "chunk"),
+    [(m, t, False, 7) for m in ("full", "embeddings", "lora") for t in (False, True)]
+    + [("full", False, True, 7), ("full", True, False, 46)],
     ids=[f"{m}-{'tied' if t else 'untied'}" for m in ("full", "embeddings", "lora") for t in (False, True)]
-    + ["full-untied-checkpointed"],
+    + ["full-untied-checkpointed", "full-tied-one-chunk"],
 )
 def test_the_chunked_loss_and_its_gradients_equal_the_plain_computation(
-    monkeypatch, mode, tied, checkpointing
+    monkeypatch, mode, tied, checkpointing, chunk
 ):
     import trainer.model
 
-    monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", 7 * VOCAB)  # 7 tokens a chunk: 46 make 7 chunks
+    # 7 tokens a chunk: the batch's 46 make 7 chunks; 46: one chunk, kept for the backward pass
+    monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", chunk * VOCAB)
     cfg = TrainConfig(mix="x", mode=mode)
     cfg.model.gradient_checkpointing = checkpointing  # the shipped recipe's setting: layers recomputed too
     model = prepare_model(tiny_llama(tied), cfg).train()
@@ -114,6 +116,20 @@ def test_no_chunk_holds_more_than_its_share_of_logits(monkeypatch):
     assert max(seen) == 5 and sum(seen) == 2 * 2 * (
         LENGTH - 1
     )  # each chunk once forward, once again backward
+
+
+def test_a_micro_batch_within_one_chunk_runs_the_head_once(monkeypatch):
+    """Where one chunk holds every token, the logits are kept for the backward pass (the same peak: one
+    chunk) rather than made again."""
+    import trainer.model
+
+    monkeypatch.setattr(trainer.model, "LOSS_CHUNK_VALUES", 2 * (LENGTH - 1) * VOCAB)
+    model = prepare_model(tiny_llama(False), TrainConfig(mix="x")).train()
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
+    losses, mask = token_losses(model, packed_batch(), "cpu")
+    losses.sum().backward()
+    assert seen == [2 * (LENGTH - 1)]
 
 
 def documents_of(batch: dict) -> list[tuple[int, int, int]]:
