@@ -76,11 +76,23 @@ RUN_FILES = frozenset(
 UNFINISHED = re.compile(r"\.(?P<name>.+)\.[^.]+\.(?:tmp|old)|(?P<plain>.+)\.tmp")
 
 
-def _is_run_file(name: str) -> bool:
+# what the trainer writes in checkpoints/: step_N folders (step_N.<pid> while one is saved), `latest`,
+# and the two recovery scripts DeepSpeed copies beside its ZeRO checkpoints (engine._copy_recovery_script)
+CHECKPOINT_FILE = re.compile(rf"step_\d+(?:\.\d+)?|{checkpoint.LATEST}|zero_to_fp32\.py|zero_to_torch\.py")
+
+
+def _finished(name: str) -> str:
+    """The name a half-written file or folder will have once finished (itself when it is not one)."""
     unfinished = UNFINISHED.fullmatch(name)
-    if unfinished:
-        name = unfinished["name"] or unfinished["plain"]
-    return name in RUN_FILES or name == LOCK_NAME  # a killed run's lock file
+    return unfinished["name"] or unfinished["plain"] if unfinished else name
+
+
+def _is_run_file(name: str) -> bool:
+    return _finished(name) in RUN_FILES or name == LOCK_NAME  # a killed run's lock file
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return CHECKPOINT_FILE.fullmatch(_finished(name)) is not None
 
 
 def check_output(run_dir: Path, model: str) -> None:
@@ -105,17 +117,20 @@ def check_output(run_dir: Path, model: str) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("--output", [f"{run_dir} is a file, not a folder: choose another --output"])
     # a folder that already holds something else: the run would write config.json over theirs, and its
-    # checkpoint saves remove folders under checkpoints/ (a leftover step_N.<pid>.tmp, pruned old steps)
-    names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    foreign = sorted(n for n in names if not _is_run_file(n))
-    if foreign:
-        raise ConfigError(
-            "--output",
-            [
-                f"{run_dir} holds files a trainer run does not write ({', '.join(foreign[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''}): choose another --output"
-            ],
-        )
+    # checkpoint saves remove folders under checkpoints/ (a leftover step_N.<pid>.tmp, pruned old steps),
+    # so a checkpoints/ folder may hold only what the trainer writes there
+    held = run_dir / "checkpoints"
+    for folder, ours in ((run_dir, _is_run_file), (held, _is_checkpoint_file)):
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        foreign = sorted(n for n in names if not ours(n))
+        if foreign:
+            raise ConfigError(
+                "--output",
+                [
+                    f"{folder} holds files a trainer run does not write ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}): choose another --output"
+                ],
+            )
 
 
 def check_eval_sets(cfg: TrainConfig, manifest: dict) -> None:

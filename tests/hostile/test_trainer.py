@@ -269,6 +269,13 @@ def output_holds_other_files(s, run, tmp):
     return _train_argv(s, tmp / "mine"), tmp / "mine"
 
 
+def checkpoints_hold_other_files(s, run, tmp):  # a checkpoint save removes folders under checkpoints/
+    (tmp / "mine" / "checkpoints" / "step_3.tmp").mkdir(parents=True)  # the trainer's own name for a save
+    (tmp / "mine" / "checkpoints" / "step_3.tmp" / "weights.bin").write_text("my data")
+    (tmp / "mine" / "checkpoints" / "notes.txt").write_text("my data")
+    return _train_argv(s, tmp / "mine"), tmp / "mine"
+
+
 def init_embeddings_over_model(s, run, tmp):
     tok = str(Path(s["root"]) / "tok")
     return _cpt_tok("init-embeddings", "--model", str(s["model"]), "--base-tokenizer", tok, "--tokenizer",
@@ -317,6 +324,8 @@ PROBES = [
     ("model-inside-output", model_inside_output, 2, "holds the --model folder"),
     ("output-holds-other-files", output_holds_other_files, 2,
      "{tmp}/mine holds files a trainer run does not write (notes.txt)"),
+    ("checkpoints-hold-other-files", checkpoints_hold_other_files, 2,
+     "{tmp}/mine/checkpoints holds files a trainer run does not write (notes.txt)"),
     ("latest-missing", latest_missing, 2, "holds checkpoints (step_00000001, step_00000002, step_00000003)"),
     ("latest-stale", latest_stale, 2, "holds checkpoints (step_00000001, step_00000002): pass --resume"),
     ("latest-escapes", latest_escapes, 0, "resuming from {run}/checkpoints/step_00000003"),
