@@ -95,7 +95,7 @@ def stage(work: Path, seq_len: int, tokens: int) -> str:
 
 def train(work: Path, mode: str, mix: str, model: Path, args) -> dict:
     """Half the steps, SIGKILL in the step after the checkpoint, resume to the end: memory and s/step."""
-    from bench_trainer import TreeMemory
+    from bench_trainer import TreeMemory, _free_port
 
     from cpt.report.collect import read_metrics
 
@@ -108,7 +108,7 @@ def train(work: Path, mode: str, mix: str, model: Path, args) -> dict:
         "deepspeed: {bf16: false}\n"  # fp32: on a CPU, bf16 matmuls take torch's slow generic kernel
         f"checkpoint: {{every: {half}, keep: 2}}\nlog: {{every: 1, tensorboard: false}}\nmax_steps: {args.steps}\n"
     )
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "1", "--master_port", str(29700 + len(mode)), "trainer/main.py",
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "1", "--master_port", _free_port(), "trainer/main.py",
            "--mix", mix, "--config", str(config), "--output", str(run), "--resume", "auto"]  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     peaks = []

@@ -49,6 +49,7 @@ from trainer.metrics import RunLogger, SourceLosses, Throughput
 from trainer.model import WeightEMA, peak_flops, token_losses, trainable_summary
 from trainer.preflight import (
     AUTO,
+    REPO,
     RunError,
     StepPlan,
     check_startable,
@@ -62,7 +63,6 @@ from trainer.run_folder import write_run_files
 from trainer.schedule import segment_of
 
 log = logging.getLogger("cpt.trainer")
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "trainer" / "configs" / "cpt.yaml"
 STOPPED = 75  # exit status of a run stopped by a signal after its checkpoint (EX_TEMPFAIL: run it again)
 
